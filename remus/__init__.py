@@ -1,0 +1,49 @@
+"""remus: a job broker between clients and worker processes over ZeroMQ."""
+
+from remus.errors import (
+    BusyError,
+    JobExpiredError,
+    JobFailedError,
+    JobNotFinishedError,
+    JobTerminatedError,
+    ProtocolError,
+    RemusError,
+    ServerError,
+    TimeoutError,
+    UnknownJobError,
+)
+from remus.types import (
+    FileHandle,
+    IOType,
+    Job,
+    JobProgress,
+    JobRequirements,
+    JobResult,
+    JobStatus,
+    JobSubmission,
+    Status,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BusyError",
+    "FileHandle",
+    "IOType",
+    "Job",
+    "JobExpiredError",
+    "JobFailedError",
+    "JobNotFinishedError",
+    "JobProgress",
+    "JobRequirements",
+    "JobResult",
+    "JobStatus",
+    "JobSubmission",
+    "JobTerminatedError",
+    "ProtocolError",
+    "RemusError",
+    "ServerError",
+    "Status",
+    "TimeoutError",
+    "UnknownJobError",
+]

@@ -1,0 +1,95 @@
+"""Every exception remus raises, under one base class, each with the fields a caller needs."""
+
+from __future__ import annotations
+
+import builtins
+
+
+class RemusError(Exception):
+    """Base class of every remus error."""
+
+
+class ProtocolError(RemusError):
+    """A message that does not follow the wire format in docs/protocol.md."""
+
+    def __init__(self, message: str, *, code: str = "bad-message") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerError(RemusError):
+    """The broker refused a request; ``code`` says why in one word, the message in a sentence."""
+
+    def __init__(self, message: str, *, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BusyError(ServerError):
+    """The broker's queue is full: try again later, or raise its ``max_queued_jobs``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="busy")
+
+
+class TimeoutError(RemusError, builtins.TimeoutError):  # noqa: A001 - also the builtin on purpose
+    """A peer did not answer in time. Also a builtin ``TimeoutError``."""
+
+    def __init__(self, message: str, *, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class UnknownJobError(RemusError, KeyError):
+    """The broker does not know this job id (never submitted, or forgotten after its TTL)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"the broker does not know job {self.job_id} (never submitted, or forgotten)"
+
+
+class JobNotFinishedError(RemusError):
+    """The job is still queued or running; wait for it (``BasicClient.wait``)."""
+
+    def __init__(self, job_id: str, status: object) -> None:
+        super().__init__(f"job {job_id} is not finished yet: {status}")
+        self.job_id = job_id
+        self.status = status
+
+
+class JobFailedError(RemusError):
+    """The job did not produce a result. ``reason`` and ``traceback`` come from the worker."""
+
+    def __init__(self, job_id: str, reason: str, traceback: str = "", *, status: object = None) -> None:
+        text = f"job {job_id} failed: {reason}"
+        if traceback:
+            text += f"\n--- worker traceback ---\n{traceback.rstrip()}"
+        super().__init__(text)
+        self.job_id = job_id
+        self.reason = reason
+        self.traceback = traceback
+        self.status = status
+
+
+class JobTerminatedError(JobFailedError):
+    """The job was terminated by a client before it finished."""
+
+
+class JobExpiredError(JobFailedError):
+    """The job's worker stopped heartbeating (or the job outlived a time limit)."""
+
+
+class WorkerFileError(RemusError):
+    """A worker file (.rw) that cannot be used; the message names the file and what is wrong."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class ConfigError(RemusError, ValueError):
+    """An option value that cannot work; the message says what to use instead."""

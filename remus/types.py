@@ -1,0 +1,223 @@
+"""The public vocabulary shared by clients, workers and the broker.
+
+These are plain values: frozen where they are keys, cheap to build, and each knows how to
+turn itself into the msgpack-able lists that travel on the wire (``to_wire``/``from_wire``).
+The wire layout of every message is in :mod:`remus.protocol`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_KEY = "data"
+
+
+class Status(enum.IntEnum):
+    """Where a job is in its life. ``INVALID`` is the answer for an id the broker does not know."""
+
+    INVALID = 0
+    QUEUED = 1
+    IN_PROGRESS = 2
+    FINISHED = 3
+    FAILED = 4
+    EXPIRED = 5
+    TERMINATED = 6
+
+    @property
+    def done(self) -> bool:
+        """True once the job can no longer change (finished, failed, expired, terminated)."""
+        return self >= Status.FINISHED
+
+    @property
+    def good(self) -> bool:
+        return self is Status.FINISHED
+
+
+@dataclass(frozen=True, slots=True)
+class IOType:
+    """What a worker turns into what, e.g. ``IOType("Edges", "Mesh2D")``."""
+
+    input: str
+    output: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input, str) or not isinstance(self.output, str):
+            raise TypeError(f"IOType takes two strings, got {self.input!r}, {self.output!r}")
+        if not self.input or not self.output:
+            raise ValueError("IOType needs a non-empty input and output type")
+
+    def __str__(self) -> str:
+        return f"{self.input}->{self.output}"
+
+    def to_wire(self) -> list[str]:
+        return [self.input, self.output]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> IOType:
+        inp, out = raw
+        return cls(inp, out)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequirements:
+    """What a job needs of a worker, and what a worker offers.
+
+    A job matches a worker when the io types are equal, and, where the job names them, the
+    worker name and the tag are equal too. ``content`` is optional requirement content (a
+    worker file's ``File``), with its ``content_format`` (USER, JSON, XML or BSON).
+    """
+
+    io_type: IOType
+    worker_name: str = ""
+    tag: Any = None
+    content: bytes = b""
+    content_format: str = "USER"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.io_type, IOType):
+            raise TypeError(f"JobRequirements.io_type must be an IOType, got {self.io_type!r}")
+        if not isinstance(self.worker_name, str):
+            raise TypeError(f"worker_name must be a str, got {self.worker_name!r}")
+        if not isinstance(self.content, bytes):
+            raise TypeError("requirement content must be bytes")
+        object.__setattr__(self, "tag", _freeze(self.tag))
+
+    @classmethod
+    def of(cls, value: IOType | JobRequirements) -> JobRequirements:
+        """Requirements from an io type (any worker of that type) or as given."""
+        if isinstance(value, JobRequirements):
+            return value
+        if isinstance(value, IOType):
+            return cls(value)
+        raise TypeError(f"expected an IOType or JobRequirements, got {type(value).__name__}")
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.io_type.input,
+            self.io_type.output,
+            self.worker_name,
+            self.tag,
+            self.content,
+            self.content_format,
+        ]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> JobRequirements:
+        inp, out, name, tag, content, fmt = raw
+        return cls(IOType(inp, out), name, tag, content, fmt)
+
+
+def matches(job: JobRequirements, worker: JobRequirements) -> bool:
+    """The matching rule, as Remus's: same io type; the job's worker name and tag, where set, equal.
+
+    A job built from a bare :class:`IOType` is served by any worker of that io type.
+    """
+    return (
+        job.io_type == worker.io_type
+        and (not job.worker_name or job.worker_name == worker.worker_name)
+        and (job.tag is None or job.tag == worker.tag)
+    )
+
+
+def _freeze(tag: Any) -> Any:
+    """Tags come off the wire as lists and dicts; make them hashable so requirements are keys."""
+    if isinstance(tag, list):
+        return tuple(_freeze(t) for t in tag)
+    if isinstance(tag, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in tag.items()))
+    return tag
+
+
+@dataclass(frozen=True, slots=True)
+class FileHandle:
+    """A file that travels with a job or a result.
+
+    ``path`` is made absolute against the current directory when the handle is built; ``mode``
+    is ``"r"`` (text) or ``"rb"`` (binary); ``data`` holds the bytes when they travel inline.
+    """
+
+    path: str
+    mode: str = "rb"
+    data: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("r", "rb"):
+            raise ValueError(f"FileHandle mode must be 'r' or 'rb', got {self.mode!r}")
+        object.__setattr__(self, "path", os.path.abspath(os.fspath(self.path)))
+
+
+@dataclass(frozen=True, slots=True)
+class JobSubmission:
+    """Requirements plus named contents; ``"data"`` is the default key."""
+
+    requirements: JobRequirements
+    contents: Mapping[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requirements", JobRequirements.of(self.requirements))
+        for key, value in self.contents.items():
+            if not isinstance(key, str):
+                raise TypeError(f"content keys must be str, got {key!r}")
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"content {key!r} must be bytes, got {type(value).__name__}; "
+                    "encode text with .encode() first"
+                )
+
+    @classmethod
+    def of(
+        cls, requirements: IOType | JobRequirements, data: bytes | None = None, **contents: bytes
+    ) -> JobSubmission:
+        if data is not None:
+            contents = {DEFAULT_KEY: data, **contents}
+        return cls(JobRequirements.of(requirements), contents)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A submitted job, as the client knows it: its id and requirements."""
+
+    id: str
+    requirements: JobRequirements
+
+    def __str__(self) -> str:
+        return f"Job({self.id} {self.requirements.io_type})"
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """One progress update: ``value`` 0–100 or None, a message, and its sequence number (1, 2, …)."""
+
+    value: int | None = None
+    message: str = ""
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    job_id: str
+    status: Status
+    progress: JobProgress | None = None
+    reason: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status.done
+
+    def __str__(self) -> str:
+        text = f"{self.job_id}: {self.status.name}"
+        if self.progress is not None:
+            text += f" {self.progress.value}% {self.progress.message}".rstrip()
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """A finished job's output bytes (files come as :class:`JobFileResult`, see remus.files)."""
+
+    job_id: str
+    data: bytes = b""
