@@ -63,7 +63,9 @@ class JobNotFinishedError(RemusError):
 class JobFailedError(RemusError):
     """The job did not produce a result. ``reason`` and ``traceback`` come from the worker."""
 
-    def __init__(self, job_id: str, reason: str, traceback: str = "", *, status: object = None) -> None:
+    def __init__(
+        self, job_id: str, reason: str, traceback: str = "", *, status: object = None
+    ) -> None:
         text = f"job {job_id} failed: {reason}"
         if traceback:
             text += f"\n--- worker traceback ---\n{traceback.rstrip()}"

@@ -8,6 +8,7 @@ The wire layout of every message is in :mod:`remus.protocol`.
 from __future__ import annotations
 
 import enum
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class IOType:
         return cls(inp, out)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class JobRequirements:
     """What a job needs of a worker, and what a worker offers.
 
@@ -76,6 +77,7 @@ class JobRequirements:
     tag: Any = None
     content: bytes = b""
     content_format: str = "USER"
+    _key: tuple[Any, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.io_type, IOType):
@@ -84,7 +86,19 @@ class JobRequirements:
             raise TypeError(f"worker_name must be a str, got {self.worker_name!r}")
         if not isinstance(self.content, bytes):
             raise TypeError("requirement content must be bytes")
-        object.__setattr__(self, "tag", _freeze(self.tag))
+        object.__setattr__(
+            self,
+            "_key",
+            (self.io_type, self.worker_name, tag_key(self.tag), self.content, self.content_format),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobRequirements):
+            return NotImplemented
+        return self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
 
     @classmethod
     def of(cls, value: IOType | JobRequirements) -> JobRequirements:
@@ -119,17 +133,15 @@ def matches(job: JobRequirements, worker: JobRequirements) -> bool:
     return (
         job.io_type == worker.io_type
         and (not job.worker_name or job.worker_name == worker.worker_name)
-        and (job.tag is None or job.tag == worker.tag)
+        and (job.tag is None or tag_key(job.tag) == tag_key(worker.tag))
     )
 
 
-def _freeze(tag: Any) -> Any:
-    """Tags come off the wire as lists and dicts; make them hashable so requirements are keys."""
-    if isinstance(tag, list):
-        return tuple(_freeze(t) for t in tag)
-    if isinstance(tag, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in tag.items()))
-    return tag
+def tag_key(tag: Any) -> str | None:
+    """A tag (any JSON-able value) as a canonical, hashable string; None stays None."""
+    if tag is None:
+        return None
+    return json.dumps(tag, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 @dataclass(frozen=True, slots=True)

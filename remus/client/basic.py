@@ -1,0 +1,195 @@
+"""``BasicClient``: what a script author reaches for.
+
+::
+
+    with BasicClient("tcp://127.0.0.1:50505") as c:
+        result = c.run(IOType("Points", "Mesh2D"), data=points, on_progress=print)
+
+        jobs = c.submit_many(JobSubmission.of(io, data) for data in inputs)
+        for result in c.as_completed(jobs):
+            ...
+
+Waiting never polls on a timer: the broker holds a progress or collect request until there is
+news, so every progress update arrives, in order, as soon as it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+import zmq
+
+from remus import protocol as p
+from remus.client.client import BATCH_JOBS, Client, as_bytes, job_error, results_of
+from remus.errors import TimeoutError
+from remus.server.config import DEFAULT_CLIENT
+from remus.types import IOType, Job, JobProgress, JobRequirements, JobResult, JobSubmission, Status
+
+log = logging.getLogger(__name__)
+
+#: the longest single hold asked of the broker while waiting (each hold is one request)
+HOLD = 5.0
+
+ProgressCallback = Callable[[JobProgress], Any]
+
+
+class BasicClient:
+    """Submit, follow, wait, collect. ``timeout`` bounds each call to the broker."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_CLIENT,
+        *,
+        timeout: float = 10.0,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.client = Client(endpoint, timeout=timeout, context=context)
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.endpoint
+
+    # -------------------------------------------------------------- one job
+
+    def submit(
+        self, what: IOType | JobRequirements, data: bytes | None = None, **contents: bytes
+    ) -> Job:
+        """Queue a job for any worker that serves ``what``; ``data`` is its main content."""
+        return self.client.submit_job(JobSubmission.of(what, data, **contents))
+
+    def wait(
+        self,
+        job: Job,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobResult:
+        """Wait for the job's result, calling ``on_progress`` once for every update, in order.
+
+        Raises JobFailedError (JobTerminatedError, JobExpiredError) if it ends without one,
+        TimeoutError if ``timeout`` seconds pass first (the job keeps running).
+        """
+        return self._follow(None, job.id, timeout, on_progress)
+
+    def run(
+        self,
+        what: IOType | JobRequirements,
+        data: bytes | None = None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **contents: bytes,
+    ) -> JobResult:
+        """Submit and wait, in one round trip: the wait is sent right behind the submission."""
+        sub = JobSubmission.of(what, data, **contents)
+        c = self.client
+        job_id = c.new_job_id()
+        entry = p.SubmittedJob(job_id, sub.requirements, tuple(sub.contents))
+        submit_rid = c.send(p.SubmitRequest, [entry], list(sub.contents.values()))
+        return self._follow(submit_rid, job_id, timeout, on_progress)
+
+    def _follow(
+        self,
+        submit_rid: int | None,
+        job_id: str,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> JobResult:
+        c = self.client
+        deadline = None if timeout is None else time.monotonic() + timeout
+        since = 0
+        while True:
+            hold = HOLD if deadline is None else max(0.0, min(HOLD, deadline - time.monotonic()))
+            rid = c.send(p.ProgressRequest, job_id, since, hold, True)
+            if submit_rid is not None:
+                c.receive(submit_rid)  # raises if the submission was refused
+                submit_rid = None
+            reply = c.receive(rid, c.timeout + hold)
+            data = reply.data
+            if data.get("dropped"):
+                log.warning(
+                    "job %s: %d progress updates were dropped by the broker's history bound",
+                    job_id,
+                    data["dropped"],
+                )
+            for seq, value, message in data["updates"]:
+                since = seq
+                if on_progress is not None:
+                    on_progress(JobProgress(value, message, seq))
+            status = Status(data["status"])
+            if status.done and "reason" in data:
+                if status is Status.FINISHED:
+                    if data.get("result"):
+                        return JobResult(job_id, as_bytes(reply.frames[0]))
+                    return c.retrieve_result(job_id)
+                raise job_error(job_id, status, data.get("reason", ""), data.get("traceback", ""))
+            if status is Status.INVALID:
+                raise job_error(job_id, status, "")
+            if deadline is not None and time.monotonic() >= deadline and not data["updates"]:
+                raise TimeoutError(
+                    f"job {job_id} did not finish within {timeout:.3g} s (it is {status.name})",
+                    endpoint=c.endpoint,
+                )
+
+    # -------------------------------------------------------------- many jobs
+
+    def submit_many(self, submissions: Iterable[JobSubmission]) -> list[Job]:
+        """Queue many jobs in batches, without a round trip per job."""
+        return self.client.submit_jobs(submissions)
+
+    def as_completed(
+        self,
+        jobs: Iterable[Job],
+        timeout: float | None = None,
+        *,
+        errors: Literal["raise", "yield"] = "raise",
+    ) -> Iterator[Any]:
+        """Yield each job's JobResult as it finishes, in the order they finish.
+
+        A job that fails raises its JobFailedError (``errors="raise"``) or is yielded as that
+        exception (``errors="yield"``) so the rest can still be collected. Results come in
+        batches: one request brings every result ready by then.
+        """
+        c = self.client
+        ids = [j.id for j in jobs]
+        watch = secrets.token_hex(6)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        remaining = len(ids)
+        # register the watch list in chunks, collecting whatever is already done on the way
+        for start in range(0, len(ids), BATCH_JOBS * 10):
+            chunk = ids[start : start + BATCH_JOBS * 10]
+            reply = c.call(p.CollectRequest, watch, chunk, 0.0)
+            remaining = yield from self._yield_results(reply, errors)
+        while remaining:
+            hold = HOLD if deadline is None else max(0.0, min(HOLD, deadline - time.monotonic()))
+            reply = c.call(p.CollectRequest, watch, (), hold, timeout=c.timeout + hold)
+            remaining = yield from self._yield_results(reply, errors)
+            if remaining and deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{remaining} jobs did not finish within {timeout:.3g} s", endpoint=c.endpoint
+                )
+
+    @staticmethod
+    def _yield_results(reply: p.Reply, errors: str) -> Iterator[Any]:
+        for result in results_of(reply, reply.data["results"]):
+            if isinstance(result, Exception) and errors == "raise":
+                raise result
+            yield result
+        return int(reply.data["remaining"])
+
+    # -------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> BasicClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<BasicClient {self.client!r}>"

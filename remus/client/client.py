@@ -1,0 +1,285 @@
+"""``Client``: every broker request as one method, each with a timeout.
+
+One DEALER socket, one request id per request. Replies are matched to requests by id, so a
+reply that arrives after its request timed out is dropped instead of answering the next call,
+and several requests can be in flight at once (``submit_jobs`` pipelines its batches).
+A Client belongs to the thread that made it; make one per thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import zmq
+
+from remus import protocol as p
+from remus.errors import (
+    BusyError,
+    JobExpiredError,
+    JobFailedError,
+    JobNotFinishedError,
+    JobTerminatedError,
+    ProtocolError,
+    ServerError,
+    TimeoutError,
+    UnknownJobError,
+)
+from remus.server.config import DEFAULT_CLIENT, check_endpoint
+from remus.types import (
+    IOType,
+    Job,
+    JobProgress,
+    JobRequirements,
+    JobResult,
+    JobStatus,
+    JobSubmission,
+    Status,
+)
+
+log = logging.getLogger(__name__)
+
+#: a submit message carries at most this many jobs ...
+BATCH_JOBS = 1000
+#: ... or about this many content bytes
+BATCH_BYTES = 32 * 1024 * 1024
+#: submit batches in flight at once
+WINDOW = 8
+
+
+def job_error(job_id: str, status: Status, reason: str, traceback: str = "") -> Exception:
+    """The exception that stands for a job that will never have a result."""
+    if status is Status.INVALID:
+        return UnknownJobError(job_id)
+    if status is Status.TERMINATED:
+        return JobTerminatedError(job_id, reason or "terminated", traceback, status=status)
+    if status is Status.EXPIRED:
+        return JobExpiredError(job_id, reason or "expired", traceback, status=status)
+    if status is Status.FAILED:
+        return JobFailedError(job_id, reason, traceback, status=status)
+    return JobNotFinishedError(job_id, status.name)
+
+
+def _status(row: list[Any]) -> JobStatus:
+    job_id, status, value, message, seq, reason = row[:6]
+    progress = JobProgress(value, message, seq) if seq else None
+    return JobStatus(job_id, Status(status), progress, reason)
+
+
+class Client:
+    """Talks to a broker's client endpoint. ``timeout`` (seconds) bounds every call."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_CLIENT,
+        *,
+        timeout: float = 10.0,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        check_endpoint(endpoint, "client")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._context = context or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] | None = self._context.socket(zmq.DEALER)
+        self._sock.linger = 0
+        self._sock.sndhwm = self._sock.rcvhwm = 0
+        self._sock.connect(endpoint)
+        self._rids = itertools.count(1)
+        self._prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+        self._early: dict[int, p.Message] = {}
+        self._pending: set[int] = set()
+        self.calls = 0
+
+    # -------------------------------------------------------------- plumbing
+
+    def new_job_id(self) -> str:
+        """Job ids are chosen by the client: unique per client, so a submit can be pipelined."""
+        return f"{self._prefix}-{next(self._ids):x}"
+
+    def send(self, make: Any, *args: Any) -> int:
+        """Send ``make(rid, *args)`` without waiting; returns the rid to :meth:`receive` with."""
+        if self._sock is None:
+            raise RuntimeError("this Client is closed")
+        rid = next(self._rids)
+        self._sock.send_multipart(p.encode(make(rid, *args)), copy=False)
+        self._pending.add(rid)
+        self.calls += 1
+        return rid
+
+    def receive(self, rid: int, timeout: float | None = None) -> p.Reply:
+        """The reply to request ``rid``; raises the broker's refusal as an exception."""
+        assert self._sock is not None
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            while rid not in self._early:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._sock.poll(remaining * 1000):
+                    raise TimeoutError(
+                        f"the broker at {self.endpoint} did not answer within "
+                        f"{self.timeout if timeout is None else timeout:.3g} s; is it running?",
+                        endpoint=self.endpoint,
+                    )
+                frames = self._sock.recv_multipart(copy=False)
+                try:
+                    msg = p.decode(frames, p.BROKER_TO_CLIENT)
+                except ProtocolError as e:
+                    log.warning("dropped an unreadable message from the broker: %s", e)
+                    continue
+                got = getattr(msg, "rid", -1)
+                if got in self._pending:
+                    self._early[got] = msg
+                elif got == -1 and isinstance(msg, p.Error):
+                    raise ServerError(msg.message, code=msg.code)
+                # else: the late reply to a request that already timed out
+            msg = self._early.pop(rid)
+        finally:
+            if rid not in self._early:
+                self._pending.discard(rid)
+        if isinstance(msg, p.Error):
+            if msg.code == "busy":
+                raise BusyError(msg.message)
+            raise ServerError(msg.message, code=msg.code)
+        assert isinstance(msg, p.Reply)
+        return msg
+
+    def call(self, make: Any, *args: Any, timeout: float | None = None) -> p.Reply:
+        return self.receive(self.send(make, *args), timeout)
+
+    # -------------------------------------------------------------- what the broker offers
+
+    def supported_io_types(self) -> set[IOType]:
+        """Every io type a connected worker or the broker's factory can serve."""
+        return {IOType.from_wire(t) for t in self.call(p.IoTypesRequest).data}
+
+    def can_mesh(self, what: IOType | JobRequirements) -> bool:
+        """Whether a job with these requirements could run (a worker or a worker file for it)."""
+        return bool(self.call(p.CanMeshRequest, JobRequirements.of(what)).data)
+
+    def retrieve_requirements(self, io_type: IOType) -> list[JobRequirements]:
+        """The requirements of every worker (connected or in the factory) for ``io_type``."""
+        return [
+            JobRequirements.from_wire(r) for r in self.call(p.RequirementsRequest, io_type).data
+        ]
+
+    # -------------------------------------------------------------- jobs
+
+    def _pack(self, subs: Sequence[JobSubmission], jobs: list[Job]) -> Any:
+        entries, blobs = [], []
+        for sub in subs:
+            job = Job(self.new_job_id(), sub.requirements)
+            jobs.append(job)
+            entries.append(p.SubmittedJob(job.id, sub.requirements, tuple(sub.contents)))
+            blobs.extend(sub.contents.values())
+        return entries, blobs
+
+    def submit_job(self, submission: JobSubmission) -> Job:
+        """Queue one job; returns it once the broker has accepted it."""
+        return self.submit_jobs([submission])[0]
+
+    def submit_jobs(self, submissions: Iterable[JobSubmission]) -> list[Job]:
+        """Queue many jobs, in batches, several batches in flight: no round trip per job."""
+        jobs: list[Job] = []
+        in_flight: list[int] = []
+        batch: list[JobSubmission] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal batch, size
+            if len(in_flight) >= WINDOW:
+                self.receive(in_flight.pop(0))
+            entries, blobs = self._pack(batch, jobs)
+            in_flight.append(self.send(p.SubmitRequest, entries, blobs))
+            batch, size = [], 0
+
+        for sub in submissions:
+            if not isinstance(sub, JobSubmission):
+                raise TypeError(
+                    f"submit_jobs takes JobSubmission objects, got {type(sub).__name__}"
+                )
+            batch.append(sub)
+            size += sum(len(v) for v in sub.contents.values())
+            if len(batch) >= BATCH_JOBS or size >= BATCH_BYTES:
+                flush()
+        if batch:
+            flush()
+        for rid in in_flight:
+            self.receive(rid)
+        return jobs
+
+    def job_status(self, job: Job | str) -> JobStatus:
+        """Where the job is; an unknown id has status INVALID."""
+        return _status(self.call(p.StatusRequest, [_id(job)]).data[0])
+
+    def job_statuses(self, jobs: Iterable[Job | str]) -> list[JobStatus]:
+        return [_status(row) for row in self.call(p.StatusRequest, [_id(j) for j in jobs]).data]
+
+    def job_progress(
+        self, job: Job | str, since: int = 0, *, wait: float = 0.0
+    ) -> list[JobProgress]:
+        """Every progress update after number ``since``, in order.
+
+        With ``wait``, the broker holds the answer until there is something new or the job ends.
+        """
+        reply = self.call(
+            p.ProgressRequest, _id(job), since, wait, False, timeout=self.timeout + wait
+        )
+        return [JobProgress(v, m, s) for s, v, m in reply.data["updates"]]
+
+    def retrieve_result(self, job: Job | str) -> JobResult:
+        """The job's result. Raises JobFailedError (and subclasses), JobNotFinishedError or
+        UnknownJobError when there is none."""
+        (result,) = results_of(self.call(p.ResultRequest, [_id(job)]))
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def terminate(self, job: Job | str) -> JobStatus:
+        """Stop a job: a queued job never runs, a running one's worker is told to stop and its
+        late result is dropped. Terminating a finished job changes nothing."""
+        return _status(self.call(p.TerminateRequest, [_id(job)]).data[0])
+
+    # -------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else "open"
+        return f"<Client {state} {self.endpoint} calls={self.calls}>"
+
+
+def _id(job: Job | str) -> str:
+    return job if isinstance(job, str) else job.id
+
+
+def as_bytes(frame: Any) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+def results_of(reply: p.Reply, rows: list[Any] | None = None) -> list[JobResult | Exception]:
+    """Turn result rows (and their frames) into JobResults, or the exception for each job that
+    has none. ``retrieve_result`` raises the exception; ``as_completed`` may yield it."""
+    out: list[JobResult | Exception] = []
+    frames = iter(reply.frames)
+    for job_id, status, reason, tb in rows if rows is not None else reply.data:
+        st = Status(status)
+        if st is Status.FINISHED:
+            out.append(JobResult(job_id, as_bytes(next(frames))))
+        else:
+            out.append(job_error(job_id, st, reason, tb))
+    return out

@@ -1,0 +1,23 @@
+"""Logging helpers: a TRACE level below DEBUG that follows each message through the threads."""
+
+from __future__ import annotations
+
+import logging
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+
+def configure(level: int | str = logging.INFO) -> None:
+    """For command-line entry points only: libraries never configure logging."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s",
+    )
+
+
+def describe(frames: list[object]) -> str:
+    """A short description of a multipart message for trace lines (no payload bytes)."""
+    sizes = [len(f) for f in frames]  # type: ignore[arg-type]
+    head = bytes(frames[1])[:24] if len(frames) > 1 else b""  # type: ignore[call-overload]
+    return f"{head.decode(errors='replace')} frames={len(frames)} bytes={sum(sizes)}"

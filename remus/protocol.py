@@ -1,0 +1,684 @@
+"""The wire format, and nothing else: see docs/protocol.md for the prose version.
+
+Every message is a multipart ZeroMQ message::
+
+    [VERSION, command, body, *blobs]
+
+``body`` is a msgpack map; ``blobs`` are bulk bytes (job contents, results) that travel as
+frames of their own so nobody copies them into or out of msgpack. A message class lists how
+many blobs it carries in its body, so a decoder can check the count before touching them.
+
+Decoding never asserts: anything off the wire that does not fit raises :class:`ProtocolError`
+with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from remus.errors import ProtocolError
+from remus.types import IOType, JobRequirements
+
+VERSION = b"remus/1"
+
+Blob = Any  # bytes, memoryview or zmq.Frame: whatever can be sent without a copy
+
+
+class Command(bytes, enum.Enum):
+    # client -> broker
+    IO_TYPES = b"io_types"
+    CAN_MESH = b"can_mesh"
+    REQUIREMENTS = b"requirements"
+    SUBMIT = b"submit"
+    STATUS = b"status"
+    PROGRESS = b"progress"
+    RESULT = b"result"
+    COLLECT = b"collect"
+    TERMINATE = b"terminate"
+    # broker -> client
+    REPLY = b"reply"
+    # worker -> broker
+    REGISTER = b"register"
+    REPORT = b"report"
+    HEARTBEAT = b"heartbeat"
+    GOODBYE = b"goodbye"
+    # broker -> worker
+    JOBS = b"jobs"
+    CANCEL = b"cancel"
+    SHUTDOWN = b"shutdown"
+    # both ways
+    ERROR = b"error"
+
+
+# Sets of the raw command bytes each socket accepts (an Enum member hashes by name, so the
+# sets hold the plain values).
+CLIENT_COMMANDS = frozenset(
+    c.value
+    for c in (
+        Command.IO_TYPES,
+        Command.CAN_MESH,
+        Command.REQUIREMENTS,
+        Command.SUBMIT,
+        Command.STATUS,
+        Command.PROGRESS,
+        Command.RESULT,
+        Command.COLLECT,
+        Command.TERMINATE,
+    )
+)
+WORKER_COMMANDS = frozenset(
+    c.value for c in (Command.REGISTER, Command.REPORT, Command.HEARTBEAT, Command.GOODBYE)
+)
+BROKER_TO_CLIENT = frozenset({Command.REPLY.value, Command.ERROR.value})
+BROKER_TO_WORKER = frozenset(
+    c.value
+    for c in (Command.JOBS, Command.CANCEL, Command.HEARTBEAT, Command.SHUTDOWN, Command.ERROR)
+)
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(obj: Any) -> bytes:
+    return _packer.pack(obj)
+
+
+def unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ProtocolError(f"body is not valid msgpack: {e}") from e
+
+
+# ---------------------------------------------------------------------------- field checks
+
+
+def _field(
+    body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...
+) -> Any:
+    try:
+        value = body[key]
+    except KeyError:
+        if default is ...:
+            raise ProtocolError(f"missing field {key!r}") from None
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"field {key!r} has the wrong type: {type(value).__name__}")
+    return value
+
+
+def _str_list(body: dict[str, Any], key: str) -> list[str]:
+    values = _field(body, key, list)
+    for v in values:
+        if type(v) is not str:
+            raise ProtocolError(f"field {key!r} must be a list of strings")
+    return values
+
+
+def _reqs(raw: Any) -> JobRequirements:
+    try:
+        return JobRequirements.from_wire(raw)
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"bad job requirements: {e}") from e
+
+
+def _reqs_table(body: dict[str, Any]) -> list[JobRequirements]:
+    return [_reqs(r) for r in _field(body, "reqs", list)]
+
+
+def _pick(table: list[JobRequirements], index: Any) -> JobRequirements:
+    if type(index) is not int or not 0 <= index < len(table):
+        raise ProtocolError(f"requirements index {index!r} out of range")
+    return table[index]
+
+
+def _table_of(reqs: Sequence[JobRequirements]) -> tuple[list[Any], dict[JobRequirements, int]]:
+    index: dict[JobRequirements, int] = {}
+    wire: list[Any] = []
+    for r in reqs:
+        if r not in index:
+            index[r] = len(wire)
+            wire.append(r.to_wire())
+    return wire, index
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    COMMAND: ClassVar[Command]
+
+    def body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def blobs(self) -> Sequence[Blob]:
+        return ()
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Message):
+    """A client request; every one carries ``rid`` so the reply can be matched to it."""
+
+    rid: int
+
+
+# client -> broker ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IoTypesRequest(Request):
+    COMMAND = Command.IO_TYPES
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> IoTypesRequest:
+        return cls(_field(body, "rid", int))
+
+
+@dataclass(frozen=True, slots=True)
+class CanMeshRequest(Request):
+    COMMAND = Command.CAN_MESH
+    requirements: JobRequirements
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid, "reqs": self.requirements.to_wire()}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> CanMeshRequest:
+        return cls(_field(body, "rid", int), _reqs(_field(body, "reqs", list)))
+
+
+@dataclass(frozen=True, slots=True)
+class RequirementsRequest(Request):
+    COMMAND = Command.REQUIREMENTS
+    io_type: IOType
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid, "io": self.io_type.to_wire()}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> RequirementsRequest:
+        raw = _field(body, "io", list)
+        try:
+            io = IOType.from_wire(raw)
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad io type: {e}") from e
+        return cls(_field(body, "rid", int), io)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedJob:
+    """One job inside a SubmitRequest: a client-chosen id, requirements, content keys."""
+
+    id: str
+    requirements: JobRequirements
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest(Request):
+    """Many jobs in one message; blobs hold each job's contents, job after job, key after key."""
+
+    COMMAND = Command.SUBMIT
+    jobs: Sequence[SubmittedJob]
+    contents: Sequence[Blob] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        table, index = _table_of([j.requirements for j in self.jobs])
+        jobs = [[j.id, index[j.requirements], list(j.keys)] for j in self.jobs]
+        return {"rid": self.rid, "reqs": table, "jobs": jobs, "opts": self.options}
+
+    def blobs(self) -> Sequence[Blob]:
+        return self.contents
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> SubmitRequest:
+        table = _reqs_table(body)
+        jobs = []
+        wanted = 0
+        for raw in _field(body, "jobs", list):
+            if type(raw) is not list or len(raw) != 3:
+                raise ProtocolError("each job must be [id, reqs index, keys]")
+            jid, idx, keys = raw
+            if type(jid) is not str or not jid or len(jid) > 128:
+                raise ProtocolError(f"bad job id {jid!r}: a non-empty string of at most 128 chars")
+            if type(keys) is not list or any(type(k) is not str for k in keys):
+                raise ProtocolError(f"job {jid}: content keys must be a list of strings")
+            if len(set(keys)) != len(keys):
+                raise ProtocolError(f"job {jid}: a content key appears twice")
+            wanted += len(keys)
+            jobs.append(SubmittedJob(jid, _pick(table, idx), tuple(keys)))
+        if wanted != len(blobs):
+            raise ProtocolError(f"submit names {wanted} contents but carries {len(blobs)} frames")
+        return cls(_field(body, "rid", int), jobs, blobs, _field(body, "opts", dict, {}))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest(Request):
+    COMMAND = Command.STATUS
+    ids: Sequence[str]
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid, "ids": list(self.ids)}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> StatusRequest:
+        return cls(_field(body, "rid", int), _str_list(body, "ids"))
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateRequest(StatusRequest):
+    COMMAND = Command.TERMINATE
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressRequest(Request):
+    """Progress updates after ``since``; with ``wait`` > 0 the broker holds the reply until there
+    is one, the job is done, or ``wait`` seconds pass. ``with_result`` asks for the result too
+    once the job is done, saving a round trip."""
+
+    COMMAND = Command.PROGRESS
+    id: str
+    since: int = 0
+    wait: float = 0.0
+    with_result: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "rid": self.rid,
+            "id": self.id,
+            "since": self.since,
+            "wait": self.wait,
+            "with_result": self.with_result,
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> ProgressRequest:
+        return cls(
+            _field(body, "rid", int),
+            _field(body, "id", str),
+            _field(body, "since", int, 0),
+            float(_field(body, "wait", (int, float), 0.0)),
+            _field(body, "with_result", bool, False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRequest(Request):
+    COMMAND = Command.RESULT
+    ids: Sequence[str]
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid, "ids": list(self.ids)}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> ResultRequest:
+        return cls(_field(body, "rid", int), _str_list(body, "ids"))
+
+
+@dataclass(frozen=True, slots=True)
+class CollectRequest(Request):
+    """Results as jobs finish. The broker keeps a watch list per (client, ``watch``): ``add``
+    puts ids on it, and each reply hands over the results of watched jobs that are done, at most
+    ``max`` of them, holding the reply up to ``wait`` seconds until there is at least one."""
+
+    COMMAND = Command.COLLECT
+    watch: str
+    add: Sequence[str] = ()
+    wait: float = 0.0
+    max: int = 10_000
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "rid": self.rid,
+            "watch": self.watch,
+            "add": list(self.add),
+            "wait": self.wait,
+            "max": self.max,
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> CollectRequest:
+        return cls(
+            _field(body, "rid", int),
+            _field(body, "watch", str),
+            _str_list(body, "add") if "add" in body else [],
+            float(_field(body, "wait", (int, float), 0.0)),
+            max(1, _field(body, "max", int, 10_000)),
+        )
+
+
+# broker -> client ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Message):
+    """The answer to a request: ``data`` is a msgpack-able value whose shape depends on the
+    request (docs/protocol.md), ``frames`` carries bulk bytes (results)."""
+
+    COMMAND = Command.REPLY
+    rid: int
+    data: Any = None
+    frames: Sequence[Blob] = ()
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid, "data": self.data}
+
+    def blobs(self) -> Sequence[Blob]:
+        return self.frames
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Reply:
+        return cls(_field(body, "rid", int), body.get("data"), blobs)
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A refusal. ``rid`` is -1 when the request was too broken to read its id."""
+
+    COMMAND = Command.ERROR
+    rid: int
+    code: str
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid, "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Error:
+        return cls(
+            _field(body, "rid", int, -1), _field(body, "code", str), _field(body, "message", str)
+        )
+
+
+# worker -> broker ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Message):
+    """A worker says who it is. Sent on connect and on every reconnect; ``held`` lists the jobs
+    it still holds (so a broker can tell which assigned jobs never arrived) and ``credit`` how
+    many more jobs it wants."""
+
+    COMMAND = Command.REGISTER
+    requirements: JobRequirements
+    heartbeat: float
+    host: str
+    pid: int
+    credit: int = 0
+    held: Sequence[str] = ()
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "reqs": self.requirements.to_wire(),
+            "heartbeat": self.heartbeat,
+            "host": self.host,
+            "pid": self.pid,
+            "credit": self.credit,
+            "held": list(self.held),
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Register:
+        heartbeat = float(_field(body, "heartbeat", (int, float)))
+        if not 0.001 <= heartbeat <= 3600:
+            raise ProtocolError(f"heartbeat interval {heartbeat} s is outside 0.001–3600 s")
+        credit = _field(body, "credit", int, 0)
+        if credit < 0:
+            raise ProtocolError("credit must not be negative")
+        return cls(
+            _reqs(_field(body, "reqs", list)),
+            heartbeat,
+            _field(body, "host", str),
+            _field(body, "pid", int),
+            credit,
+            _str_list(body, "held") if "held" in body else [],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Report(Message):
+    """Everything a worker has to say since its last report, in one message.
+
+    Applied in this order: ``started`` ids, ``progress`` ``[id, value, message]``, ``results``
+    ids (one blob each, in order), ``failures`` ``[id, reason, traceback]``, then ``credit``
+    (how many more jobs it wants).
+    """
+
+    COMMAND = Command.REPORT
+    started: Sequence[str] = ()
+    progress: Sequence[tuple[str, int | None, str]] = ()
+    results: Sequence[str] = ()
+    failures: Sequence[tuple[str, str, str]] = ()
+    credit: int = 0
+    result_blobs: Sequence[Blob] = ()
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.started:
+            body["started"] = list(self.started)
+        if self.progress:
+            body["progress"] = [list(p) for p in self.progress]
+        if self.results:
+            body["results"] = list(self.results)
+        if self.failures:
+            body["failures"] = [list(f) for f in self.failures]
+        if self.credit:
+            body["credit"] = self.credit
+        return body
+
+    def blobs(self) -> Sequence[Blob]:
+        return self.result_blobs
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Report:
+        progress = []
+        for p in _field(body, "progress", list, []):
+            if type(p) is not list or len(p) != 3:
+                raise ProtocolError("each progress entry must be [id, value, message]")
+            jid, value, message = p
+            if type(jid) is not str or type(message) is not str:
+                raise ProtocolError("progress id and message must be strings")
+            if value is not None and (type(value) is not int or not 0 <= value <= 100):
+                raise ProtocolError(f"progress value {value!r} must be an int 0–100 or nil")
+            progress.append((jid, value, message))
+        failures = []
+        for f in _field(body, "failures", list, []):
+            if type(f) is not list or len(f) != 3 or any(type(x) is not str for x in f):
+                raise ProtocolError("each failure must be [id, reason, traceback] strings")
+            failures.append((f[0], f[1], f[2]))
+        results = _str_list(body, "results") if "results" in body else []
+        if len(results) != len(blobs):
+            raise ProtocolError(f"report names {len(results)} results but has {len(blobs)} frames")
+        credit = _field(body, "credit", int, 0)
+        if not 0 <= credit <= 1_000_000:
+            raise ProtocolError(f"credit {credit} must be 0–1,000,000")
+        started = _str_list(body, "started") if "started" in body else []
+        return cls(started, progress, results, failures, credit, blobs)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    COMMAND = Command.HEARTBEAT
+
+    def body(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Heartbeat:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    COMMAND = Command.GOODBYE
+
+    def body(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Goodbye:
+        return cls()
+
+
+# broker -> worker ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AssignedJob:
+    id: str
+    requirements: JobRequirements
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Jobs(Message):
+    """Jobs for a worker, as many as it had credit for; contents follow as blobs."""
+
+    COMMAND = Command.JOBS
+    jobs: Sequence[AssignedJob]
+    contents: Sequence[Blob] = ()
+
+    def body(self) -> dict[str, Any]:
+        table, index = _table_of([j.requirements for j in self.jobs])
+        return {
+            "reqs": table,
+            "jobs": [[j.id, index[j.requirements], list(j.keys)] for j in self.jobs],
+        }
+
+    def blobs(self) -> Sequence[Blob]:
+        return self.contents
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Jobs:
+        table = _reqs_table(body)
+        jobs = []
+        wanted = 0
+        for raw in _field(body, "jobs", list):
+            if type(raw) is not list or len(raw) != 3:
+                raise ProtocolError("each job must be [id, reqs index, keys]")
+            jid, idx, keys = raw
+            if type(jid) is not str or type(keys) is not list:
+                raise ProtocolError("bad job entry")
+            wanted += len(keys)
+            jobs.append(AssignedJob(jid, _pick(table, idx), tuple(keys)))
+        if wanted != len(blobs):
+            raise ProtocolError(f"jobs names {wanted} contents but carries {len(blobs)} frames")
+        return cls(jobs, blobs)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """Stop working on these jobs: a client terminated them or they ran out of time."""
+
+    COMMAND = Command.CANCEL
+    ids: Sequence[str]
+
+    def body(self) -> dict[str, Any]:
+        return {"ids": list(self.ids)}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Cancel:
+        return cls(_str_list(body, "ids"))
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    COMMAND = Command.SHUTDOWN
+    reason: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Shutdown:
+        return cls(_field(body, "reason", str, ""))
+
+
+# ---------------------------------------------------------------------------- encode / decode
+
+MESSAGES: dict[bytes, type[Message]] = {
+    cls.COMMAND.value: cls
+    for cls in (
+        IoTypesRequest,
+        CanMeshRequest,
+        RequirementsRequest,
+        SubmitRequest,
+        StatusRequest,
+        TerminateRequest,
+        ProgressRequest,
+        ResultRequest,
+        CollectRequest,
+        Reply,
+        Error,
+        Register,
+        Report,
+        Heartbeat,
+        Goodbye,
+        Jobs,
+        Cancel,
+        Shutdown,
+    )
+}
+
+
+def encode(msg: Message) -> list[Blob]:
+    """The frames of a message: version, command, body, blobs."""
+    return [VERSION, msg.COMMAND.value, pack(msg.body()), *msg.blobs()]
+
+
+def check_envelope(frames: Sequence[Any], allowed: frozenset[bytes]) -> bytes:
+    """Check version and command without decoding the body; return the command.
+
+    ``frames`` starts at the version frame (the ROUTER identity already removed).
+    """
+    if len(frames) < 3:
+        raise ProtocolError(
+            f"a message needs at least 3 frames (version, command, body), got {len(frames)}",
+            code="bad-envelope",
+        )
+    version = bytes(frames[0])
+    if version != VERSION:
+        raise ProtocolError(
+            f"protocol version mismatch: this broker speaks {VERSION.decode()}, "
+            f"the message says {version[:32]!r}",
+            code="version",
+        )
+    command = bytes(frames[1])
+    if command not in allowed:
+        raise ProtocolError(f"unknown command {command[:32]!r}", code="unknown-command")
+    return command
+
+
+def decode(frames: Sequence[Any], allowed: frozenset[bytes] | None = None) -> Message:
+    """Decode a whole message (version, command, body, blobs) into its dataclass."""
+    command = check_envelope(frames, allowed if allowed is not None else _ALL)
+    body = unpack(bytes(frames[2]))
+    if not isinstance(body, dict):
+        raise ProtocolError("body must be a msgpack map")
+    return MESSAGES[command].from_body(body, list(frames[3:]))
+
+
+def request_id(frames: Sequence[Any]) -> int:
+    """Best effort: the ``rid`` of a request too broken to decode, or -1."""
+    try:
+        body = unpack(bytes(frames[2]))
+        rid = body.get("rid", -1) if isinstance(body, dict) else -1
+        return rid if type(rid) is int else -1
+    except Exception:
+        return -1
+
+
+_ALL = frozenset(c.value for c in Command)

@@ -1,0 +1,72 @@
+"""Server configuration: one frozen dataclass, every default in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from remus.errors import ConfigError
+
+DEFAULT_CLIENT = "tcp://127.0.0.1:50505"
+DEFAULT_WORKER = "tcp://127.0.0.1:50510"
+DEFAULT_STATUS = "tcp://127.0.0.1:50550"
+
+_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+def check_endpoint(endpoint: str, what: str) -> str:
+    if not isinstance(endpoint, str) or not endpoint.startswith(_SCHEMES):
+        raise ConfigError(
+            f"{what} endpoint {endpoint!r} is not a ZeroMQ endpoint: use tcp://HOST:PORT "
+            "(port 0 picks a free port), ipc:///path/to/socket or inproc://name"
+        )
+    return endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPorts:
+    """The three endpoints a broker binds. After start, ``Server.ports`` holds the real ones."""
+
+    client: str = DEFAULT_CLIENT
+    worker: str = DEFAULT_WORKER
+    status: str = DEFAULT_STATUS
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.client, "client")
+        check_endpoint(self.worker, "worker")
+        check_endpoint(self.status, "status")
+
+    @classmethod
+    def ephemeral(cls, host: str = "127.0.0.1") -> ServerPorts:
+        """Three free TCP ports on ``host``: what tests and embedded brokers want."""
+        return cls(f"tcp://{host}:0", f"tcp://{host}:0", f"tcp://{host}:0")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How the broker behaves. Times are seconds."""
+
+    #: finished, failed, terminated and expired jobs are forgotten this long after they end
+    result_ttl: float = 3600.0
+    #: progress updates kept per job; past it the oldest are dropped (clients see the gap)
+    max_progress_history: int = 100_000
+    #: a worker silent for this many of its own heartbeat intervals is lost
+    liveness_factor: float = 3.0
+    #: a core loop pass later than this means the broker itself stalled: blame no worker
+    stall_threshold: float = 1.0
+    #: jobs waiting in the queue before submit_job raises BusyError
+    max_queued_jobs: int = 2_000_000
+    #: bytes of job contents held for queued jobs before submit_job raises BusyError
+    max_queued_bytes: int = 8 * 1024**3
+    #: largest message (all frames) either socket accepts; larger ones get an error reply
+    max_message_bytes: int = 2 * 1024**3
+    #: the longest a client may ask the broker to hold a reply (progress and collect waits)
+    max_wait: float = 60.0
+    #: how long stop() waits for workers to be told and for threads to finish
+    stop_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("result_ttl", "liveness_factor", "stall_threshold", "max_wait"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"ServerConfig.{name} must be positive")
+        if self.max_progress_history < 1:
+            raise ConfigError("ServerConfig.max_progress_history must be at least 1")

@@ -1,0 +1,626 @@
+"""The broker's rules, as a pure state machine: messages and ``now`` in, messages out.
+
+No sockets, no threads, no clocks: the core thread (``remus.server.core_thread``) decodes what
+arrives, calls :meth:`BrokerCore.client_message` / :meth:`BrokerCore.worker_message` /
+:meth:`BrokerCore.tick`, then sends what :meth:`BrokerCore.flush` hands back. Tests drive it
+directly.
+
+Batching lives here: every job assigned to a worker during one pass goes out as one ``jobs``
+message at flush, and every parked client request that became answerable is answered once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from remus import protocol as p
+from remus.server.config import ServerConfig
+from remus.server.matching import Matcher
+from remus.server.records import JobRecord, WorkerRecord, job_key
+from remus.types import IOType, JobRequirements, Status, matches
+
+log = logging.getLogger(__name__)
+
+#: blobs smaller than this are copied into bytes (a zmq.Frame costs more memory than it saves)
+SMALL_BLOB = 4096
+#: the most progress updates or results one reply carries
+MAX_PER_REPLY = 10_000
+
+
+class Catalog(Protocol):
+    """What a worker factory tells the broker about the workers it could start."""
+
+    def supported_io_types(self) -> set[IOType]: ...
+    def can_mesh(self, reqs: JobRequirements) -> bool: ...
+    def retrieve_requirements(self, io_type: IOType) -> list[JobRequirements]: ...
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A client request the broker holds until it can answer it (or its deadline passes)."""
+
+    client: bytes
+    rid: int
+    deadline: float
+    job_id: str = ""
+    since: int = 0
+    with_result: bool = False
+    answered: bool = False
+    watch: _Watch | None = None
+
+
+@dataclass(slots=True)
+class _Watch:
+    """A client's as-completed watch list (see CollectRequest)."""
+
+    client: bytes
+    name: str
+    pending: set[str] = field(default_factory=set)
+    done: deque[str] = field(default_factory=deque)
+    parked: _Waiter | None = None
+    max: int = MAX_PER_REPLY
+    last_used: float = 0.0
+
+
+@dataclass
+class Outbox:
+    clients: list[tuple[bytes, p.Message]] = field(default_factory=list)
+    workers: list[tuple[bytes, p.Message]] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class BrokerCore:
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        catalog: Catalog | None = None,
+        now: float = 0.0,
+        wants_event: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.catalog = catalog
+        self.jobs: dict[str, JobRecord] = {}
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.matcher = Matcher()
+        self.out = Outbox()
+        #: decides whether an event topic has a subscriber; events nobody wants cost nothing
+        self.wants_event = wants_event or (lambda topic: False)
+        self._order = 0
+        self._done: deque[tuple[float, str]] = deque()
+        self._progress_waiters: dict[str, list[_Waiter]] = {}
+        self._ready_waiters: list[_Waiter] = []
+        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._watches: dict[tuple[bytes, str], _Watch] = {}
+        self._watchers: dict[str, list[_Watch]] = {}
+        self._ready_watches: dict[tuple[bytes, str], _Watch] = {}
+        self._last_tick = now
+        self.counters = {"submitted": 0, "finished": 0, "failed": 0, "dropped_results": 0}
+        self._client_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
+            p.IoTypesRequest: self._io_types,
+            p.CanMeshRequest: self._can_mesh,
+            p.RequirementsRequest: self._requirements,
+            p.SubmitRequest: self._submit,
+            p.StatusRequest: self._status,
+            p.TerminateRequest: self._terminate,
+            p.ProgressRequest: self._progress,
+            p.ResultRequest: self._result,
+            p.CollectRequest: self._collect,
+        }
+        self._worker_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
+            p.Register: self._register,
+            p.Report: self._report,
+            p.Heartbeat: self._heartbeat,
+            p.Goodbye: self._goodbye,
+        }
+
+    # ================================================================ entry points
+
+    def client_message(self, client: bytes, msg: p.Message, now: float) -> None:
+        handler = self._client_handlers.get(type(msg))
+        if handler is None:
+            rid = getattr(msg, "rid", -1)
+            self._error(
+                client, rid, "unknown-command", f"{msg.COMMAND.value!r} is not a client request"
+            )
+            return
+        handler(client, msg, now)
+
+    def worker_message(self, worker: bytes, msg: p.Message, now: float) -> None:
+        handler = self._worker_handlers.get(type(msg))
+        if handler is None:
+            self.out.workers.append(
+                (worker, p.Error(-1, "unknown-command", "not a worker message"))
+            )
+            return
+        handler(worker, msg, now)
+
+    def tick(self, now: float) -> None:
+        """Time-driven rules: heartbeats, lost workers, held-reply deadlines, forgetting."""
+        stalled = now - self._last_tick > self.config.stall_threshold
+        self._last_tick = now
+        if stalled:
+            # The freebie rule: our own loop was late (suspended, asleep, overloaded), so any
+            # silence we measured is ours. Restart every worker's clock instead of blaming it.
+            log.warning("broker loop stalled; not blaming workers for the silence")
+            for w in self.workers.values():
+                w.last_seen = now
+        for w in list(self.workers.values()):
+            if now - w.last_seen > w.heartbeat * self.config.liveness_factor:
+                self._lose_worker(w, now, f"worker {w.name} stopped heartbeating")
+            elif now >= w.next_beat:
+                w.next_beat = now + w.heartbeat
+                self.out.workers.append((w.id, p.Heartbeat()))
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, waiter = heapq.heappop(self._deadlines)
+            if waiter.answered:
+                continue
+            if waiter.watch is not None:
+                self._ready_watches[(waiter.client, waiter.watch.name)] = waiter.watch
+            else:
+                self._ready_waiters.append(waiter)
+        ttl = self.config.result_ttl
+        while self._done and now - self._done[0][0] > ttl:
+            _, job_id = self._done.popleft()
+            job = self.jobs.get(job_id)
+            if job is not None and job.status.done and now - job.finished_at > ttl:
+                del self.jobs[job_id]
+        for key, watch in list(self._watches.items()):
+            if watch.parked is None and now - watch.last_used > ttl:
+                self._drop_watch(key)
+
+    def next_deadline(self, now: float) -> float:
+        """When :meth:`tick` next has something to do (the core thread polls until then)."""
+        soon = now + self.config.stall_threshold / 2
+        if self.workers:
+            soon = min(soon, min(w.next_beat for w in self.workers.values()))
+        if self._deadlines:
+            soon = min(soon, self._deadlines[0][0])
+        return max(soon, now + 0.001)
+
+    def flush(self) -> Outbox:
+        """Everything to send after this pass: jobs batched per worker, held replies answered."""
+        for worker in self.matcher.dirty.values():
+            if worker.outgoing:
+                self.out.workers.append((worker.id, self._jobs_message(worker.outgoing)))
+                worker.outgoing = []
+        self.matcher.dirty.clear()
+        if self._ready_waiters:
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                if not waiter.answered:
+                    self._answer_progress(waiter)
+        if self._ready_watches:
+            watches, self._ready_watches = self._ready_watches, {}
+            for watch in watches.values():
+                if watch.parked is not None:
+                    self._answer_watch(watch)
+        out, self.out = self.out, Outbox()
+        return out
+
+    def shutdown(self, reason: str = "broker stopping") -> Outbox:
+        """Tell every worker to exit; returns the final outbox."""
+        for w in self.workers.values():
+            self.out.workers.append((w.id, p.Shutdown(reason)))
+        return self.flush()
+
+    def demand(self) -> dict[JobRequirements, int]:
+        """Queued jobs that no connected worker can take now, by requirements (for a factory)."""
+        return {job.reqs: count for job, count in self.matcher.demand()}
+
+    # ================================================================ client requests
+
+    def _reply(self, client: bytes, rid: int, data: Any, frames: list[Any] | None = None) -> None:
+        self.out.clients.append((client, p.Reply(rid, data, frames or ())))
+
+    def _error(self, client: bytes, rid: int, code: str, message: str) -> None:
+        self.out.clients.append((client, p.Error(rid, code, message)))
+
+    def _io_types(self, client: bytes, msg: p.IoTypesRequest, now: float) -> None:
+        types = {w.reqs.io_type for w in self.workers.values()}
+        if self.catalog is not None:
+            types |= self.catalog.supported_io_types()
+        self._reply(client, msg.rid, sorted(t.to_wire() for t in types))
+
+    def _can_mesh(self, client: bytes, msg: p.CanMeshRequest, now: float) -> None:
+        ok = any(matches(msg.requirements, w.reqs) for w in self.workers.values()) or (
+            self.catalog is not None and self.catalog.can_mesh(msg.requirements)
+        )
+        self._reply(client, msg.rid, ok)
+
+    def _requirements(self, client: bytes, msg: p.RequirementsRequest, now: float) -> None:
+        found: dict[JobRequirements, None] = {}
+        for w in self.workers.values():
+            if w.reqs.io_type == msg.io_type:
+                found[w.reqs] = None
+        if self.catalog is not None:
+            for reqs in self.catalog.retrieve_requirements(msg.io_type):
+                found[reqs] = None
+        self._reply(client, msg.rid, [r.to_wire() for r in found])
+
+    def _submit(self, client: bytes, msg: p.SubmitRequest, now: float) -> None:
+        ids = [j.id for j in msg.jobs]
+        if len(set(ids)) != len(ids) or any(i in self.jobs for i in ids):
+            dup = next(i for i in ids if i in self.jobs or ids.count(i) > 1)
+            self._error(client, msg.rid, "duplicate-id", f"job id {dup} is already in use")
+            return
+        size = sum(len(b) for b in msg.contents)
+        cfg = self.config
+        if self.matcher.queued + len(ids) > cfg.max_queued_jobs:
+            self._error(
+                client,
+                msg.rid,
+                "busy",
+                f"the queue is full ({self.matcher.queued} jobs waiting, limit "
+                f"{cfg.max_queued_jobs}); retry later or raise max_queued_jobs",
+            )
+            return
+        if self.matcher.queued_bytes + size > cfg.max_queued_bytes:
+            self._error(
+                client,
+                msg.rid,
+                "busy",
+                f"queued job contents would exceed {cfg.max_queued_bytes} bytes; retry later",
+            )
+            return
+        blobs = iter(msg.contents)
+        wants = self.wants_event("job.queued")
+        for sub in msg.jobs:
+            contents = [next(blobs) for _ in sub.keys]
+            contents = [
+                b.bytes if len(b) < SMALL_BLOB and not isinstance(b, bytes) else b for b in contents
+            ]
+            self._order += 1
+            job = JobRecord(
+                sub.id,
+                sub.requirements,
+                job_key(sub.requirements),
+                sub.keys,
+                contents,
+                sum(len(b) for b in contents),
+                self._order,
+                now,
+            )
+            self.jobs[job.id] = job
+            self.matcher.enqueue(job)
+            if wants:
+                self._event("job.queued", job)
+        self.counters["submitted"] += len(ids)
+        self._reply(client, msg.rid, len(ids))
+
+    def _status_row(self, job_id: str) -> list[Any]:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return [job_id, int(Status.INVALID), None, "", 0, "", 0]
+        last = job.last_progress()
+        value, message = (last[1], last[2]) if last else (None, "")
+        return [job_id, int(job.status), value, message, job.seq, job.reason, job.attempt]
+
+    def _status(self, client: bytes, msg: p.StatusRequest, now: float) -> None:
+        self._reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
+
+    def _terminate(self, client: bytes, msg: p.TerminateRequest, now: float) -> None:
+        cancels: dict[bytes, list[str]] = {}
+        for job_id in msg.ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.status.done:
+                continue
+            worker = self.workers.get(job.worker) if job.worker is not None else None
+            if worker is not None and job in worker.outgoing:
+                # assigned in this very pass and not sent yet: take it back, return the credit
+                worker.outgoing.remove(job)
+                self._finish(job, Status.TERMINATED, now, "terminated by a client")
+                self.matcher.add_credit(worker, 1)
+                continue
+            if worker is not None:
+                cancels.setdefault(worker.id, []).append(job_id)
+            self._finish(job, Status.TERMINATED, now, "terminated by a client")
+        for worker, ids in cancels.items():
+            self.out.workers.append((worker, p.Cancel(ids)))
+        self._reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
+
+    def _progress(self, client: bytes, msg: p.ProgressRequest, now: float) -> None:
+        waiter = _Waiter(client, msg.rid, now, msg.id, msg.since, msg.with_result)
+        job = self.jobs.get(msg.id)
+        if job is None or job.status.done or job.seq > msg.since or msg.wait <= 0:
+            self._answer_progress(waiter)
+            return
+        waiter.deadline = now + min(msg.wait, self.config.max_wait)
+        self._progress_waiters.setdefault(msg.id, []).append(waiter)
+        heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
+
+    def _answer_progress(self, waiter: _Waiter) -> None:
+        waiter.answered = True
+        job = self.jobs.get(waiter.job_id)
+        if job is None:
+            self._reply(waiter.client, waiter.rid, {"status": int(Status.INVALID), "updates": []})
+            return
+        updates: list[Any] = []
+        dropped = 0
+        if job.progress:
+            first = job.progress[0][0]
+            start = max(0, waiter.since + 1 - first)
+            dropped = max(0, first - waiter.since - 1)
+            updates = [list(u) for u in job.progress[start : start + MAX_PER_REPLY]]
+        data: dict[str, Any] = {"status": int(job.status), "updates": updates}
+        if dropped:
+            data["dropped"] = dropped
+        frames: list[Any] = []
+        complete = not updates or updates[-1][0] == job.seq
+        if job.status.done and complete:
+            data["reason"] = job.reason
+            data["traceback"] = job.traceback
+            if waiter.with_result and job.status is Status.FINISHED:
+                data["result"] = True
+                frames.append(job.result)
+        self._reply(waiter.client, waiter.rid, data, frames)
+
+    def _result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
+        rows: list[Any] = []
+        frames: list[Any] = []
+        for job_id in ids:
+            job = self.jobs.get(job_id)
+            if job is None:
+                rows.append([job_id, int(Status.INVALID), "", ""])
+                continue
+            rows.append([job_id, int(job.status), job.reason, job.traceback])
+            if job.status is Status.FINISHED:
+                frames.append(job.result)
+        return rows, frames
+
+    def _result(self, client: bytes, msg: p.ResultRequest, now: float) -> None:
+        rows, frames = self._result_rows(list(msg.ids))
+        self._reply(client, msg.rid, rows, frames)
+
+    def _collect(self, client: bytes, msg: p.CollectRequest, now: float) -> None:
+        key = (client, msg.watch)
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(client, msg.watch)
+        watch.last_used = now
+        watch.max = min(msg.max, MAX_PER_REPLY)
+        if watch.parked is not None:  # a new request supersedes a held one
+            watch.parked.answered = True
+            watch.parked = None
+        for job_id in msg.add:
+            job = self.jobs.get(job_id)
+            if job is None or job.status.done:
+                watch.done.append(job_id)
+            elif job_id not in watch.pending:
+                watch.pending.add(job_id)
+                self._watchers.setdefault(job_id, []).append(watch)
+        waiter = _Waiter(client, msg.rid, now + min(msg.wait, self.config.max_wait), watch=watch)
+        watch.parked = waiter
+        if watch.done or not watch.pending or msg.wait <= 0:
+            self._answer_watch(watch)
+        else:
+            heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
+
+    def _answer_watch(self, watch: _Watch) -> None:
+        waiter = watch.parked
+        assert waiter is not None  # internal invariant, not wire input
+        watch.parked = None
+        waiter.answered = True
+        ids = [watch.done.popleft() for _ in range(min(watch.max, len(watch.done)))]
+        rows, frames = self._result_rows(ids)
+        remaining = len(watch.pending) + len(watch.done)
+        self._reply(watch.client, waiter.rid, {"results": rows, "remaining": remaining}, frames)
+        if not remaining:
+            self._drop_watch((watch.client, watch.name))
+
+    def _drop_watch(self, key: tuple[bytes, str]) -> None:
+        watch = self._watches.pop(key, None)
+        if watch is None:
+            return
+        for job_id in watch.pending:
+            watchers = self._watchers.get(job_id)
+            if watchers is not None:
+                watchers.remove(watch)
+                if not watchers:
+                    del self._watchers[job_id]
+
+    # ================================================================ worker messages
+
+    def _register(self, wid: bytes, msg: p.Register, now: float) -> None:
+        worker = self.workers.get(wid)
+        if worker is not None and worker.reqs != msg.requirements:
+            self._lose_worker(worker, now, "worker re-registered with other requirements")
+            worker = None
+        if worker is None:
+            worker = WorkerRecord(wid, msg.requirements, msg.heartbeat, msg.host, msg.pid, now)
+            self.workers[wid] = worker
+            log.info("worker %s registered for %s", worker.name, msg.requirements.io_type)
+            self._worker_event("worker.registered", worker)
+        else:
+            # A reconnect: jobs we assigned that the worker never saw go back to the queue.
+            worker.heartbeat = msg.heartbeat
+            held = set(msg.held)
+            for job_id in list(worker.jobs):
+                job = self.jobs[job_id]
+                if job_id not in held and job.status is Status.QUEUED:
+                    worker.jobs.discard(job_id)
+                    self._requeue(job)
+            worker.outgoing = [j for j in worker.outgoing if j.worker == wid]
+        worker.last_seen = now
+        self.matcher.set_credit(worker, msg.credit)
+        if msg.credit and self.wants_event("worker.ready"):
+            self._worker_event("worker.ready", worker)
+
+    def _known(self, wid: bytes, what: str) -> WorkerRecord | None:
+        worker = self.workers.get(wid)
+        if worker is None:
+            self.out.workers.append(
+                (
+                    wid,
+                    p.Error(
+                        -1, "unknown-worker", f"{what} from an unregistered worker: register first"
+                    ),
+                )
+            )
+        return worker
+
+    def _report(self, wid: bytes, msg: p.Report, now: float) -> None:
+        worker = self._known(wid, "report")
+        if worker is None:
+            return
+        worker.last_seen = now
+        jobs = self.jobs
+        for job_id in msg.started:
+            job = jobs.get(job_id)
+            if job is not None and job.worker == wid and job.status is Status.QUEUED:
+                job.status = Status.IN_PROGRESS
+                self._event("job.started", job)
+        limit = self.config.max_progress_history
+        for job_id, value, message in msg.progress:
+            job = jobs.get(job_id)
+            if job is None or job.worker != wid or job.status.done:
+                continue
+            job.status = Status.IN_PROGRESS
+            job.seq += 1
+            if job.progress is None:
+                job.progress = []
+            job.progress.append((job.seq, value, message))
+            if len(job.progress) > limit:
+                del job.progress[: len(job.progress) - limit]
+            self._wake(job)
+            if self.wants_event("job.progress"):
+                self._event("job.progress", job, value=value, message=message, seq=job.seq)
+        for job_id, blob in zip(msg.results, msg.result_blobs, strict=True):
+            job = jobs.get(job_id)
+            if job is None or job.worker != wid or job.status.done:
+                self.counters["dropped_results"] += 1
+                log.debug("dropped a late result for job %s", job_id)
+                continue
+            job.result = (
+                blob.bytes if len(blob) < SMALL_BLOB and not isinstance(blob, bytes) else blob
+            )
+            self._finish(job, Status.FINISHED, now)
+        for job_id, reason, tb in msg.failures:
+            job = jobs.get(job_id)
+            if job is None or job.worker != wid or job.status.done:
+                continue
+            self._finish(job, Status.FAILED, now, reason, tb)
+        if msg.credit:
+            self.matcher.add_credit(worker, msg.credit)
+
+    def _heartbeat(self, wid: bytes, msg: p.Heartbeat, now: float) -> None:
+        worker = self._known(wid, "heartbeat")
+        if worker is not None:
+            worker.last_seen = now
+
+    def _goodbye(self, wid: bytes, msg: p.Goodbye, now: float) -> None:
+        worker = self.workers.get(wid)
+        if worker is not None:
+            self._lose_worker(worker, now, f"worker {worker.name} exited", topic="worker.exited")
+
+    # ================================================================ lifecycle helpers
+
+    def _lose_worker(
+        self, worker: WorkerRecord, now: float, reason: str, topic: str = "worker.lost"
+    ) -> None:
+        del self.workers[worker.id]
+        self.matcher.remove_worker(worker)
+        for job_id in worker.jobs:
+            job = self.jobs[job_id]
+            if job.status is Status.QUEUED:
+                self._requeue(job)  # it never started: no harm in running it elsewhere
+            elif not job.status.done:
+                self._finish(job, Status.EXPIRED, now, reason)
+        worker.jobs.clear()
+        (log.info if topic == "worker.exited" else log.warning)("%s", reason)
+        self._worker_event(topic, worker, reason=reason)
+
+    def _requeue(self, job: JobRecord) -> None:
+        job.worker = None
+        self.matcher.enqueue(job, front=True)
+
+    def _finish(
+        self, job: JobRecord, status: Status, now: float, reason: str = "", tb: str = ""
+    ) -> None:
+        if job.status is Status.QUEUED and job.worker is None:
+            self.matcher.forget_queued(job)
+        if job.worker is not None:
+            worker = self.workers.get(job.worker)
+            if worker is not None:
+                worker.jobs.discard(job.id)
+        job.status = status
+        job.reason = reason
+        job.traceback = tb
+        job.finished_at = now
+        job.blobs = None  # contents are no longer needed once the job is over
+        self._done.append((now, job.id))
+        if status is Status.FINISHED:
+            self.counters["finished"] += 1
+        else:
+            self.counters["failed"] += 1
+        self._wake(job)
+        watchers = self._watchers.pop(job.id, None)
+        if watchers:
+            for watch in watchers:
+                watch.pending.discard(job.id)
+                watch.done.append(job.id)
+                if watch.parked is not None:
+                    self._ready_watches[(watch.client, watch.name)] = watch
+        topic = "job." + status.name.lower()
+        if self.wants_event(topic):
+            self._event(topic, job, reason=reason)
+
+    def _wake(self, job: JobRecord) -> None:
+        waiters = self._progress_waiters.pop(job.id, None)
+        if waiters:
+            self._ready_waiters.extend(waiters)
+
+    def _jobs_message(self, jobs: list[JobRecord]) -> p.Jobs:
+        assigned = []
+        contents: list[Any] = []
+        wants = self.wants_event("job.assigned")
+        for job in jobs:
+            assigned.append(p.AssignedJob(job.id, job.reqs, job.keys))
+            contents.extend(job.blobs or ())
+            if wants:
+                self._event("job.assigned", job)
+        return p.Jobs(assigned, contents)
+
+    # ================================================================ events
+
+    def _event(self, topic: str, job: JobRecord, **extra: Any) -> None:
+        if not self.wants_event(topic):
+            return
+        payload = {"job": job.id, "status": job.status.name, "io_type": job.reqs.io_type.to_wire()}
+        if job.worker is not None and job.worker in self.workers:
+            payload["worker"] = self.workers[job.worker].name
+        payload.update(extra)
+        self.out.events.append((topic, payload))
+
+    def _worker_event(self, topic: str, worker: WorkerRecord, **extra: Any) -> None:
+        if not self.wants_event(topic):
+            return
+        payload = {
+            "worker": worker.name,
+            "host": worker.host,
+            "pid": worker.pid,
+            "io_type": worker.reqs.io_type.to_wire(),
+            "worker_name": worker.reqs.worker_name,
+            "credit": worker.credit,
+            "jobs": len(worker.jobs),
+        }
+        payload.update(extra)
+        self.out.events.append((topic, payload))
+
+    def add_event(self, topic: str, payload: dict[str, Any]) -> None:
+        """Events from outside the rules (the factory's spawns and exits)."""
+        if self.wants_event(topic):
+            self.out.events.append((topic, payload))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "jobs": len(self.jobs),
+            "queued": self.matcher.queued,
+            "workers": len(self.workers),
+            **self.counters,
+        }

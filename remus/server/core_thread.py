@@ -1,0 +1,234 @@
+"""The core thread: plumbing around :class:`BrokerCore`.
+
+It owns the two inproc PAIRs to the edge threads, the status XPUB and the control PAIR, and
+nothing else. Each pass drains everything that is ready, feeds it to the core, runs the timed
+rules when due, asks the factory for workers when jobs wait, and sends what the core returns.
+Draining first and sending once per pass is what batches work under load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from remus import protocol as p
+from remus.errors import ProtocolError
+from remus.log import TRACE
+from remus.server.config import ServerConfig
+from remus.server.core import BrokerCore, Outbox
+from remus.server.edge import DRAIN, STOP
+
+log = logging.getLogger(__name__)
+
+#: control message that tells the core where workers connect (for the factory's spawns)
+WORKER_ENDPOINT = b"worker-endpoint "
+#: how often the factory is asked to reap and to start workers for waiting jobs
+FACTORY_PERIOD = 0.05
+
+
+class CoreThread(threading.Thread):
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        *,
+        config: ServerConfig,
+        control: str,
+        client_pipe: str,
+        worker_pipe: str,
+        status: str,
+        factory: Any = None,
+    ) -> None:
+        super().__init__(name="remus-core", daemon=True)
+        self._context = context
+        self._config = config
+        self._endpoints = (control, client_pipe, worker_pipe)
+        self._status_bind = status
+        self._worker_endpoint = ""
+        self._factory = factory
+        self._subscriptions: dict[bytes, int] = {}
+        self._wanted: dict[str, bool] = {}
+        self.ready = threading.Event()
+        self.status_endpoint = ""
+        self.error: BaseException | None = None
+        self.core: BrokerCore | None = None
+
+    # -------------------------------------------------------------- status subscriptions
+
+    def _wants(self, topic: str) -> bool:
+        wanted = self._wanted.get(topic)
+        if wanted is None:
+            raw = topic.encode()
+            wanted = self._wanted[topic] = any(raw.startswith(s) for s in self._subscriptions)
+        return wanted
+
+    def _subscription(self, frame: bytes) -> None:
+        if not frame:
+            return
+        topic = frame[1:]
+        if frame[0] == 1:
+            self._subscriptions[topic] = self._subscriptions.get(topic, 0) + 1
+        elif frame[0] == 0 and topic in self._subscriptions:
+            self._subscriptions[topic] -= 1
+            if self._subscriptions[topic] <= 0:
+                del self._subscriptions[topic]
+        self._wanted.clear()
+
+    # -------------------------------------------------------------- thread body
+
+    def run(self) -> None:
+        ctx = self._context
+        control, client, worker, status = (
+            ctx.socket(t) for t in (zmq.PAIR, zmq.PAIR, zmq.PAIR, zmq.XPUB)
+        )
+        sockets = (control, client, worker, status)
+        try:
+            for s in sockets:
+                s.linger = 0
+            client.sndhwm = client.rcvhwm = worker.sndhwm = worker.rcvhwm = 0
+            control.bind(self._endpoints[0])
+            client.bind(self._endpoints[1])
+            worker.bind(self._endpoints[2])
+            try:
+                status.bind(self._status_bind)
+            except zmq.ZMQError as e:
+                raise OSError(f"cannot bind the status endpoint {self._status_bind}: {e}") from e
+            self.status_endpoint = status.last_endpoint.decode()
+        except BaseException as e:
+            self.error = e
+            self.ready.set()
+            for s in sockets:
+                s.close(0)
+            return
+        self.core = BrokerCore(
+            self._config, catalog=self._factory, now=time.monotonic(), wants_event=self._wants
+        )
+        self.ready.set()
+        try:
+            self._loop(control, client, worker, status)
+        except Exception:
+            log.exception("core thread failed; stopping the broker")
+        finally:
+            try:
+                self._send(self.core.shutdown(), client, worker, status)
+            except Exception:
+                log.exception("could not tell workers to stop")
+            for pipe in (client, worker):
+                try:
+                    pipe.send(STOP, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # that edge never started
+            if self._factory is not None:
+                self._factory.stop()
+            for s in sockets:
+                s.close()
+
+    def _loop(
+        self,
+        control: zmq.Socket[Any],
+        client: zmq.Socket[Any],
+        worker: zmq.Socket[Any],
+        status: zmq.Socket[Any],
+    ) -> None:
+        core = self.core
+        assert core is not None
+        poller = zmq.Poller()
+        for s in (control, client, worker, status):
+            poller.register(s, zmq.POLLIN)
+        tracing = log.isEnabledFor(TRACE)
+        now = time.monotonic()
+        tick_due = now
+        factory_due = now
+        while True:
+            timeout = max(0.0, min(tick_due, factory_due if self._factory else tick_due) - now)
+            ready = dict(poller.poll(timeout * 1000))
+            now = time.monotonic()
+            if control in ready:
+                order = control.recv()
+                if order == STOP:
+                    return
+                if order.startswith(WORKER_ENDPOINT):
+                    self._worker_endpoint = order[len(WORKER_ENDPOINT) :].decode()
+            if client in ready:
+                self._drain(client, p.CLIENT_COMMANDS, core.client_message, now, tracing)
+            if worker in ready:
+                self._drain(worker, p.WORKER_COMMANDS, core.worker_message, now, tracing)
+            if status in ready:
+                while True:
+                    try:
+                        self._subscription(status.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            if now >= tick_due:
+                core.tick(now)
+                tick_due = core.next_deadline(now)
+            if self._factory is not None and self._worker_endpoint and now >= factory_due:
+                self._run_factory(core, now)
+                factory_due = now + FACTORY_PERIOD
+            self._send(core.flush(), client, worker, status)
+
+    def _drain(
+        self,
+        pipe: zmq.Socket[Any],
+        allowed: frozenset[bytes],
+        handle: Any,
+        now: float,
+        tracing: bool,
+    ) -> None:
+        core = self.core
+        assert core is not None
+        for _ in range(DRAIN):
+            try:
+                frames = pipe.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            try:
+                msg = p.decode(frames[1:], allowed)
+            except ProtocolError as e:
+                log.warning("rejected a message from %s: %s", identity.hex(), e)
+                rid = p.request_id(frames[1:])
+                pipe.send_multipart([identity, *p.encode(p.Error(rid, e.code, str(e)))])
+                continue
+            if tracing:
+                log.log(TRACE, "core <- %s %s", identity.hex(), type(msg).__name__)
+            try:
+                handle(identity, msg, now)
+            except Exception:
+                # A rule that breaks on one message must not take the broker down with it.
+                log.exception(
+                    "internal error handling %s from %s", type(msg).__name__, identity.hex()
+                )
+                if isinstance(msg, p.Request):
+                    err = p.Error(
+                        msg.rid, "internal", "the broker failed on this request; see its log"
+                    )
+                    pipe.send_multipart([identity, *p.encode(err)])
+
+    def _send(
+        self, out: Outbox, client: zmq.Socket[Any], worker: zmq.Socket[Any], status: zmq.Socket[Any]
+    ) -> None:
+        for identity, msg in out.clients:
+            client.send_multipart([identity, *p.encode(msg)], copy=False)
+        for identity, msg in out.workers:
+            worker.send_multipart([identity, *p.encode(msg)], copy=False)
+        if out.events:
+            stamp = time.time()
+            for topic, payload in out.events:
+                payload["time"] = stamp
+                status.send_multipart([topic.encode(), p.pack(payload)])
+
+    def _run_factory(self, core: BrokerCore, now: float) -> None:
+        factory = self._factory
+        try:
+            for event in factory.reap(now):
+                core.add_event(event.topic, event.payload)
+            demand = core.demand()
+            if demand:
+                for event in factory.create_workers(demand, self._worker_endpoint, now):
+                    core.add_event(event.topic, event.payload)
+        except Exception:
+            log.exception("worker factory failed")

@@ -1,0 +1,130 @@
+"""What the broker remembers about each job and each worker (owned by the core thread only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remus.types import JobRequirements, Status, tag_key
+
+#: A queue key: io type, worker name ("" = any), tag key (None = any)
+QueueKey = tuple[Any, str, str | None]
+
+
+def job_key(reqs: JobRequirements) -> QueueKey:
+    return (reqs.io_type, reqs.worker_name, tag_key(reqs.tag))
+
+
+def worker_keys(reqs: JobRequirements) -> tuple[QueueKey, ...]:
+    """Every queue key whose jobs this worker can take (the matching rule, precomputed)."""
+    tk = tag_key(reqs.tag)
+    keys = {
+        (reqs.io_type, "", None): None,
+        (reqs.io_type, reqs.worker_name, None): None,
+        (reqs.io_type, "", tk): None,
+        (reqs.io_type, reqs.worker_name, tk): None,
+    }
+    return tuple(keys)
+
+
+class JobRecord:
+    __slots__ = (
+        "attempt",
+        "blobs",
+        "finished_at",
+        "id",
+        "key",
+        "keys",
+        "order",
+        "progress",
+        "reason",
+        "reqs",
+        "result",
+        "seq",
+        "size",
+        "status",
+        "submitted_at",
+        "traceback",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        job_id: str,
+        reqs: JobRequirements,
+        key: QueueKey,
+        keys: tuple[str, ...],
+        blobs: list[Any],
+        size: int,
+        order: int,
+        now: float,
+    ) -> None:
+        self.id = job_id
+        self.reqs = reqs
+        self.key = key
+        self.keys = keys
+        self.blobs: list[Any] | None = blobs
+        self.size = size
+        self.order = order
+        self.submitted_at = now
+        self.status = Status.QUEUED
+        self.worker: bytes | None = None
+        #: progress history: [(seq, value, message)], None until the first update
+        self.progress: list[tuple[int, int | None, str]] | None = None
+        self.seq = 0
+        self.result: Any = None
+        self.reason = ""
+        self.traceback = ""
+        self.finished_at = 0.0
+        self.attempt = 1
+
+    def last_progress(self) -> tuple[int, int | None, str] | None:
+        return self.progress[-1] if self.progress else None
+
+    def __repr__(self) -> str:
+        return f"<JobRecord {self.id} {self.status.name}>"
+
+
+class WorkerRecord:
+    __slots__ = (
+        "credit",
+        "heartbeat",
+        "host",
+        "id",
+        "jobs",
+        "keys",
+        "last_seen",
+        "next_beat",
+        "outgoing",
+        "pid",
+        "reqs",
+    )
+
+    def __init__(
+        self,
+        worker_id: bytes,
+        reqs: JobRequirements,
+        heartbeat: float,
+        host: str,
+        pid: int,
+        now: float,
+    ) -> None:
+        self.id = worker_id
+        self.reqs = reqs
+        self.keys = worker_keys(reqs)
+        self.heartbeat = heartbeat
+        self.host = host
+        self.pid = pid
+        self.credit = 0
+        #: ids of jobs assigned to this worker (started or not)
+        self.jobs: set[str] = set()
+        #: jobs assigned in this pass, sent as one message at flush
+        self.outgoing: list[JobRecord] = []
+        self.last_seen = now
+        self.next_beat = now + heartbeat
+
+    @property
+    def name(self) -> str:
+        return f"{self.reqs.worker_name or 'worker'}@{self.host}:{self.pid}"
+
+    def __repr__(self) -> str:
+        return f"<WorkerRecord {self.name} credit={self.credit} jobs={len(self.jobs)}>"

@@ -1,0 +1,180 @@
+"""The broker: three threads (client edge, worker edge, core) joined by inproc PAIR sockets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+import zmq
+
+from remus import protocol as p
+from remus.errors import RemusError
+from remus.server.config import ServerConfig, ServerPorts
+from remus.server.core_thread import WORKER_ENDPOINT, CoreThread
+from remus.server.edge import STOP, EdgeThread
+
+log = logging.getLogger(__name__)
+
+
+def _reachable(endpoint: str) -> str:
+    """The address a local process connects to for a bound endpoint (0.0.0.0/* -> loopback)."""
+    for wildcard in ("tcp://0.0.0.0:", "tcp://*:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint[len(wildcard) :]
+    if endpoint.startswith("tcp://[::]:"):
+        return "tcp://[::1]:" + endpoint[len("tcp://[::]:") :]
+    return endpoint
+
+
+class Server:
+    """A remus broker.
+
+    ::
+
+        with Server(ports=ServerPorts.ephemeral()) as server:
+            print(server.ports.client)   # the real endpoint, port 0 resolved
+
+    ``factory`` (a :class:`~remus.server.factory.WorkerFactory` or any object with the same
+    methods) starts workers for jobs that no connected worker can take.
+    """
+
+    def __init__(
+        self,
+        ports: ServerPorts | None = None,
+        factory: Any = None,
+        *,
+        config: ServerConfig | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.requested_ports = ports or ServerPorts()
+        self.ports = self.requested_ports
+        self.factory = factory
+        self.config = config or ServerConfig()
+        self._context = context or zmq.Context.instance()
+        self.status = "created"
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._control: zmq.Socket[Any] | None = None
+        self._core: CoreThread | None = None
+        self._stopped = threading.Event()
+
+    # -------------------------------------------------------------- lifetime
+
+    def start(self, timeout: float = 10.0) -> Server:
+        """Bind the three endpoints and start the threads; raises if any of them cannot start."""
+        with self._lock:
+            if self.status == "running":
+                return self
+            if self.status != "created":
+                raise RemusError(f"a {self.status} server cannot be started again; make a new one")
+            tag = uuid.uuid4().hex[:12]
+            control, client_pipe, worker_pipe = (
+                f"inproc://remus-{tag}-{name}" for name in ("control", "client", "worker")
+            )
+            core = CoreThread(
+                self._context,
+                config=self.config,
+                control=control,
+                client_pipe=client_pipe,
+                worker_pipe=worker_pipe,
+                status=self.requested_ports.status,
+                factory=self.factory,
+            )
+            core.start()
+            self._threads.append(core)
+            self._core = core
+            if not core.ready.wait(timeout) or core.error is not None:
+                self.status = "failed"
+                core.join(timeout)
+                raise RemusError(f"the broker could not start: {core.error or 'timed out'}")
+            self._control = self._context.socket(zmq.PAIR)
+            self._control.linger = 0
+            self._control.connect(control)
+            limit = self.config.max_message_bytes
+            edges = [
+                EdgeThread(
+                    self._context,
+                    role="client",
+                    bind=self.requested_ports.client,
+                    pipe=client_pipe,
+                    allowed=p.CLIENT_COMMANDS,
+                    max_message_bytes=limit,
+                    linger_ms=200,
+                ),
+                EdgeThread(
+                    self._context,
+                    role="worker",
+                    bind=self.requested_ports.worker,
+                    pipe=worker_pipe,
+                    allowed=p.WORKER_COMMANDS,
+                    max_message_bytes=limit,
+                    linger_ms=int(self.config.stop_timeout * 1000),
+                ),
+            ]
+            for edge in edges:
+                edge.start()
+                self._threads.append(edge)
+            for edge in edges:
+                if not edge.ready.wait(timeout) or edge.error is not None:
+                    self.status = "running"  # so that stop() tears down what did start
+                    self._stop_locked(timeout)
+                    self.status = "failed"
+                    raise RemusError(f"the broker could not start: {edge.error or 'timed out'}")
+            self._control.send(WORKER_ENDPOINT + _reachable(edges[1].endpoint).encode())
+            self.ports = ServerPorts(edges[0].endpoint, edges[1].endpoint, core.status_endpoint)
+            self.status = "running"
+            log.info(
+                "remus broker running: client=%s worker=%s status=%s",
+                self.ports.client,
+                self.ports.worker,
+                self.ports.status,
+            )
+            return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Tell workers to exit, stop the threads and wait for them. Safe to call twice."""
+        with self._lock:
+            if self.status == "created":
+                self.status = "closed"
+            if self.status != "running":
+                return
+            self._stop_locked(timeout)
+            log.info("remus broker stopped")
+
+    def _stop_locked(self, timeout: float | None) -> None:
+        assert self._control is not None
+        self._control.send(STOP)
+        limit = timeout if timeout is not None else self.config.stop_timeout + 5
+        for thread in self._threads:
+            thread.join(limit)
+            if thread.is_alive():
+                log.error("thread %s did not stop within %.1f s", thread.name, limit)
+        self._control.close()
+        self._control = None
+        self.status = "closed"
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server is stopped (by :meth:`stop` from another thread)."""
+        return self._stopped.wait(timeout)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the core's counters (read without locking; for display only)."""
+        core = self._core.core if self._core is not None else None
+        return dict(core.stats()) if core is not None else {}
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        stats = self.stats if self.status == "running" else {}
+        extra = " ".join(f"{k}={v}" for k, v in stats.items())
+        return (
+            f"<Server {self.status} client={self.ports.client} worker={self.ports.worker} {extra}>"
+        )

@@ -1,0 +1,207 @@
+"""``Worker``: turn any function or program into a remus worker.
+
+::
+
+    with Worker(IOType("Edges", "Mesh2D"), endpoint=sys.argv[1]) as w:
+        w.run(lambda job: mesh(job["data"]))
+
+or step by step with ``get_job`` / ``send_progress`` / ``return_result``. Every method may be
+called from any thread; the socket itself lives in a background thread that also heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from remus.server.config import DEFAULT_WORKER, check_endpoint
+from remus.types import IOType, JobRequirements
+from remus.worker.connection import Connection
+from remus.worker.job import INVALID, Job
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job], "bytes | bytearray | memoryview | str | None"]
+
+
+class Worker:
+    """A worker for one kind of job. ``heartbeat_interval`` (s) is declared to the broker, which
+    declares the worker lost after a few silent intervals."""
+
+    def __init__(
+        self,
+        requirements: JobRequirements | IOType,
+        endpoint: str = DEFAULT_WORKER,
+        *,
+        heartbeat_interval: float = 1.0,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        check_endpoint(endpoint, "worker")
+        if not 0.001 <= heartbeat_interval <= 3600:
+            raise ValueError("heartbeat_interval must be between 0.001 and 3600 seconds")
+        self.requirements = JobRequirements.of(requirements)
+        self.endpoint = endpoint
+        self.identity = b"w-" + secrets.token_bytes(8)
+        self._conn = Connection(
+            context or zmq.Context.instance(),
+            endpoint,
+            self.requirements,
+            heartbeat_interval,
+            self.identity,
+        )
+        self._conn.start()
+        self._closed = False
+        self.jobs_done = 0
+
+    # -------------------------------------------------------------- taking jobs
+
+    def ask_for_jobs(self, n: int = 1) -> None:
+        """Ask the broker for ``n`` more jobs (credit). Several at once is what makes small
+        jobs fast: the broker sends as many as you have credit for in one message."""
+        if n < 1:
+            raise ValueError("ask for at least one job")
+        self._conn.requested += n
+        self._conn.post("credit", n)
+
+    def pending_job_count(self) -> int:
+        """Jobs received and not yet taken with get_job."""
+        return self._conn.inbox.qsize()
+
+    def take_pending_job(self) -> Job:
+        """A job already received, without waiting; an invalid job if there is none."""
+        return self._take(block=False, timeout=None)
+
+    def get_job(self, timeout: float | None = None) -> Job:
+        """The next job, waiting up to ``timeout`` seconds (None: until one comes).
+
+        Asks the broker for one if nothing is asked for yet. Returns an invalid (falsy) job on
+        timeout or when the broker tells the worker to exit (then ``should_terminate`` is True).
+        """
+        conn = self._conn
+        if conn.inbox.empty() and conn.requested <= conn.received:
+            self.ask_for_jobs(1)
+        return self._take(block=True, timeout=timeout)
+
+    def _take(self, *, block: bool, timeout: float | None) -> Job:
+        if self.should_terminate:
+            return INVALID
+        try:
+            job = self._conn.inbox.get(block=block, timeout=timeout)
+        except queue.Empty:
+            return INVALID
+        if job is None:  # shutdown
+            self._conn.inbox.put(None)  # for any other thread waiting
+            return INVALID
+        self._conn.post("started", job.id)
+        return job
+
+    # -------------------------------------------------------------- reporting
+
+    def send_progress(self, job: Job, value: int | None = None, message: str = "") -> None:
+        """Report progress: ``value`` 0–100 (or None for a message only). Every update reaches
+        the broker, in order; none is coalesced or dropped."""
+        if value is not None:
+            value = max(0, min(100, int(value)))
+        self._conn.post("progress", job.id, value, str(message))
+
+    def return_result(self, job: Job, data: bytes | bytearray | memoryview | str = b"") -> None:
+        """Hand in the job's result. A str is sent as UTF-8."""
+        if isinstance(data, str):
+            data = data.encode()
+        elif not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a result must be bytes or str, got {type(data).__name__}")
+        self._conn.post("result", job.id, data)
+
+    def send_failure(self, job: Job, reason: str, traceback_text: str = "") -> None:
+        """Report that the job failed; the client's retrieve_result raises with this reason."""
+        self._conn.post("failure", job.id, str(reason), traceback_text)
+
+    def job_should_be_terminated(self, job: Job) -> bool:
+        """True once a client terminated this job (or the broker gave up on it)."""
+        return job.id in self._conn.cancelled
+
+    @property
+    def should_terminate(self) -> bool:
+        """True once the broker told this worker to exit (it is stopping)."""
+        return self._conn.shutdown.is_set()
+
+    # -------------------------------------------------------------- the common case
+
+    def run(
+        self,
+        handler: Handler,
+        *,
+        prefetch: int = 1,
+        max_jobs: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> int:
+        """Take jobs and call ``handler(job)`` on each until the broker says exit.
+
+        The handler's return value (bytes, or str as UTF-8, or None for empty) is the result;
+        an exception fails the job with its message and traceback. ``prefetch`` jobs are asked
+        for at once (raise it for many small jobs). Returns after ``max_jobs`` jobs, after
+        ``idle_timeout`` seconds without one, or when the broker stops. Returns the job count.
+        """
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self.ask_for_jobs(prefetch)
+        done = 0
+        idle_since = time.monotonic()
+        while not self.should_terminate and (max_jobs is None or done < max_jobs):
+            wait = (
+                1.0
+                if idle_timeout is None
+                else max(0.0, idle_timeout - (time.monotonic() - idle_since))
+            )
+            job = self._take(block=True, timeout=wait)
+            if not job:
+                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                    log.info("no job for %.1f s; worker exits", idle_timeout)
+                    break
+                continue
+            self._handle(handler, job)
+            done += 1
+            idle_since = time.monotonic()
+            if max_jobs is None or done + self._conn.inbox.qsize() < max_jobs:
+                self.ask_for_jobs(1)
+        self.jobs_done += done
+        return done
+
+    def _handle(self, handler: Handler, job: Job) -> None:
+        try:
+            result = handler(job)
+        except Exception as e:
+            log.info("job %s failed: %s: %s", job.id, type(e).__name__, e)
+            self.send_failure(job, f"{type(e).__name__}: {e}", traceback.format_exc())
+            return
+        if self.job_should_be_terminated(job):
+            return  # the broker has already closed this job; a result would be dropped
+        self.return_result(job, b"" if result is None else result)
+
+    # -------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Say goodbye to the broker (its unstarted jobs go back to the queue) and stop."""
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("stopping" if self.should_terminate else "running")
+        return (
+            f"<Worker {state} {self.requirements.io_type} {self.endpoint} "
+            f"pending={self.pending_job_count()} done={self.jobs_done}>"
+        )
