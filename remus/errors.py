@@ -32,7 +32,7 @@ class BusyError(ServerError):
         super().__init__(message, code="busy")
 
 
-class TimeoutError(RemusError, builtins.TimeoutError):  # noqa: A001 - also the builtin on purpose
+class TimeoutError(RemusError, builtins.TimeoutError):
     """A peer did not answer in time. Also a builtin ``TimeoutError``."""
 
     def __init__(self, message: str, *, endpoint: str = "") -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -16,8 +18,8 @@ def configure(level: int | str = logging.INFO) -> None:
     )
 
 
-def describe(frames: list[object]) -> str:
+def describe(frames: Sequence[Any]) -> str:
     """A short description of a multipart message for trace lines (no payload bytes)."""
-    sizes = [len(f) for f in frames]  # type: ignore[arg-type]
-    head = bytes(frames[1])[:24] if len(frames) > 1 else b""  # type: ignore[call-overload]
+    sizes = [len(f) for f in frames]
+    head = bytes(frames[1])[:24] if len(frames) > 1 else b""
     return f"{head.decode(errors='replace')} frames={len(frames)} bytes={sum(sizes)}"

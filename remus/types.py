@@ -202,7 +202,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class JobProgress:
-    """One progress update: ``value`` 0–100 or None, a message, and its sequence number (1, 2, …)."""
+    """One progress update: ``value`` 0–100 or None, a message, its sequence number (1, 2, …)."""
 
     value: int | None = None
     message: str = ""

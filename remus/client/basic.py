@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Literal
 
 import zmq
@@ -173,7 +173,7 @@ class BasicClient:
                 )
 
     @staticmethod
-    def _yield_results(reply: p.Reply, errors: str) -> Iterator[Any]:
+    def _yield_results(reply: p.Reply, errors: str) -> Generator[Any, None, int]:
         for result in results_of(reply, reply.data["results"]):
             if isinstance(result, Exception) and errors == "raise":
                 raise result

@@ -120,7 +120,7 @@ class Client:
         try:
             while rid not in self._early:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._sock.poll(remaining * 1000):
+                if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
                     raise TimeoutError(
                         f"the broker at {self.endpoint} did not answer within "
                         f"{self.timeout if timeout is None else timeout:.3g} s; is it running?",
@@ -171,7 +171,8 @@ class Client:
     # -------------------------------------------------------------- jobs
 
     def _pack(self, subs: Sequence[JobSubmission], jobs: list[Job]) -> Any:
-        entries, blobs = [], []
+        entries: list[p.SubmittedJob] = []
+        blobs: list[Any] = []
         for sub in subs:
             job = Job(self.new_job_id(), sub.requirements)
             jobs.append(job)

@@ -310,18 +310,18 @@ class BrokerCore:
             job = self.jobs.get(job_id)
             if job is None or job.status.done:
                 continue
-            worker = self.workers.get(job.worker) if job.worker is not None else None
-            if worker is not None and job in worker.outgoing:
+            holder = self.workers.get(job.worker) if job.worker is not None else None
+            if holder is not None and job in holder.outgoing:
                 # assigned in this very pass and not sent yet: take it back, return the credit
-                worker.outgoing.remove(job)
+                holder.outgoing.remove(job)
                 self._finish(job, Status.TERMINATED, now, "terminated by a client")
-                self.matcher.add_credit(worker, 1)
+                self.matcher.add_credit(holder, 1)
                 continue
-            if worker is not None:
-                cancels.setdefault(worker.id, []).append(job_id)
+            if holder is not None:
+                cancels.setdefault(holder.id, []).append(job_id)
             self._finish(job, Status.TERMINATED, now, "terminated by a client")
-        for worker, ids in cancels.items():
-            self.out.workers.append((worker, p.Cancel(ids)))
+        for wid, ids in cancels.items():
+            self.out.workers.append((wid, p.Cancel(ids)))
         self._reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
 
     def _progress(self, client: bytes, msg: p.ProgressRequest, now: float) -> None:

@@ -144,7 +144,7 @@ class CoreThread(threading.Thread):
         factory_due = now
         while True:
             timeout = max(0.0, min(tick_due, factory_due if self._factory else tick_due) - now)
-            ready = dict(poller.poll(timeout * 1000))
+            ready = dict(poller.poll(int(timeout * 1000)))
             now = time.monotonic()
             if control in ready:
                 order = control.recv()

@@ -126,7 +126,7 @@ class Connection(threading.Thread):
         next_beat = now + self.heartbeat
         while True:
             timeout = max(0.0, min(next_beat, last_heard + self.heartbeat * LIVENESS) - now)
-            ready = dict(poller.poll(timeout * 1000))
+            ready = dict(poller.poll(int(timeout * 1000)))
             now = time.monotonic()
             if self._wake_r.fileno() in ready or self._wake_r in ready:
                 if self._flush_outbox(sock):

@@ -1,0 +1,198 @@
+"""The ``remus`` command: ``remus server`` runs a broker, ``remus watch`` prints its status feed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from remus import log as remus_log
+from remus.errors import RemusError
+from remus.server.config import (
+    DEFAULT_CLIENT,
+    DEFAULT_STATUS,
+    DEFAULT_WORKER,
+    ServerConfig,
+    ServerPorts,
+)
+
+log = logging.getLogger("remus")
+
+
+def _server_parser(sub: Any) -> None:
+    s = sub.add_parser(
+        "server",
+        help="run a broker",
+        description="Run a remus broker until SIGINT or SIGTERM. Port 0 picks a free port; "
+        "the real endpoints are printed on one line once the broker is ready.",
+    )
+    s.add_argument(
+        "--client", default=DEFAULT_CLIENT, metavar="EP", help="client endpoint [%(default)s]"
+    )
+    s.add_argument(
+        "--worker", default=DEFAULT_WORKER, metavar="EP", help="worker endpoint [%(default)s]"
+    )
+    s.add_argument(
+        "--status", default=DEFAULT_STATUS, metavar="EP", help="status PUB endpoint [%(default)s]"
+    )
+    s.add_argument(
+        "--workers",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of worker files (.rw) to spawn workers from; repeatable",
+    )
+    s.add_argument(
+        "--max-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="spawned workers alive at once [%(default)s]",
+    )
+    s.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument passed to every spawned worker; repeatable",
+    )
+    s.add_argument(
+        "--check-workers",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="check the worker files in DIR, print a verdict for each, and exit",
+    )
+    s.add_argument(
+        "--result-ttl",
+        type=float,
+        default=ServerConfig().result_ttl,
+        metavar="S",
+        help="seconds a finished job's result is kept [%(default)s]",
+    )
+    s.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR [%(default)s]"
+    )
+    s.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="trace every message through the three threads (very noisy)",
+    )
+
+
+def _watch_parser(sub: Any) -> None:
+    w = sub.add_parser(
+        "watch",
+        help="print a broker's status feed",
+        description="Subscribe to a broker's status feed and print each event.",
+    )
+    w.add_argument(
+        "--status", default=DEFAULT_STATUS, metavar="EP", help="status endpoint [%(default)s]"
+    )
+    w.add_argument(
+        "topics", nargs="*", default=[""], help="topic prefixes, e.g. job. worker. (default: all)"
+    )
+    w.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="remus", description="remus: a ZeroMQ job broker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _server_parser(sub)
+    _watch_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "server":
+        return _serve(args)
+    return _watch(args)
+
+
+def _factory(args: argparse.Namespace) -> Any:
+    if not args.workers:
+        return None
+    from remus.server.factory import WorkerFactory
+
+    factory = WorkerFactory(args.workers, max_workers=args.max_workers)
+    for arg in args.worker_arg:
+        factory.add_argument(arg)
+    return factory
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.check_workers:
+        from remus.server.workerfile import check_worker_dirs, format_check_report
+
+        results = check_worker_dirs(args.check_workers)
+        print(format_check_report(results))
+        return 0 if results and all(problem is None for _, problem in results) else 1
+    level = remus_log.TRACE if args.verbose else args.log_level.upper()
+    try:
+        remus_log.configure(level)
+    except ValueError:
+        print(
+            f"remus server: unknown log level {args.log_level!r}; use DEBUG, INFO, WARNING, ERROR",
+            file=sys.stderr,
+        )
+        return 2
+    if args.max_workers < 0:
+        print("remus server: --max-workers must be 0 or more", file=sys.stderr)
+        return 2
+    from remus.server.server import Server
+
+    try:
+        ports = ServerPorts(args.client, args.worker, args.status)
+        config = ServerConfig(result_ttl=args.result_ttl)
+        server = Server(ports, _factory(args), config=config)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        server.start()
+    except (RemusError, ValueError, OSError) as e:
+        print(f"remus server: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"remus server ready: client={server.ports.client} worker={server.ports.worker} "
+        f"status={server.ports.status}",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("stopping")
+        server.stop()
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import msgpack
+    import zmq
+
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.linger = 0
+    for topic in args.topics:
+        sock.subscribe(topic.encode())
+    sock.connect(args.status)
+    seen = 0
+    try:
+        while True:
+            topic, body = sock.recv_multipart()[:2]
+            payload = msgpack.unpackb(body, raw=False)
+            print(f"{topic.decode()} {json.dumps(payload, default=repr)}", flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
