@@ -37,9 +37,14 @@ def no_leaked_threads() -> Iterator[None]:
     """A test that leaves a remus thread running fails."""
     before = set(threading.enumerate())
     yield
+
     def leaked() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in before and t.is_alive()
-                and t.name.startswith("remus")]
+        return [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.is_alive() and t.name.startswith("remus")
+        ]
+
     deadline = time.monotonic() + 5
     while leaked() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -86,13 +91,24 @@ def make_worker() -> Iterator[Callable[..., Worker]]:
     """Workers in this process; ``run=handler`` also runs ``w.run(handler)`` on a thread."""
     made: list[tuple[Worker, threading.Thread | None]] = []
 
-    def make(requirements: Any, endpoint: str, *, run: Any = None, heartbeat: float = 0.2,
-             **run_kwargs: Any) -> Worker:
+    def make(
+        requirements: Any,
+        endpoint: str,
+        *,
+        run: Any = None,
+        heartbeat: float = 0.2,
+        **run_kwargs: Any,
+    ) -> Worker:
         worker = Worker(requirements, endpoint, heartbeat_interval=heartbeat)
         thread = None
         if run is not None:
-            thread = threading.Thread(target=worker.run, args=(run,), kwargs=run_kwargs,
-                                      name="remus-test-runner", daemon=True)
+            thread = threading.Thread(
+                target=worker.run,
+                args=(run,),
+                kwargs=run_kwargs,
+                name="remus-test-runner",
+                daemon=True,
+            )
             thread.start()
         made.append((worker, thread))
         return worker
@@ -112,10 +128,15 @@ def make_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Child processes (python scripts), killed by PID at the end if still alive."""
     made: list[subprocess.Popen[str]] = []
 
-    def make(args: list[str], *, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[str]:
+    def make(
+        args: list[str], *, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, *args], env={**os.environ, **(env or {})}, text=True,
-            cwd=ROOT, **kwargs,
+            [sys.executable, *args],
+            env={**os.environ, **(env or {})},
+            text=True,
+            cwd=ROOT,
+            **kwargs,
         )
         made.append(proc)
         return proc
@@ -130,13 +151,26 @@ def make_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
                 stream.close()
 
 
-def start_server_process(make_process: Callable[..., subprocess.Popen[str]], *extra: str,
-                         env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], ServerPorts]:
+def start_server_process(
+    make_process: Callable[..., subprocess.Popen[str]],
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], ServerPorts]:
     """``python -m remus.server`` on free ports; returns the process and its real endpoints."""
     proc = make_process(
-        ["-m", "remus.server", "--client", "tcp://127.0.0.1:0", "--worker", "tcp://127.0.0.1:0",
-         "--status", "tcp://127.0.0.1:0", *extra],
-        env=env, stdout=subprocess.PIPE,
+        [
+            "-m",
+            "remus.server",
+            "--client",
+            "tcp://127.0.0.1:0",
+            "--worker",
+            "tcp://127.0.0.1:0",
+            "--status",
+            "tcp://127.0.0.1:0",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()

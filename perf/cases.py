@@ -1,0 +1,317 @@
+"""The benchmarks of issue 6, each measuring remus and its reference in the same run.
+
+A case is a function ``(Options, remus_error) -> list[Row]``. Each side is measured in its own
+set of processes; a side that fails leaves ``n/a`` in its cell and says why in the row's note,
+and the other rows still run. When remus does not import, the reference sides still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from perf import pushpull, relay, remus_bench
+from perf.harness import Goal, Row, Stat
+
+log = logging.getLogger(__name__)
+MIB = 1 << 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Sizes and durations of one run; ``Options.quick()`` is the under-a-minute form."""
+
+    jobs: int = 20_000  # pipelined jobs per sample
+    window: int = 500  # relay client's outstanding requests
+    prefetch: int = 64  # jobs a worker asks for at once (relay credit, remus prefetch)
+    warmup: int = 1
+    repeat: int = 5
+    rt_count: int = 2_000  # round trips per sample
+    updates: int = 20_000  # progress updates per sample
+    rate_count: int = 200_000  # PUSH/PULL messages per sample
+    bulk_size: int = 256 * MIB
+    bulk_repeat: int = 3
+    depths: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+    worker_counts: tuple[int, ...] = (2, 16, 64, 256)
+    idle_seconds: float = 5.0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Options:
+        small = dict(
+            jobs=10_000,
+            repeat=3,
+            rt_count=500,
+            updates=5_000,
+            rate_count=50_000,
+            bulk_repeat=2,
+            depths=(1_000, 10_000),
+            worker_counts=(2, 16, 256),
+            idle_seconds=2.0,
+        )
+        return cls(**{**small, **overrides})
+
+
+def _measure(row: Row, label: str, fn: Callable[[], T]) -> T | None:
+    """Run one side; on failure note it on the row (first and last line of why) and carry on."""
+    try:
+        return fn()
+    except Exception as e:
+        log.debug("%s failed", label, exc_info=True)
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
+        row.note = "; ".join(filter(None, [row.note, f"{label} failed: {type(e).__name__}: {why}"]))
+        return None
+
+
+def pipelined(opts: Options, why: str | None) -> list[Row]:
+    rows = []
+    for n in (1, 2):
+        row = Row(
+            f"pipelined, {n} worker{'s' * (n > 1)}",
+            "jobs/s",
+            goal=Goal(">=", 0.6) if n == 2 else None,
+            ref_label="relay",
+        )
+        ref = _measure(
+            row,
+            "relay",
+            lambda n=n: relay.run(
+                "pipelined",
+                workers=n,
+                credit=opts.prefetch,
+                jobs=opts.jobs,
+                window=opts.window,
+                warmup=opts.warmup,
+                repeat=opts.repeat,
+            ),
+        )
+        row.reference = Stat.of(ref) if ref else None
+        if why is None:
+            got = _measure(
+                row,
+                "remus",
+                lambda n=n: remus_bench.pipelined(
+                    workers=n,
+                    jobs=opts.jobs,
+                    warmup=opts.warmup,
+                    repeat=opts.repeat,
+                    prefetch=opts.prefetch,
+                ),
+            )
+            row.remus = Stat.of(got["samples"]) if got else None
+        rows.append(row)
+    return rows
+
+
+def round_trip(opts: Options, why: str | None) -> list[Row]:
+    p50 = Row("round trip p50", "µs", goal=Goal("<=", 1.5), ref_label="relay")
+    p99 = Row("round trip p99", "µs", goal=Goal("<=", 3.0), ref_label="relay")
+    ref = _measure(
+        p50,
+        "relay",
+        lambda: relay.run(
+            "roundtrip",
+            workers=1,
+            credit=opts.prefetch,
+            count=opts.rt_count,
+            warmup=opts.warmup,
+            repeat=opts.repeat,
+        ),
+    )
+    if ref:
+        p50.reference = Stat.of([s["p50"] for s in ref])
+        p99.reference = Stat.of([s["p99"] for s in ref])
+    if why is None:
+        got = _measure(
+            p50,
+            "remus",
+            lambda: remus_bench.round_trip(
+                count=opts.rt_count, warmup=opts.warmup, repeat=opts.repeat, prefetch=opts.prefetch
+            ),
+        )
+        if got:
+            p50.remus = Stat.of([s["p50"] for s in got])
+            p99.remus = Stat.of([s["p99"] for s in got])
+    return [p50, p99]
+
+
+def progress(opts: Options, why: str | None) -> list[Row]:
+    rate = Row("progress stream", "msg/s", goal=Goal(">=", 0.5), ref_label="PUSH/PULL")
+    lost = Row("progress lost or out of order", "", goal=Goal("<=", 0, on="value"))
+    ref = _measure(
+        rate,
+        "PUSH/PULL",
+        lambda: pushpull.run("rate", count=opts.rate_count, warmup=opts.warmup, repeat=opts.repeat),
+    )
+    rate.reference = Stat.of(ref["samples"]) if ref else None
+    if why is None:
+        got = _measure(
+            rate,
+            "remus",
+            lambda: remus_bench.progress(
+                updates=opts.updates, warmup=opts.warmup, repeat=opts.repeat
+            ),
+        )
+        if got:
+            rate.remus = Stat.of([s["rate"] for s in got])
+            lost.remus = Stat.of(sum(s["lost"] + s["disorder"] for s in got))
+            lost.note = f"total over {len(got)} samples of {opts.updates:,} updates"
+    return [rate, lost]
+
+
+def bulk(opts: Options, why: str | None) -> list[Row]:
+    size = opts.bulk_size
+    mib = size / MIB
+    to_w = Row(
+        f"bulk {mib:.0f} MiB to worker", "MiB/s", goal=Goal(">=", 0.5), ref_label="PUSH/PULL"
+    )
+    from_w = Row(
+        f"bulk {mib:.0f} MiB back to client", "MiB/s", goal=Goal(">=", 0.5), ref_label="PUSH/PULL"
+    )
+    broker = Row("bulk broker peak RSS", "MiB", goal=Goal("<=", 1.5), ref_label="payload")
+    worker = Row("bulk worker peak RSS", "MiB", ref_label="PULL/PUSH peak")
+    client = Row("bulk client peak RSS", "MiB", ref_label="PULL/PUSH peak")
+    rows = [to_w, from_w, broker, worker, client]
+    ref = _measure(
+        to_w,
+        "PUSH/PULL",
+        lambda: pushpull.run(
+            "bulk", size=size, warmup=opts.warmup, repeat=opts.bulk_repeat, timeout=120
+        ),
+    )
+    if ref:
+        to_w.reference = from_w.reference = Stat.of(ref["samples"])
+        peak = max(ref["puller_peak_rss_kib"], ref["pusher_peak_rss_kib"]) / 1024
+        worker.reference = client.reference = Stat.of(peak)
+    broker.reference = Stat.of(mib)
+    if why is None:
+        got = _measure(
+            to_w,
+            "remus",
+            lambda: remus_bench.bulk(size=size, warmup=opts.warmup, repeat=opts.bulk_repeat),
+        )
+        if got:
+            to_w.remus = Stat.of(got["to_worker"])
+            from_w.remus = Stat.of(got["from_worker"])
+            broker.remus = Stat.of(got["broker_peak_kib"] / 1024)
+            broker.note = (
+                f"VmHWM; the idle broker held {got['broker_idle_kib'] / 1024:.0f} MiB"
+                " before the first job"
+            )
+            worker.remus = Stat.of(got["worker_peak_kib"] / 1024)
+            client.remus = Stat.of(got["client_peak_kib"] / 1024)
+            to_w.meta["both_ways_mib_s"] = got["both"]
+    return rows
+
+
+def _stat(samples: list[dict[str, Any]] | None, key: str) -> Stat | None:
+    return Stat.of([x[key] for x in samples]) if samples else None
+
+
+def queue_depth(opts: Options, why: str | None) -> list[Row]:
+    """Each depth on a fresh broker; depths up to 10k repeated, larger ones measured once."""
+    base_depth = opts.depths[0]
+    if why is not None:
+        note = "skipped: remus not available (the reference is remus at the smallest depth)"
+        return [Row("queue depth", "", note=note)]
+    anchor = Row("queue depth", "")
+    results: dict[int, list[dict[str, Any]]] = {}
+    for depth in opts.depths:
+        runs = (
+            _measure(anchor, f"depth {depth:,}", lambda d=depth: remus_bench.queue_depth(depth=d))
+            for _ in range(opts.repeat if depth <= 10_000 else 1)
+        )
+        results[depth] = [r for r in runs if r is not None]
+    base = results[base_depth]
+    rows = [anchor] if anchor.note else []
+    label = f"at {base_depth:,}"
+    for depth in opts.depths[1:]:
+        got = results[depth]
+        name = f"queue {depth:,}"
+        for key, title in (("submit_rate", "submit"), ("drain_rate", "dispatch")):
+            rows.append(
+                Row(
+                    f"{name}: {title}",
+                    "jobs/s",
+                    goal=Goal(">=", 0.8),
+                    ref_label=label,
+                    remus=_stat(got, key),
+                    reference=_stat(base, key),
+                )
+            )
+        rows.append(
+            Row(
+                f"{name}: broker memory/job",
+                "B",
+                goal=Goal("<=", 1024, on="value"),
+                remus=_stat(got, "bytes_per_job"),
+            )
+        )
+    return rows
+
+
+def many_workers(opts: Options, why: str | None) -> list[Row]:
+    if why is not None:
+        return [
+            Row(
+                "many workers",
+                "",
+                note="skipped: remus not available (its reference is remus itself with 2 workers)",
+            )
+        ]
+    counts = opts.worker_counts
+    got: dict[int, dict[str, Any] | None] = {}
+    anchor = Row("many workers", "")
+    for n in counts:
+        procs = min(n, 4)
+        got[n] = _measure(
+            anchor,
+            f"{n} workers",
+            lambda n=n, p=procs: remus_bench.pipelined(
+                workers=p,
+                threads=n // p,
+                jobs=opts.jobs,
+                warmup=opts.warmup,
+                repeat=opts.repeat,
+                idle=opts.idle_seconds,
+                prefetch=opts.prefetch,
+            ),
+        )
+    base = got[counts[0]]
+    rows = [anchor] if anchor.note else []
+    for n in counts:
+        g = got[n]
+        if n != counts[0]:
+            rows.append(
+                Row(
+                    f"{n} workers: throughput",
+                    "jobs/s",
+                    ref_label=f"{counts[0]} workers",
+                    remus=Stat.of(g["samples"]) if g else None,
+                    reference=Stat.of(base["samples"]) if base else None,
+                )
+            )
+        rows.append(
+            Row(
+                f"{n} workers: idle broker CPU",
+                "%",
+                goal=Goal("<=", 5, on="value"),
+                ref_label=f"{counts[0]} workers",
+                remus=Stat.of(g["idle_cpu_percent"]) if g else None,
+                reference=Stat.of(base["idle_cpu_percent"]) if base else None,
+            )
+        )
+    return rows
+
+
+CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
+    "pipelined": pipelined,
+    "roundtrip": round_trip,
+    "progress": progress,
+    "bulk": bulk,
+    "queue": queue_depth,
+    "workers": many_workers,
+}

@@ -1,0 +1,220 @@
+"""The remus side of every benchmark: a broker process, worker processes, a client process.
+
+The broker is ``python -m remus.server`` bound to port 0 on loopback; it prints
+``remus server ready: client=EP worker=EP status=EP`` and is stopped with SIGTERM to its PID,
+after which its workers are given a moment to leave on their own before they are stopped too.
+Memory and CPU of the broker and workers come from ``/proc/PID`` while they live.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+from perf.procs import Proc, ProcGroup
+from perf.remus_roles import READY_RE as WORKER_READY_RE
+
+SERVER_RE = r"remus server ready: client=(\S+) worker=(\S+) status=(\S+)"
+ROLES = "perf.remus_roles"
+SERVER_MODULE = "remus.server"
+KIB = 1024
+
+
+class Endpoints(NamedTuple):
+    client: str
+    worker: str
+    status: str
+
+
+def available() -> str | None:
+    """None if the public API imports, else why not (the harness then skips remus rows)."""
+    try:
+        from remus.client import BasicClient  # noqa: F401
+        from remus.server import Server  # noqa: F401
+        from remus.worker import Worker  # noqa: F401
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@contextmanager
+def session(group: ProcGroup) -> Iterator[tuple[Proc, Endpoints]]:
+    """A broker for one benchmark; on exit SIGTERM it, then let its workers leave (3 s)."""
+    any_ep = "tcp://127.0.0.1:0"
+    server = group.start(
+        "remus-server", SERVER_MODULE, "--client", any_ep, "--worker", any_ep, "--status", any_ep
+    )
+    eps = Endpoints(*server.expect(SERVER_RE, timeout=30).groups())
+    try:
+        yield server, eps
+    finally:
+        server.stop(timeout=10)
+        deadline = time.monotonic() + 3.0
+        for proc in group.procs:
+            proc.wait(max(deadline - time.monotonic(), 0.0))
+
+
+def start_workers(
+    group: ProcGroup,
+    endpoint: str,
+    kind: str,
+    *,
+    processes: int = 1,
+    threads: int = 1,
+    prefetch: int = 64,
+    gate: bool = False,
+) -> list[Proc]:
+    """Start worker processes of ``threads`` workers each; unless gated, wait until all are up."""
+    procs = [
+        group.start(
+            f"remus-worker-{i}",
+            ROLES,
+            "worker",
+            "--endpoint",
+            endpoint,
+            "--kind",
+            kind,
+            "--threads",
+            threads,
+            "--prefetch",
+            prefetch,
+            *(["--gate"] if gate else []),
+            stdin=gate,
+        )
+        for i in range(processes)
+    ]
+    if not gate:
+        for proc in procs:
+            proc.expect(WORKER_READY_RE, timeout=60)
+    return procs
+
+
+def start_client(
+    group: ProcGroup, endpoint: str, mode: str, stdin: bool = False, **opts: Any
+) -> Proc:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    return group.start(
+        "remus-client", ROLES, "client", "--endpoint", endpoint, "--mode", mode, *args, stdin=stdin
+    )
+
+
+def pipelined(
+    *,
+    workers: int,
+    jobs: int,
+    warmup: int,
+    repeat: int,
+    threads: int = 1,
+    idle: float = 0.0,
+    prefetch: int = 64,
+) -> dict[str, Any]:
+    """Jobs/s of one pipelined client; with ``idle``, the broker's CPU % afterwards, idle."""
+    with ProcGroup() as group, session(group) as (server, eps):
+        start_workers(
+            group, eps.worker, "tiny", processes=workers, threads=threads, prefetch=prefetch
+        )
+        client = start_client(
+            group, eps.client, "pipelined", jobs=jobs, warmup=warmup, repeat=repeat
+        )
+        out: dict[str, Any] = {"samples": client.result(timeout=300)["samples"]}
+        client.wait(10)
+        if idle:
+            out["idle_cpu_percent"] = idle_cpu_percent(server, idle)
+        return out
+
+
+def idle_cpu_percent(proc: Proc, seconds: float, settle: float = 1.0) -> float:
+    """Percent of one core ``proc`` used over a ``seconds`` window (utime + stime), starting
+    ``settle`` seconds after the last client left so that no clean-up is counted as idle."""
+    time.sleep(settle)  # measurement windows, not waits for a condition
+    c0, t0 = proc.cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = proc.cpu_seconds(), time.monotonic()
+    return 100.0 * (c1 - c0) / (t1 - t0)
+
+
+def round_trip(
+    *, count: int, warmup: int, repeat: int, prefetch: int = 64
+) -> list[dict[str, float]]:
+    with ProcGroup() as group, session(group) as (_, eps):
+        start_workers(group, eps.worker, "tiny", prefetch=prefetch)
+        client = start_client(
+            group, eps.client, "roundtrip", count=count, warmup=warmup, repeat=repeat
+        )
+        samples: list[dict[str, float]] = client.result(timeout=300)["samples"]
+        return samples
+
+
+def progress(*, updates: int, warmup: int, repeat: int) -> list[dict[str, float]]:
+    with ProcGroup() as group, session(group) as (_, eps):
+        start_workers(group, eps.worker, "progress", prefetch=1)
+        client = start_client(
+            group, eps.client, "progress", updates=updates, warmup=warmup, repeat=repeat
+        )
+        samples: list[dict[str, float]] = client.result(timeout=300)["samples"]
+        return samples
+
+
+def bulk(*, size: int, warmup: int, repeat: int) -> dict[str, Any]:
+    """MiB/s to the worker and back (per leg, from shared monotonic stamps) and peak RSS (KiB)."""
+    with ProcGroup() as group, session(group) as (server, eps):
+        (worker,) = start_workers(group, eps.worker, "bulk", prefetch=1)
+        idle_kib = server.status_kib("VmRSS")
+        client = start_client(
+            group, eps.client, "bulk", size=size, warmup=warmup, repeat=repeat, timeout=300
+        )
+        report = client.result(timeout=600)
+        stamps = [
+            json.loads(worker.expect(r'^\{"got"', timeout=30).string)
+            for _ in range(warmup + repeat)
+        ][warmup:]
+        mib = size / (1 << 20)
+        legs = list(zip(report["samples"], stamps, strict=True))
+        return {
+            "to_worker": [mib / (w["got"] - c["t0"]) for c, w in legs],
+            "from_worker": [mib / (c["t1"] - w["ret"]) for c, w in legs],
+            "both": [2 * mib / (c["t1"] - c["t0"]) for c, w in legs],
+            "broker_idle_kib": idle_kib,
+            "broker_peak_kib": server.status_kib("VmHWM"),
+            "worker_peak_kib": worker.status_kib("VmHWM"),
+            "client_peak_kib": report["peak_rss_kib"],
+        }
+
+
+def _settled_rss(proc: Proc, timeout: float = 5.0) -> int:
+    """VmRSS once two readings 100 ms apart agree (the broker has taken in every submission)."""
+    deadline = time.monotonic() + timeout
+    last = proc.status_kib("VmRSS")
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = proc.status_kib("VmRSS")
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def queue_depth(*, depth: int, workers: int = 2) -> dict[str, float]:
+    """Queue ``depth`` jobs with no worker: submissions/s, broker bytes per queued job; then
+    connect workers: dispatch (drain) rate, first result to last."""
+    with ProcGroup() as group, session(group) as (server, eps):
+        gated = start_workers(group, eps.worker, "tiny", processes=workers, gate=True)
+        before = server.status_kib("VmRSS")
+        client = start_client(
+            group, eps.client, "fill", stdin=True, jobs=depth, timeout=max(120, depth / 500)
+        )
+        submitted = client.result(timeout=max(120, depth / 500))
+        after = _settled_rss(server)
+        client.send("go")
+        for proc in gated:
+            proc.send("go")
+        drained = client.result(timeout=max(120, depth / 500))["samples"][0]
+        return {
+            "submit_rate": submitted["submit_rate"],
+            "drain_rate": drained["drain_rate"],
+            "bytes_per_job": (after - before) * KIB / depth,
+            "broker_rss_kib": after,
+        }

@@ -1,0 +1,233 @@
+"""remus clients and workers for the benchmarks, each run as its own process.
+
+Only the public API is used: ``remus.worker.Worker`` with ``run(handler, prefetch=...)`` and
+``send_progress``, ``remus.client.BasicClient`` with ``submit_many``, ``as_completed``, ``run``
+and ``wait(job, on_progress=...)``. The broker is ``python -m remus.server`` (see
+:mod:`perf.remus_bench`)::
+
+    python -m perf.remus_roles worker --endpoint EP --kind tiny --threads 1 --prefetch 64
+    python -m perf.remus_roles client --endpoint EP --mode pipelined --jobs 20000
+
+A worker process prints ``remus worker ready: threads=N`` once every thread holds a connected
+``Worker``; with ``--gate`` it first waits for a line on stdin (to connect on cue). Bulk workers
+print one JSON line per job with the monotonic times it arrived in and left the handler. A
+client prints one JSON line: ``{"samples": [...], "peak_rss_kib": n}`` or ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from perf.harness import percentile, timed_rounds
+from perf.procs import emit, peak_rss_kib
+
+IO = {"tiny": ("Tiny", "Tiny"), "progress": ("Progress", "Progress"), "bulk": ("Bulk", "Bulk")}
+READY_RE = r"remus worker ready: threads=(\d+)"
+START_TIMEOUT = 30.0
+
+
+def _handler(kind: str, w: Any) -> Callable[[Any], Any]:
+    if kind == "tiny":
+        return lambda job: job["data"]
+    if kind == "progress":
+
+        def progress(job: Any) -> bytes:
+            for i in range(int(job["data"])):
+                w.send_progress(job, i % 101, "m")
+            return b"done"
+
+        return progress
+    lock = threading.Lock()
+
+    def bulk(job: Any) -> Any:
+        got = time.monotonic()
+        data = job["data"]
+        with lock:
+            emit({"got": got, "ret": time.monotonic(), "size": len(data)})
+        return data
+
+    return bulk
+
+
+def worker(endpoint: str, kind: str, threads: int, prefetch: int, gate: bool) -> None:
+    """Run ``threads`` workers (one ``Worker`` each) until the broker tells them to exit."""
+    from remus import IOType
+    from remus.worker import Worker
+
+    if gate:
+        sys.stdin.readline()
+    ready = threading.Barrier(threads + 1)
+    errors: list[str] = []
+
+    def serve() -> None:
+        try:
+            with Worker(IOType(*IO[kind]), endpoint=endpoint) as w:
+                ready.wait(START_TIMEOUT)
+                w.run(_handler(kind, w), prefetch=prefetch)
+        except threading.BrokenBarrierError:
+            pass
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+            ready.abort()
+
+    pool = [
+        threading.Thread(target=serve, name=f"perf-worker-{i}", daemon=True) for i in range(threads)
+    ]
+    for t in pool:
+        t.start()
+    try:
+        ready.wait(START_TIMEOUT)
+    except threading.BrokenBarrierError:
+        emit({"error": "; ".join(errors) or "workers did not start"})
+        return
+    print(f"remus worker ready: threads={threads}", flush=True)
+    for t in pool:
+        t.join()
+
+
+# -- client modes: each returns one sample per call ----------------------------------------------
+
+
+def _pipelined(c: Any, sub: Any, jobs: int, timeout: float) -> float:
+    subs = [sub] * jobs  # one frozen submission, submitted ``jobs`` times: ``jobs`` distinct jobs
+    expected = sub.contents["data"]
+    t0 = time.perf_counter()
+    handles = c.submit_many(subs)
+    good = sum(r.data == expected for r in c.as_completed(handles, timeout=timeout))
+    elapsed = time.perf_counter() - t0
+    if good != jobs:
+        raise RuntimeError(f"{jobs - good} of {jobs} results missing or wrong")
+    return jobs / elapsed
+
+
+def _round_trips(c: Any, io: Any, payload: bytes, count: int) -> dict[str, float]:
+    lat = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        c.run(io, payload)
+        lat.append(time.perf_counter() - t0)
+    return {"p50": percentile(lat, 50) * 1e6, "p99": percentile(lat, 99) * 1e6}
+
+
+def _progress(c: Any, sub: Any, updates: int) -> dict[str, float]:
+    """Updates/s as the client sees them: updates received / (last one seen - submit)."""
+    seen: list[tuple[float, int, Any]] = []
+    t0 = time.monotonic()
+    job = c.submit_many([sub])[0]
+    c.wait(job, on_progress=lambda p: seen.append((time.monotonic(), p.seq, p.value)))
+    disorder = sum(1 for i, (_, _, v) in enumerate(seen) if v != i % 101)
+    disorder += sum(1 for a, b in itertools.pairwise(seen) if b[1] != a[1] + 1)
+    span = seen[-1][0] - t0 if seen else 0.0
+    return {
+        "rate": len(seen) / span if span > 0 else 0.0,
+        "lost": updates - len(seen),
+        "disorder": disorder,
+    }
+
+
+def _bulk(c: Any, sub: Any, size: int, timeout: float) -> dict[str, float]:
+    t0 = time.monotonic()
+    handles = c.submit_many([sub])
+    result = next(iter(c.as_completed(handles, timeout=timeout)))
+    t1 = time.monotonic()
+    if len(result.data) != size:
+        raise RuntimeError(f"bulk result has {len(result.data)} bytes, expected {size}")
+    return {"t0": t0, "t1": t1}
+
+
+def _fill(c: Any, sub: Any, jobs: int, timeout: float) -> None:
+    """Queue ``jobs`` jobs (no worker yet), report; on a stdin line, time the drain."""
+    chunk = [sub] * min(jobs, 10_000)
+    handles: list[Any] = []
+    t0 = time.perf_counter()
+    while len(handles) < jobs:
+        handles.extend(c.submit_many(chunk[: jobs - len(handles)]))
+    submit_rate = jobs / (time.perf_counter() - t0)
+    emit({"submitted": jobs, "submit_rate": submit_rate})
+    sys.stdin.readline()
+    times = [time.perf_counter() for _ in c.as_completed(handles, timeout=timeout)]
+    if len(times) != jobs:
+        raise RuntimeError(f"{jobs - len(times)} of {jobs} queued jobs never finished")
+    emit(
+        {
+            "samples": [
+                {"submit_rate": submit_rate, "drain_rate": (jobs - 1) / (times[-1] - times[0])}
+            ],
+            "peak_rss_kib": peak_rss_kib(),
+        }
+    )
+
+
+def client(
+    endpoint: str,
+    mode: str,
+    *,
+    jobs: int,
+    count: int,
+    updates: int,
+    size: int,
+    warmup: int,
+    repeat: int,
+    timeout: float,
+) -> None:
+    from remus import IOType, JobSubmission
+    from remus.client import BasicClient
+
+    kind = {"progress": "progress", "bulk": "bulk"}.get(mode, "tiny")
+    io = IOType(*IO[kind])
+    payload = {"progress": str(updates).encode(), "bulk": b"x" * size}.get(kind, b"x" * 100)
+    sub = JobSubmission.of(io, payload)
+    modes: dict[str, Callable[[Any], Any]] = {
+        "pipelined": lambda c: _pipelined(c, sub, jobs, timeout),
+        "roundtrip": lambda c: _round_trips(c, io, payload, count),
+        "progress": lambda c: _progress(c, sub, updates),
+        "bulk": lambda c: _bulk(c, sub, size, timeout),
+    }
+    try:
+        with BasicClient(endpoint, timeout=30) as c:
+            if mode == "fill":
+                _fill(c, sub, jobs, timeout)
+                return
+            samples = timed_rounds(lambda: modes[mode](c), warmup=warmup, repeat=repeat)
+        emit({"samples": samples, "peak_rss_kib": peak_rss_kib()})
+    except Exception as e:
+        emit({"error": f"remus client ({mode}): {type(e).__name__}: {e}"})
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m perf.remus_roles")
+    sub = p.add_subparsers(dest="role", required=True)
+    w = sub.add_parser("worker")
+    w.add_argument("--endpoint", required=True)
+    w.add_argument("--kind", choices=sorted(IO), default="tiny")
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--prefetch", type=int, default=64)
+    w.add_argument("--gate", action="store_true", help="wait for a stdin line before connecting")
+    c = sub.add_parser("client")
+    c.add_argument("--endpoint", required=True)
+    c.add_argument(
+        "--mode", choices=("pipelined", "roundtrip", "progress", "bulk", "fill"), required=True
+    )
+    c.add_argument("--jobs", type=int, default=20000)
+    c.add_argument("--count", type=int, default=2000)
+    c.add_argument("--updates", type=int, default=20000)
+    c.add_argument("--size", type=int, default=256 << 20)
+    c.add_argument("--warmup", type=int, default=1)
+    c.add_argument("--repeat", type=int, default=3)
+    c.add_argument("--timeout", type=float, default=120.0)
+    args = vars(p.parse_args(argv))
+    role = args.pop("role")
+    if role == "worker":
+        worker(**args)
+    else:
+        client(**args)
+
+
+if __name__ == "__main__":
+    main()
