@@ -15,6 +15,7 @@ with a message that says what was wrong.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -106,8 +107,15 @@ def _field(
         if default is ...:
             raise ProtocolError(f"missing field {key!r}") from None
         return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ProtocolError(f"field {key!r} has the wrong type: {type(value).__name__}")
+    return value
+
+
+def _seconds(body: dict[str, Any], key: str, default: Any = 0.0) -> float:
+    value = float(_field(body, key, (int, float), default))
+    if not math.isfinite(value) or value < 0:
+        raise ProtocolError(f"field {key!r} must be a finite number of seconds >= 0, got {value}")
     return value
 
 
@@ -122,7 +130,7 @@ def _str_list(body: dict[str, Any], key: str) -> list[str]:
 def _reqs(raw: Any) -> JobRequirements:
     try:
         return JobRequirements.from_wire(raw)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"bad job requirements: {e}") from e
 
 
@@ -310,7 +318,7 @@ class ProgressRequest(Request):
             _field(body, "rid", int),
             _field(body, "id", str),
             _field(body, "since", int, 0),
-            float(_field(body, "wait", (int, float), 0.0)),
+            _seconds(body, "wait"),
             _field(body, "with_result", bool, False),
         )
 
@@ -355,7 +363,7 @@ class CollectRequest(Request):
             _field(body, "rid", int),
             _field(body, "watch", str),
             _str_list(body, "add") if "add" in body else [],
-            float(_field(body, "wait", (int, float), 0.0)),
+            _seconds(body, "wait"),
             max(1, _field(body, "max", int, 10_000)),
         )
 
@@ -432,12 +440,14 @@ class Register(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Register:
-        heartbeat = float(_field(body, "heartbeat", (int, float)))
+        heartbeat = _seconds(body, "heartbeat", ...)
         if not 0.001 <= heartbeat <= 3600:
             raise ProtocolError(f"heartbeat interval {heartbeat} s is outside 0.001–3600 s")
         credit = _field(body, "credit", int, 0)
         if credit < 0:
             raise ProtocolError("credit must not be negative")
+        if credit > 1_000_000:
+            raise ProtocolError(f"credit {credit} is over the limit of 1,000,000")
         return cls(
             _reqs(_field(body, "reqs", list)),
             heartbeat,
@@ -572,6 +582,8 @@ class Jobs(Message):
             jid, idx, keys = raw
             if type(jid) is not str or type(keys) is not list:
                 raise ProtocolError("bad job entry")
+            if any(type(k) is not str for k in keys) or len(set(keys)) != len(keys):
+                raise ProtocolError(f"job {jid}: content keys must be distinct strings")
             wanted += len(keys)
             jobs.append(AssignedJob(jid, _pick(table, idx), tuple(keys)))
         if wanted != len(blobs):

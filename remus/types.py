@@ -86,6 +86,8 @@ class JobRequirements:
             raise TypeError(f"worker_name must be a str, got {self.worker_name!r}")
         if not isinstance(self.content, bytes):
             raise TypeError("requirement content must be bytes")
+        if not isinstance(self.content_format, str):
+            raise TypeError(f"content_format must be a str, got {self.content_format!r}")
         object.__setattr__(
             self,
             "_key",

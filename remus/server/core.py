@@ -100,7 +100,14 @@ class BrokerCore:
         self._watchers: dict[str, list[_Watch]] = {}
         self._ready_watches: dict[tuple[bytes, str], _Watch] = {}
         self._last_tick = now
-        self.counters = {"submitted": 0, "finished": 0, "failed": 0, "dropped_results": 0}
+        self.counters = {
+            "submitted": 0,
+            "finished": 0,
+            "failed": 0,
+            "terminated": 0,
+            "expired": 0,
+            "dropped_results": 0,
+        }
         self._client_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
             p.IoTypesRequest: self._io_types,
             p.CanMeshRequest: self._can_mesh,
@@ -327,7 +334,7 @@ class BrokerCore:
     def _progress(self, client: bytes, msg: p.ProgressRequest, now: float) -> None:
         waiter = _Waiter(client, msg.rid, now, msg.id, msg.since, msg.with_result)
         job = self.jobs.get(msg.id)
-        if job is None or job.status.done or job.seq > msg.since or msg.wait <= 0:
+        if job is None or job.status.done or job.seq > msg.since or not msg.wait > 0:
             self._answer_progress(waiter)
             return
         waiter.deadline = now + min(msg.wait, self.config.max_wait)
@@ -396,7 +403,7 @@ class BrokerCore:
                 self._watchers.setdefault(job_id, []).append(watch)
         waiter = _Waiter(client, msg.rid, now + min(msg.wait, self.config.max_wait), watch=watch)
         watch.parked = waiter
-        if watch.done or not watch.pending or msg.wait <= 0:
+        if watch.done or not watch.pending or not msg.wait > 0:
             self._answer_watch(watch)
         else:
             heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
@@ -437,15 +444,23 @@ class BrokerCore:
             log.info("worker %s registered for %s", worker.name, msg.requirements.io_type)
             self._worker_event("worker.registered", worker)
         else:
-            # A reconnect: jobs we assigned that the worker never saw go back to the queue.
+            # A reconnect: jobs we assigned that the worker never saw go back to the queue
+            # (with its credit at zero, so they do not come straight back to it); started jobs
+            # it no longer holds are lost with whatever it did not manage to report.
             worker.heartbeat = msg.heartbeat
+            self.matcher.set_credit(worker, 0)
+            worker.outgoing = []
             held = set(msg.held)
-            for job_id in list(worker.jobs):
-                job = self.jobs[job_id]
-                if job_id not in held and job.status is Status.QUEUED:
-                    worker.jobs.discard(job_id)
+            for job in sorted((self.jobs[i] for i in worker.jobs), key=lambda j: j.order):
+                if job.id in held:
+                    continue
+                worker.jobs.discard(job.id)
+                if job.status is Status.QUEUED:
                     self._requeue(job)
-            worker.outgoing = [j for j in worker.outgoing if j.worker == wid]
+                else:
+                    self._finish(
+                        job, Status.EXPIRED, now, f"worker {worker.name} lost it on reconnect"
+                    )
         worker.last_seen = now
         self.matcher.set_credit(worker, msg.credit)
         if msg.credit and self.wants_event("worker.ready"):
@@ -525,8 +540,7 @@ class BrokerCore:
     ) -> None:
         del self.workers[worker.id]
         self.matcher.remove_worker(worker)
-        for job_id in worker.jobs:
-            job = self.jobs[job_id]
+        for job in sorted((self.jobs[i] for i in worker.jobs), key=lambda j: j.order):
             if job.status is Status.QUEUED:
                 self._requeue(job)  # it never started: no harm in running it elsewhere
             elif not job.status.done:
@@ -554,10 +568,7 @@ class BrokerCore:
         job.finished_at = now
         job.blobs = None  # contents are no longer needed once the job is over
         self._done.append((now, job.id))
-        if status is Status.FINISHED:
-            self.counters["finished"] += 1
-        else:
-            self.counters["failed"] += 1
+        self.counters[status.name.lower()] += 1
         self._wake(job)
         watchers = self._watchers.pop(job.id, None)
         if watchers:

@@ -188,10 +188,11 @@ class CoreThread(threading.Thread):
             identity = frames[0].bytes
             try:
                 msg = p.decode(frames[1:], allowed)
-            except ProtocolError as e:
+            except Exception as e:  # ProtocolError, or a decoder bug: either way, not fatal
+                code = e.code if isinstance(e, ProtocolError) else "bad-message"
                 log.warning("rejected a message from %s: %s", identity.hex(), e)
                 rid = p.request_id(frames[1:])
-                pipe.send_multipart([identity, *p.encode(p.Error(rid, e.code, str(e)))])
+                pipe.send_multipart([identity, *p.encode(p.Error(rid, code, str(e)))])
                 continue
             if tracing:
                 log.log(TRACE, "core <- %s %s", identity.hex(), type(msg).__name__)

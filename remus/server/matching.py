@@ -44,7 +44,11 @@ class Matcher:
         if queue is None:
             queue = self._queues[job.key] = deque()
         if front:
-            queue.appendleft(job)
+            # a requeued job goes back among the oldest, in submission order
+            i = 0
+            while i < len(queue) and queue[i].order < job.order:
+                i += 1
+            queue.insert(i, job)
         else:
             queue.append(job)
         self._counts[job.key] = self._counts.get(job.key, 0) + 1

@@ -1,0 +1,1001 @@
+"""The broker's rules without sockets: BrokerCore fed messages and times, its Outbox read back.
+
+Time is whatever the test says it is. ``Core.advance`` ticks in steps shorter than the stall
+threshold, so only the freebie test ever looks like a stalled broker loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from remus import protocol as p
+from remus.server.config import ServerConfig
+from remus.server.core import BrokerCore, Outbox
+from remus.types import IOType, JobRequirements, Status
+
+EDGES = IOType("Edges", "Mesh2D")
+VOLUME = IOType("Mesh2D", "Mesh3D")
+CLIENT = b"client-1"
+W1, W2, W3 = b"worker-1", b"worker-2", b"worker-3"
+
+
+class Core:
+    """A BrokerCore with a clock, and helpers that speak to it the way the threads do."""
+
+    def __init__(self, wants: Callable[[str], bool] | None = None, **config: Any) -> None:
+        self.now = 0.0
+        self.core = BrokerCore(ServerConfig(**config), now=self.now, wants_event=wants)
+        self._rids = itertools.count(1)
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ workers
+
+    def register(
+        self,
+        wid: bytes,
+        reqs: IOType | JobRequirements = EDGES,
+        *,
+        credit: int = 1,
+        heartbeat: float = 1.0,
+        held: Iterable[str] = (),
+    ) -> None:
+        msg = p.Register(JobRequirements.of(reqs), heartbeat, "host-a", 100, credit, list(held))
+        self.core.worker_message(wid, msg, self.now)
+
+    def report(
+        self,
+        wid: bytes,
+        *,
+        started: Iterable[str] = (),
+        progress: Iterable[tuple[str, int | None, str]] = (),
+        results: dict[str, bytes] | None = None,
+        failures: Iterable[tuple[str, str, str]] = (),
+        credit: int = 0,
+    ) -> None:
+        results = results or {}
+        msg = p.Report(
+            list(started),
+            list(progress),
+            list(results),
+            list(failures),
+            credit,
+            list(results.values()),
+        )
+        self.core.worker_message(wid, msg, self.now)
+
+    def heartbeat(self, *wids: bytes) -> None:
+        for wid in wids:
+            self.core.worker_message(wid, p.Heartbeat(), self.now)
+
+    def goodbye(self, wid: bytes) -> None:
+        self.core.worker_message(wid, p.Goodbye(), self.now)
+
+    # ------------------------------------------------------------------ clients
+
+    def submit(
+        self,
+        *ids: str,
+        reqs: IOType | JobRequirements = EDGES,
+        client: bytes = CLIENT,
+        data: bytes | None = None,
+    ) -> p.Message:
+        """Submit jobs (one request); returns the Reply or Error it got."""
+        jr = JobRequirements.of(reqs)
+        ids = ids or (f"job-{next(self._ids)}",)
+        jobs = [p.SubmittedJob(i, jr, ("data",)) for i in ids]
+        contents = [data if data is not None else i.encode() for i in ids]
+        return self.ask(p.SubmitRequest(next(self._rids), jobs, contents), client)
+
+    def send(self, msg: p.Request, client: bytes = CLIENT) -> int:
+        """Send a client request; do not look for its reply (it may be held)."""
+        self.core.client_message(client, msg, self.now)
+        return msg.rid
+
+    def ask(self, msg: p.Request, client: bytes = CLIENT) -> p.Message:
+        """Send a request that is answered at once; take its reply out of the pending outbox
+        without flushing, so jobs assigned in this pass stay unsent."""
+        self.core.client_message(client, msg, self.now)
+        return self.take_reply(msg.rid, self.core.out)
+
+    @staticmethod
+    def take_reply(rid: int, out: Outbox, client: bytes = CLIENT) -> p.Message:
+        found = [m for c, m in out.clients if c == client and getattr(m, "rid", None) == rid]
+        assert len(found) == 1, f"expected one reply to rid {rid}, got {found}"
+        out.clients.remove((client, found[0]))
+        return found[0]
+
+    def rid(self) -> int:
+        return next(self._rids)
+
+    def status_row(self, job_id: str) -> list[Any]:
+        reply = self.ask(p.StatusRequest(self.rid(), [job_id]))
+        assert isinstance(reply, p.Reply)
+        return reply.data[0]
+
+    def status(self, job_id: str) -> Status:
+        return Status(self.status_row(job_id)[1])
+
+    def progress(self, job_id: str, since: int = 0, *, with_result: bool = False) -> p.Reply:
+        reply = self.ask(p.ProgressRequest(self.rid(), job_id, since, 0.0, with_result))
+        assert isinstance(reply, p.Reply)
+        return reply
+
+    def results(self, *ids: str) -> p.Reply:
+        reply = self.ask(p.ResultRequest(self.rid(), list(ids)))
+        assert isinstance(reply, p.Reply)
+        return reply
+
+    def terminate(self, *ids: str) -> list[Any]:
+        reply = self.ask(p.TerminateRequest(self.rid(), list(ids)))
+        assert isinstance(reply, p.Reply)
+        return reply.data
+
+    # ------------------------------------------------------------------ time and output
+
+    def flush(self) -> Outbox:
+        return self.core.flush()
+
+    def tick(self, now: float) -> Outbox:
+        self.now = now
+        self.core.tick(now)
+        return self.flush()
+
+    def advance(self, to: float, *, alive: Iterable[bytes] = (), step: float = 0.25) -> Outbox:
+        """Tick in small steps up to ``to``; workers in ``alive`` heartbeat at every step.
+        Returns everything flushed on the way, merged."""
+        alive = tuple(alive)
+        merged = Outbox()
+        while self.now < to:
+            self.now = min(to, self.now + step)
+            self.heartbeat(*alive)
+            self.core.tick(self.now)
+            out = self.flush()
+            merged.clients += out.clients
+            merged.workers += out.workers
+            merged.events += out.events
+        return merged
+
+
+def jobs_sent(out: Outbox) -> dict[bytes, list[list[str]]]:
+    """For each worker, the job ids of each Jobs message it was sent (one list per message)."""
+    sent: dict[bytes, list[list[str]]] = {}
+    for wid, msg in out.workers:
+        if isinstance(msg, p.Jobs):
+            sent.setdefault(wid, []).append([j.id for j in msg.jobs])
+    return sent
+
+
+def ids_sent(out: Outbox, wid: bytes) -> list[str]:
+    return [i for batch in jobs_sent(out).get(wid, []) for i in batch]
+
+
+def to_worker(out: Outbox, wid: bytes, kind: type[p.Message]) -> list[Any]:
+    return [m for w, m in out.workers if w == wid and isinstance(m, kind)]
+
+
+def replies(out: Outbox, client: bytes = CLIENT) -> list[p.Message]:
+    return [m for c, m in out.clients if c == client]
+
+
+def topics(out: Outbox) -> list[str]:
+    return [t for t, _ in out.events]
+
+
+@pytest.fixture
+def make_core() -> Callable[..., Core]:
+    def make(wants: Callable[[str], bool] | None = None, **config: Any) -> Core:
+        return Core(wants, **config)
+
+    return make
+
+
+@pytest.fixture
+def c(make_core: Callable[..., Core]) -> Core:
+    return make_core()
+
+
+# ============================================================================ matching
+
+
+def test_bare_io_type_job_goes_to_any_worker_of_that_io_type(c: Core) -> None:
+    c.register(W1, VOLUME, credit=5)
+    c.register(W2, JobRequirements(EDGES, "EdgeMesher", {"quality": "fine"}), credit=5)
+    c.submit("j1", reqs=EDGES)
+    out = c.flush()
+    assert jobs_sent(out) == {W2: [["j1"]]}
+    assert c.status("j1") is Status.QUEUED  # assigned, but QUEUED until the worker reports
+
+
+@pytest.mark.parametrize(
+    "job_reqs",
+    [
+        JobRequirements(EDGES, "B"),
+        JobRequirements(EDGES, "", {"site": "b"}),
+        JobRequirements(EDGES, "B", {"site": "b"}),
+    ],
+    ids=["name", "tag", "name+tag"],
+)
+def test_job_naming_a_worker_or_tag_goes_only_to_a_matching_worker(
+    c: Core, job_reqs: JobRequirements
+) -> None:
+    c.register(W1, JobRequirements(EDGES, "A", {"site": "a"}), credit=10)
+    c.register(W2, JobRequirements(EDGES, "B", {"site": "b"}), credit=10)
+    c.register(W3, JobRequirements(VOLUME, "B", {"site": "b"}), credit=10)
+    for i in range(4):
+        c.submit(f"j{i}", reqs=job_reqs)
+    out = c.flush()
+    assert jobs_sent(out) == {W2: [["j0", "j1", "j2", "j3"]]}
+
+
+def test_job_for_a_name_no_worker_has_waits_for_one(c: Core) -> None:
+    c.register(W1, JobRequirements(EDGES, "A"), credit=5)
+    c.submit("j1", reqs=JobRequirements(EDGES, "B"))
+    assert jobs_sent(c.flush()) == {}
+    assert c.status("j1") is Status.QUEUED
+    c.register(W2, JobRequirements(EDGES, "B"), credit=1)
+    assert jobs_sent(c.flush()) == {W2: [["j1"]]}
+
+
+def test_tags_compare_as_canonical_json(c: Core) -> None:
+    c.register(W1, JobRequirements(EDGES, "", {"b": [1, 2], "a": "x"}), credit=1)
+    c.register(W2, JobRequirements(EDGES, "", {"a": "x"}), credit=1)
+    c.submit("j1", reqs=JobRequirements(EDGES, "", {"a": "x", "b": [1, 2]}))
+    assert jobs_sent(c.flush()) == {W1: [["j1"]]}
+    c.submit("j2", reqs=JobRequirements(EDGES, "", {"a": "x", "b": [2, 1]}))
+    assert jobs_sent(c.flush()) == {}
+
+
+def test_jobs_carry_their_requirements_and_contents(c: Core) -> None:
+    reqs = JobRequirements(EDGES, "A", {"t": 1}, b"<file/>", "XML")
+    c.register(W1, JobRequirements(EDGES, "A", {"t": 1}), credit=2)
+    c.submit("j1", reqs=reqs, data=b"payload-1")
+    c.submit("j2", reqs=EDGES, data=b"payload-2")
+    (msg,) = to_worker(c.flush(), W1, p.Jobs)
+    assert [(j.id, j.requirements, j.keys) for j in msg.jobs] == [
+        ("j1", reqs, ("data",)),
+        ("j2", JobRequirements(EDGES), ("data",)),
+    ]
+    assert [bytes(b) for b in msg.contents] == [b"payload-1", b"payload-2"]
+    p.decode(p.encode(msg))  # and it is a well-formed message
+
+
+# ============================================================================ credit and order
+
+
+def test_credit_bounds_the_jobs_and_they_go_in_one_message(c: Core) -> None:
+    c.register(W1, credit=3)
+    for i in range(1, 6):
+        c.submit(f"j{i}")  # five separate requests in one pass
+    out = c.flush()
+    assert jobs_sent(out) == {W1: [["j1", "j2", "j3"]]}
+    assert jobs_sent(c.flush()) == {}, "nothing more without more credit"
+    assert [c.status(f"j{i}") for i in range(1, 6)] == [Status.QUEUED] * 5
+    c.report(W1, credit=1)
+    assert jobs_sent(c.flush()) == {W1: [["j4"]]}
+    c.report(W1, credit=5)
+    assert jobs_sent(c.flush()) == {W1: [["j5"]]}
+    c.submit("j6")
+    c.submit("j7")
+    assert jobs_sent(c.flush()) == {W1: [["j6", "j7"]]}, "left-over credit takes new jobs"
+
+
+def test_credit_given_with_registration_pulls_queued_jobs(c: Core) -> None:
+    c.submit("j1", "j2", "j3")
+    assert jobs_sent(c.flush()) == {}
+    c.register(W1, credit=2)
+    assert jobs_sent(c.flush()) == {W1: [["j1", "j2"]]}
+
+
+def test_worker_with_no_credit_gets_nothing(c: Core) -> None:
+    c.register(W1, credit=0)
+    c.submit("j1")
+    assert jobs_sent(c.flush()) == {}
+    assert c.core.demand() == {JobRequirements(EDGES): 1}
+
+
+def test_oldest_job_first_across_requirements(c: Core) -> None:
+    c.submit("old-named", reqs=JobRequirements(EDGES, "A"))
+    c.submit("mid-plain", reqs=EDGES)
+    c.submit("new-tagged", reqs=JobRequirements(EDGES, "", "t"))
+    c.submit("newest-named", reqs=JobRequirements(EDGES, "A"))
+    c.register(W1, JobRequirements(EDGES, "A", "t"), credit=1)
+    got = ids_sent(c.flush(), W1)
+    for _ in range(3):
+        c.report(W1, credit=1)
+        got += ids_sent(c.flush(), W1)
+    assert got == ["old-named", "mid-plain", "new-tagged", "newest-named"]
+
+
+def test_round_robin_between_two_ready_workers(c: Core) -> None:
+    c.register(W1, credit=3)
+    c.register(W2, credit=3)
+    for i in range(6):
+        c.submit(f"j{i}")
+    sent = jobs_sent(c.flush())
+    assert sent == {W1: [["j0", "j2", "j4"]], W2: [["j1", "j3", "j5"]]}
+
+
+# ============================================================================ lifecycle
+
+
+def test_started_makes_a_job_in_progress(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"])
+    assert c.status("j1") is Status.IN_PROGRESS
+
+
+def test_progress_gets_sequence_numbers_and_since_filters(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"], progress=[("j1", 10, "a"), ("j1", None, "b")])
+    c.report(W1, progress=[("j1", 30, "c")])
+    c.report(W1, progress=[("j1", 40, "d"), ("j1", 100, "e")])
+    reply = c.progress("j1")
+    assert reply.data["status"] == Status.IN_PROGRESS
+    assert reply.data["updates"] == [
+        [1, 10, "a"],
+        [2, None, "b"],
+        [3, 30, "c"],
+        [4, 40, "d"],
+        [5, 100, "e"],
+    ]
+    assert "dropped" not in reply.data and "reason" not in reply.data
+    assert c.progress("j1", since=3).data["updates"] == [[4, 40, "d"], [5, 100, "e"]]
+    assert c.progress("j1", since=5).data["updates"] == []
+    assert c.progress("j1", since=99).data["updates"] == []
+    row = c.status_row("j1")
+    assert row[:5] == ["j1", Status.IN_PROGRESS, 100, "e", 5]
+
+
+def test_progress_for_an_unknown_job_is_invalid(c: Core) -> None:
+    assert c.progress("nope").data == {"status": Status.INVALID, "updates": []}
+    assert c.status("nope") is Status.INVALID
+
+
+def test_progress_request_with_wait_is_held_until_an_update(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"], progress=[("j1", 10, "a")])
+    rid = c.send(p.ProgressRequest(c.rid(), "j1", since=1, wait=5.0))
+    assert replies(c.flush()) == []
+    assert replies(c.advance(2.0, alive=[W1])) == [], "held: nothing new yet"
+    c.report(W1, progress=[("j1", 20, "b"), ("j1", 30, "c")])
+    (reply,) = replies(c.flush())
+    assert reply.rid == rid
+    assert reply.data["updates"] == [[2, 20, "b"], [3, 30, "c"]]
+    assert replies(c.advance(6.0, alive=[W1])) == [], "answered once, not again at its deadline"
+
+
+def test_progress_request_with_wait_is_answered_when_the_job_ends(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"])
+    rid = c.send(p.ProgressRequest(c.rid(), "j1", since=0, wait=5.0, with_result=True))
+    assert replies(c.flush()) == []
+    c.report(W1, results={"j1": b"the result"})
+    (reply,) = replies(c.flush())
+    assert reply.rid == rid
+    assert reply.data["status"] == Status.FINISHED
+    assert reply.data["result"] is True
+    assert [bytes(f) for f in reply.frames] == [b"the result"]
+
+
+def test_progress_request_with_wait_is_answered_at_its_deadline(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    rid = c.send(p.ProgressRequest(c.rid(), "j1", since=0, wait=2.0))
+    assert replies(c.advance(1.75, alive=[W1])) == []
+    (reply,) = replies(c.advance(2.25, alive=[W1]))
+    assert reply.rid == rid
+    assert reply.data == {"status": Status.QUEUED, "updates": []}
+
+
+def test_progress_wait_is_capped_by_max_wait(make_core: Callable[..., Core]) -> None:
+    c = make_core(max_wait=1.0)
+    c.submit("j1")
+    c.send(p.ProgressRequest(c.rid(), "j1", wait=1000.0))
+    assert replies(c.advance(0.75)) == []
+    assert len(replies(c.advance(1.25))) == 1
+
+
+def test_progress_request_without_news_but_no_wait_is_answered_at_once(c: Core) -> None:
+    c.submit("j1")
+    assert c.progress("j1").data == {"status": Status.QUEUED, "updates": []}
+
+
+def test_a_nan_wait_does_not_block_other_deadlines(c: Core) -> None:
+    c.submit("j1")
+    c.send(p.ProgressRequest(c.rid(), "j1", wait=math.nan))
+    rid = c.send(p.ProgressRequest(c.rid(), "j1", wait=1.0))
+    answered = [m.rid for m in replies(c.advance(2.0))]
+    assert rid in answered
+
+
+def test_result_makes_a_job_finished(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"], progress=[("j1", 50, "half")], results={"j1": b"mesh"})
+    assert c.status("j1") is Status.FINISHED
+    reply = c.results("j1", "unknown")
+    assert reply.data == [["j1", Status.FINISHED, "", ""], ["unknown", Status.INVALID, "", ""]]
+    assert [bytes(f) for f in reply.frames] == [b"mesh"]
+    prog = c.progress("j1", with_result=True)
+    assert prog.data["updates"] == [[1, 50, "half"]]
+    assert prog.data["result"] is True and prog.data["reason"] == ""
+    assert c.core.counters["finished"] == 1
+
+
+def test_failure_makes_a_job_failed_with_reason_and_traceback(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"], failures=[("j1", "job failed", "Traceback: ...")])
+    assert c.status("j1") is Status.FAILED
+    assert c.status_row("j1")[5] == "job failed"
+    reply = c.results("j1")
+    assert reply.data == [["j1", Status.FAILED, "job failed", "Traceback: ..."]]
+    assert list(reply.frames) == []
+    prog = c.progress("j1", with_result=True)
+    assert prog.data["reason"] == "job failed" and prog.data["traceback"] == "Traceback: ..."
+    assert "result" not in prog.data
+
+
+def test_a_result_or_failure_from_another_worker_is_ignored(c: Core) -> None:
+    c.register(W1)
+    c.register(W2)
+    c.submit("j1")
+    c.flush()
+    c.report(W2, started=["j1"], progress=[("j1", 5, "x")], failures=[("j1", "no", "")])
+    assert c.status("j1") is Status.QUEUED
+    assert c.progress("j1").data["updates"] == []
+    c.report(W2, results={"j1": b"not mine"})
+    assert c.status("j1") is Status.QUEUED
+    assert c.core.counters["dropped_results"] == 1
+
+
+# ============================================================================ terminate
+
+
+def test_terminate_a_queued_job(c: Core) -> None:
+    c.submit("j1", "j2")
+    rows = c.terminate("j1")
+    assert rows[0][:2] == ["j1", Status.TERMINATED]
+    assert c.terminate("j1")[0][:2] == ["j1", Status.TERMINATED], "a second terminate is harmless"
+    assert c.core.demand() == {JobRequirements(EDGES): 1}
+    c.register(W1, credit=5)
+    out = c.flush()
+    assert jobs_sent(out) == {W1: [["j2"]]}, "a terminated job is never assigned"
+    assert to_worker(out, W1, p.Cancel) == []
+    assert c.status("j1") is Status.TERMINATED
+    assert c.core.matcher.queued == 0
+
+
+def test_terminate_a_running_job_cancels_it_and_drops_its_late_result(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"], progress=[("j1", 10, "a")])
+    rows = c.terminate("j1")
+    assert rows[0][:2] == ["j1", Status.TERMINATED]
+    out = c.flush()
+    assert [m.ids for m in to_worker(out, W1, p.Cancel)] == [["j1"]]
+    c.report(W1, progress=[("j1", 90, "late")], results={"j1": b"too late"}, credit=1)
+    assert c.status("j1") is Status.TERMINATED
+    assert c.core.counters["dropped_results"] == 1
+    assert c.progress("j1").data["updates"] == [[1, 10, "a"]]
+    assert list(c.results("j1").frames) == []
+
+
+def test_terminate_an_unknown_or_finished_job_changes_nothing(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, results={"j1": b"r"})
+    rows = c.terminate("j1", "nope")
+    assert [r[:2] for r in rows] == [["j1", Status.FINISHED], ["nope", Status.INVALID]]
+    assert to_worker(c.flush(), W1, p.Cancel) == []
+
+
+def test_terminate_of_a_job_assigned_in_the_same_pass_returns_the_credit(c: Core) -> None:
+    c.register(W1, credit=1)
+    c.submit("j1")  # assigned to W1 now, sent at flush
+    c.terminate("j1")
+    c.submit("j2")  # the returned credit takes the next job
+    out = c.flush()
+    assert jobs_sent(out) == {W1: [["j2"]]}
+    assert to_worker(out, W1, p.Cancel) == [], "the worker never saw j1: nothing to cancel"
+    assert c.status("j1") is Status.TERMINATED
+
+
+def test_terminate_in_the_same_pass_pulls_a_queued_job(c: Core) -> None:
+    c.register(W1, credit=1)
+    c.submit("j1", "j2")
+    c.terminate("j1")
+    assert jobs_sent(c.flush()) == {W1: [["j2"]]}
+
+
+# ============================================================================ lost workers
+
+
+def test_a_silent_worker_is_lost_started_jobs_expire_unstarted_ones_move(
+    make_core: Callable[..., Core],
+) -> None:
+    c = make_core(wants=lambda t: t.startswith("worker."))
+    c.register(W1, credit=2, heartbeat=1.0)
+    c.submit("started", "unstarted")
+    assert jobs_sent(c.flush()) == {W1: [["started", "unstarted"]]}
+    c.report(W1, started=["started"])
+    c.register(W2, credit=1, heartbeat=1.0)
+    out = c.advance(2.75, alive=[W2])
+    assert "worker.lost" not in topics(out), "three intervals have not passed yet"
+    out = c.advance(3.5, alive=[W2])
+    assert topics(out).count("worker.lost") == 1
+    assert c.status("started") is Status.EXPIRED
+    assert "stopped heartbeating" in c.status_row("started")[5]
+    assert c.status("unstarted") is Status.QUEUED
+    assert jobs_sent(out) == {W2: [["unstarted"]]}
+    assert W1 not in c.core.workers
+    c.report(W2, started=["unstarted"], results={"unstarted": b"ok"})
+    assert c.status("unstarted") is Status.FINISHED
+
+
+def test_any_message_keeps_a_worker_alive(c: Core) -> None:
+    c.register(W1, heartbeat=1.0, credit=0)
+    for t in range(1, 20):
+        c.advance(t * 0.5)
+        if t % 4 == 0:
+            c.report(W1)  # an empty report is a sign of life too
+    assert W1 in c.core.workers
+
+
+def test_the_broker_heartbeats_its_workers(c: Core) -> None:
+    c.register(W1, heartbeat=1.0, credit=0)
+    out = c.advance(3.0, alive=[W1])
+    assert 2 <= len(to_worker(out, W1, p.Heartbeat)) <= 3
+
+
+def test_freebie_a_stalled_broker_blames_no_worker(make_core: Callable[..., Core]) -> None:
+    c = make_core(wants=lambda t: t.startswith("worker."), stall_threshold=1.0)
+    c.register(W1, credit=1, heartbeat=1.0)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"])
+    c.advance(0.5)
+    out = c.tick(30.0)  # the loop itself was away for 29.5 s (SIGSTOP, laptop lid, ...)
+    assert "worker.lost" not in topics(out)
+    assert W1 in c.core.workers
+    assert c.status("j1") is Status.IN_PROGRESS
+    # the silence is forgiven, not ignored: the worker's clock restarted at the stall
+    out = c.advance(32.75)
+    assert "worker.lost" not in topics(out)
+    out = c.advance(33.5)
+    assert topics(out) == ["worker.lost"]
+    assert c.status("j1") is Status.EXPIRED
+
+
+def test_a_late_tick_below_the_stall_threshold_still_loses_silent_workers(
+    make_core: Callable[..., Core],
+) -> None:
+    c = make_core(stall_threshold=5.0)
+    c.register(W1, heartbeat=0.5, credit=0)
+    c.tick(1.0)
+    c.tick(2.0)
+    assert W1 not in c.core.workers
+
+
+def test_goodbye_requeues_unstarted_jobs_and_expires_started_ones(
+    make_core: Callable[..., Core],
+) -> None:
+    c = make_core(wants=lambda t: t == "worker.exited")
+    c.register(W1, credit=2)
+    c.submit("started", "unstarted")
+    c.flush()
+    c.report(W1, started=["started"])
+    c.goodbye(W1)
+    out = c.flush()
+    assert topics(out) == ["worker.exited"]
+    assert c.status("started") is Status.EXPIRED
+    assert c.status("unstarted") is Status.QUEUED
+    assert c.core.demand() == {JobRequirements(EDGES): 1}
+    c.register(W2, credit=1)
+    assert jobs_sent(c.flush()) == {W2: [["unstarted"]]}
+
+
+def test_goodbye_from_an_unknown_worker_is_ignored(c: Core) -> None:
+    c.goodbye(W1)
+    out = c.flush()
+    assert out.workers == [] and out.clients == []
+
+
+@pytest.mark.parametrize("kind", ["report", "heartbeat"])
+def test_unknown_worker_is_told_to_register(c: Core, kind: str) -> None:
+    if kind == "report":
+        c.report(W1, results={"j1": b"x"})
+    else:
+        c.heartbeat(W1)
+    out = c.flush()
+    ((wid, err),) = out.workers
+    assert wid == W1 and isinstance(err, p.Error)
+    assert err.code == "unknown-worker" and "register" in err.message
+    assert c.core.workers == {}
+
+
+def test_a_lost_worker_that_comes_back_is_told_to_register(c: Core) -> None:
+    c.register(W1, heartbeat=1.0, credit=0)
+    c.advance(4.0)
+    assert W1 not in c.core.workers
+    c.heartbeat(W1)
+    assert [m.code for m in to_worker(c.flush(), W1, p.Error)] == ["unknown-worker"]
+
+
+def test_requeued_jobs_keep_their_age_order(c: Core) -> None:
+    ids = [f"job-{i:02d}" for i in range(12)]  # 1 in 12! chance the bug goes unseen
+    c.register(W1, credit=len(ids))
+    c.submit(*ids)
+    c.flush()
+    c.goodbye(W1)
+    c.register(W2, credit=len(ids))
+    assert ids_sent(c.flush(), W2) == ids
+
+
+# ============================================================================ re-register
+
+
+def test_reregister_keeps_held_jobs_and_requeues_the_rest(c: Core) -> None:
+    c.register(W1, credit=3)
+    c.submit("held-started", "held-waiting", "lost-in-transit")
+    c.flush()
+    c.report(W1, started=["held-started"])
+    c.register(W2, credit=1)
+    c.register(W1, credit=0, held=["held-started", "held-waiting"])  # same identity: a reconnect
+    out = c.flush()
+    assert jobs_sent(out) == {W2: [["lost-in-transit"]]}
+    assert c.status("held-started") is Status.IN_PROGRESS
+    c.report(W1, started=["held-waiting"], results={"held-started": b"r"})
+    assert c.status("held-waiting") is Status.IN_PROGRESS, "still W1's job"
+    assert c.status("held-started") is Status.FINISHED
+
+
+def test_reregister_with_credit_takes_its_requeued_job_back(c: Core) -> None:
+    c.register(W1, credit=1)
+    c.submit("j1")
+    c.flush()
+    c.register(W1, credit=1, held=[])  # the jobs message was lost; the worker still wants one
+    assert jobs_sent(c.flush()) == {W1: [["j1"]]}
+
+
+def test_reregister_with_other_requirements_is_a_new_worker(c: Core) -> None:
+    c.register(W1, credit=1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"])
+    c.register(W1, VOLUME, credit=1)
+    assert c.status("j1") is Status.EXPIRED
+    assert c.core.workers[W1].reqs == JobRequirements(VOLUME)
+
+
+def test_reregister_never_exceeds_the_declared_credit(c: Core) -> None:
+    c.register(W1, credit=4)
+    c.submit("j1", "j2")  # W1 keeps 2 credit and stays ready
+    assert jobs_sent(c.flush()) == {W1: [["j1", "j2"]]}
+    # that Jobs message was lost; the worker reconnects still wanting 4 (credit sent - received)
+    c.register(W1, credit=4, held=[])
+    c.submit("j3", "j4", "j5", "j6")
+    assert len(ids_sent(c.flush(), W1)) <= 4
+
+
+def test_reregister_in_the_same_pass_does_not_send_a_job_twice(c: Core) -> None:
+    c.register(W1, credit=2)
+    c.submit("j1")
+    c.register(W1, credit=2, held=[])
+    sent = ids_sent(c.flush(), W1)
+    assert sorted(sent) == sorted(set(sent))
+
+
+def test_reregister_without_a_started_job_ends_that_job(c: Core) -> None:
+    c.register(W1, credit=1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, started=["j1"])
+    c.register(W1, credit=1, held=[])
+    c.advance(100.0, alive=[W1])
+    assert c.status("j1") is not Status.IN_PROGRESS
+
+
+# ============================================================================ memory bounds
+
+
+def test_finished_jobs_are_forgotten_after_result_ttl(make_core: Callable[..., Core]) -> None:
+    c = make_core(result_ttl=10.0)
+    c.register(W1, credit=3, heartbeat=100.0)
+    c.submit("done", "failed", "running")
+    c.flush()
+    c.advance(1.0)
+    c.report(W1, started=["running"], results={"done": b"r"}, failures=[("failed", "x", "")])
+    c.advance(10.75)
+    assert c.status("done") is Status.FINISHED
+    assert c.status("failed") is Status.FAILED
+    c.advance(11.25)
+    assert c.status("done") is Status.INVALID
+    assert c.status("failed") is Status.INVALID
+    assert c.status("running") is Status.IN_PROGRESS, "only finished jobs are forgotten"
+    assert list(c.results("done").frames) == []
+    assert set(c.core.jobs) == {"running"}
+    c.submit("done")  # a forgotten id may be used again
+    assert c.status("done") is Status.QUEUED
+
+
+def test_progress_history_is_bounded_and_says_what_it_dropped(
+    make_core: Callable[..., Core],
+) -> None:
+    c = make_core(max_progress_history=3)
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, progress=[("j1", v, f"m{v}") for v in range(1, 6)])
+    reply = c.progress("j1")
+    assert reply.data["updates"] == [[3, 3, "m3"], [4, 4, "m4"], [5, 5, "m5"]]
+    assert reply.data["dropped"] == 2
+    reply = c.progress("j1", since=1)
+    assert reply.data["dropped"] == 1
+    reply = c.progress("j1", since=3)
+    assert reply.data["updates"] == [[4, 4, "m4"], [5, 5, "m5"]]
+    assert "dropped" not in reply.data
+    assert c.status_row("j1")[4] == 5, "the sequence keeps counting"
+
+
+# ============================================================================ collect
+
+
+def finish(c: Core, wid: bytes, *ids: str) -> None:
+    c.report(wid, results={i: f"result of {i}".encode() for i in ids})
+
+
+def collect(
+    c: Core, watch: str, add: Iterable[str] = (), wait: float = 0.0, limit: int = 10_000
+) -> int:
+    return c.send(p.CollectRequest(c.rid(), watch, list(add), wait, limit))
+
+
+def collected(reply: p.Message) -> tuple[list[str], int]:
+    assert isinstance(reply, p.Reply)
+    rows = reply.data["results"]
+    finished = [r[0] for r in rows if r[1] == Status.FINISHED]
+    assert [bytes(f) for f in reply.frames] == [f"result of {i}".encode() for i in finished]
+    return [r[0] for r in rows], reply.data["remaining"]
+
+
+def test_collect_hands_each_result_over_once_in_finish_order(c: Core) -> None:
+    c.register(W1, credit=4)
+    c.submit("j1", "j2", "j3", "j4")
+    c.flush()
+    rid = collect(c, "w", ["j1", "j2", "j3", "j4"])
+    (reply,) = replies(c.flush())
+    assert reply.rid == rid and collected(reply) == ([], 4)
+    finish(c, W1, "j3")
+    rid = collect(c, "w")
+    (reply,) = replies(c.flush())
+    assert collected(reply) == (["j3"], 3)
+    rid = collect(c, "w", wait=10.0)
+    assert replies(c.flush()) == [], "held until one is ready"
+    finish(c, W1, "j4", "j1")
+    (reply,) = replies(c.flush())
+    assert reply.rid == rid and collected(reply) == (["j4", "j1"], 1)
+    collect(c, "w", wait=10.0)
+    c.report(W1, failures=[("j2", "broke", "tb")])
+    (reply,) = replies(c.flush())
+    assert reply.data == {"results": [["j2", Status.FAILED, "broke", "tb"]], "remaining": 0}
+    assert c.core._watches == {}, "an emptied watch list is dropped"
+
+
+def test_collect_of_jobs_already_over_and_unknown_ids(c: Core) -> None:
+    c.register(W1, credit=2)
+    c.submit("j1", "j2")
+    c.flush()
+    finish(c, W1, "j1")
+    collect(c, "w", ["j1", "nope", "j2"], wait=5.0)
+    (reply,) = replies(c.flush())
+    ids, remaining = collected(reply)
+    assert ids == ["j1", "nope"] and remaining == 1
+    assert reply.data["results"][1] == ["nope", Status.INVALID, "", ""]
+
+
+def test_collect_respects_max(c: Core) -> None:
+    c.register(W1, credit=3)
+    c.submit("j1", "j2", "j3")
+    c.flush()
+    finish(c, W1, "j1", "j2", "j3")
+    collect(c, "w", ["j1", "j2", "j3"], limit=2)
+    assert collected(replies(c.flush())[0]) == (["j1", "j2"], 1)
+    collect(c, "w", limit=2)
+    assert collected(replies(c.flush())[0]) == (["j3"], 0)
+
+
+def test_collect_held_reply_is_answered_at_its_deadline(c: Core) -> None:
+    c.submit("j1")
+    rid = collect(c, "w", ["j1"], wait=2.0)
+    assert replies(c.flush()) == []
+    assert replies(c.advance(1.75)) == []
+    (reply,) = replies(c.advance(2.25))
+    assert reply.rid == rid and collected(reply) == ([], 1)
+
+
+def test_collect_watch_lists_are_per_client_and_name(c: Core) -> None:
+    c.register(W1, credit=2)
+    c.submit("j1", "j2")
+    c.flush()
+    collect(c, "a", ["j1"], wait=5.0)
+    collect(c, "b", ["j1", "j2"], wait=5.0)
+    c.send(p.CollectRequest(c.rid(), "a", ["j2"], 5.0), client=b"client-2")
+    assert c.flush().clients == []
+    finish(c, W1, "j2")
+    out = c.flush()
+    got = {(cl, tuple(collected(m)[0])) for cl, m in out.clients}
+    assert got == {(CLIENT, ("j2",)), (b"client-2", ("j2",))}
+
+
+def test_collect_adding_a_pending_job_twice_delivers_it_once(c: Core) -> None:
+    c.register(W1, credit=1)
+    c.submit("j1")
+    c.flush()
+    collect(c, "w", ["j1", "j1"])
+    collect(c, "w", ["j1"])
+    c.flush()
+    finish(c, W1, "j1")
+    collect(c, "w", wait=1.0)
+    assert collected(replies(c.flush())[0]) == (["j1"], 0)
+
+
+# ============================================================================ refusals
+
+
+def test_duplicate_job_ids_are_refused_whole(c: Core) -> None:
+    assert isinstance(c.submit("j1"), p.Reply)
+    for ids in (("j1",), ("j2", "j1"), ("j3", "j3")):
+        err = c.submit(*ids)
+        assert isinstance(err, p.Error) and err.code == "duplicate-id", ids
+        assert ids[-1] in err.message
+    assert set(c.core.jobs) == {"j1"}, "nothing of a refused batch is kept"
+    assert c.core.counters["submitted"] == 1
+
+
+def test_submit_reply_counts_the_jobs(c: Core) -> None:
+    reply = c.submit("a", "b", "c")
+    assert isinstance(reply, p.Reply) and reply.data == 3
+
+
+def test_max_queued_jobs_makes_the_broker_busy(make_core: Callable[..., Core]) -> None:
+    c = make_core(max_queued_jobs=2)
+    err = c.submit("a", "b", "c")
+    assert isinstance(err, p.Error) and err.code == "busy"
+    assert "max_queued_jobs" in err.message
+    assert c.core.jobs == {}
+    assert isinstance(c.submit("a", "b"), p.Reply)
+    err = c.submit("c")
+    assert isinstance(err, p.Error) and err.code == "busy"
+    c.register(W1, credit=1)  # one leaves the queue: room for one more
+    assert isinstance(c.submit("c"), p.Reply)
+
+
+def test_max_queued_bytes_makes_the_broker_busy(make_core: Callable[..., Core]) -> None:
+    c = make_core(max_queued_bytes=10)
+    err = c.submit("a", data=b"x" * 11)
+    assert isinstance(err, p.Error) and err.code == "busy"
+    assert isinstance(c.submit("a", data=b"x" * 10), p.Reply)
+
+
+def test_a_worker_message_on_the_client_side_is_refused(c: Core) -> None:
+    c.core.client_message(CLIENT, p.Heartbeat(), 0.0)
+    c.core.worker_message(W1, p.StatusRequest(1, []), 0.0)
+    out = c.flush()
+    assert [m.code for m in replies(out)] == ["unknown-command"]
+    assert [m.code for _, m in out.workers] == ["unknown-command"]
+
+
+# ============================================================================ events and demand
+
+
+def run_a_little_of_everything(c: Core) -> Outbox:
+    merged = Outbox()
+
+    def keep(out: Outbox) -> None:
+        merged.events.extend(out.events)
+
+    c.register(W1, credit=3)
+    c.submit("ok", "bad", "stop")
+    keep(c.flush())
+    c.report(W1, started=["ok", "bad"], progress=[("ok", 50, "half")])
+    c.report(W1, results={"ok": b"r"}, failures=[("bad", "no", "")])
+    c.terminate("stop")
+    keep(c.flush())
+    c.register(W2, credit=1)
+    c.submit("lost")
+    keep(c.flush())
+    c.report(W2, started=["lost"])
+    keep(c.advance(4.0, alive=[W1]))
+    c.goodbye(W1)
+    keep(c.flush())
+    return merged
+
+
+ALL_TOPICS = {
+    "job.queued",
+    "job.assigned",
+    "job.started",
+    "job.progress",
+    "job.finished",
+    "job.failed",
+    "job.terminated",
+    "job.expired",
+    "worker.registered",
+    "worker.ready",
+    "worker.lost",
+    "worker.exited",
+}
+
+
+def test_every_lifecycle_event_when_everything_is_wanted(make_core: Callable[..., Core]) -> None:
+    c = make_core(wants=lambda topic: True)
+    events = run_a_little_of_everything(c).events
+    assert {t for t, _ in events} == ALL_TOPICS
+    progress = next(payload for t, payload in events if t == "job.progress")
+    assert progress["job"] == "ok" and progress["value"] == 50 and progress["seq"] == 1
+    assert progress["io_type"] == ["Edges", "Mesh2D"]
+    lost = next(payload for t, payload in events if t == "worker.lost")
+    assert lost["pid"] == 100 and "reason" in lost
+
+
+@pytest.mark.parametrize("prefix", ["", "job.", "worker.", "job.finished", "nothing"])
+def test_events_only_for_wanted_topics(make_core: Callable[..., Core], prefix: str) -> None:
+    asked: set[str] = set()
+
+    def wants(topic: str) -> bool:
+        asked.add(topic)
+        return topic.startswith(prefix)
+
+    c = make_core(wants=wants)
+    got = {t for t, _ in run_a_little_of_everything(c).events}
+    assert got == {t for t in ALL_TOPICS if t.startswith(prefix)}
+    assert asked <= ALL_TOPICS
+
+
+def test_no_events_by_default(c: Core) -> None:
+    assert run_a_little_of_everything(c).events == []
+
+
+def test_demand_reports_queued_jobs_no_ready_worker_can_take(c: Core) -> None:
+    named = JobRequirements(EDGES, "A")
+    assert c.core.demand() == {}
+    c.register(W1, VOLUME, credit=5)
+    c.submit("e1", "e2")
+    c.submit("n1", reqs=named)
+    c.submit("v1", reqs=VOLUME)  # W1 takes it at once
+    assert c.core.demand() == {JobRequirements(EDGES): 2, named: 1}
+    c.register(W2, EDGES, credit=5)
+    assert c.core.demand() == {named: 1}
+    c.terminate("n1")
+    assert c.core.demand() == {}
+
+
+def test_can_mesh_io_types_and_requirements_reflect_connected_workers(c: Core) -> None:
+    named = JobRequirements(EDGES, "A", "t")
+    assert c.ask(p.CanMeshRequest(c.rid(), JobRequirements(EDGES))).data is False
+    c.register(W1, named, credit=0)
+    c.register(W2, VOLUME, credit=0)
+    assert c.ask(p.CanMeshRequest(c.rid(), JobRequirements(EDGES))).data is True
+    assert c.ask(p.CanMeshRequest(c.rid(), JobRequirements(EDGES, "B"))).data is False
+    assert c.ask(p.IoTypesRequest(c.rid())).data == [["Edges", "Mesh2D"], ["Mesh2D", "Mesh3D"]]
+    reqs = c.ask(p.RequirementsRequest(c.rid(), EDGES)).data
+    assert [JobRequirements.from_wire(r) for r in reqs] == [named]
