@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -143,6 +144,12 @@ def _serve(args: argparse.Namespace) -> int:
         print("remus server: --max-workers must be 0 or more", file=sys.stderr)
         return 2
     from remus.server.server import Server
+
+    # A broker holds many small long-lived objects (one record per job); the cyclic garbage
+    # collector's default thresholds make it rescan them thousands of times a second under
+    # load. Jobs hold no reference cycles, so collect rarely. (Only the command sets this:
+    # a library must not change its host process's collector.)
+    gc.set_threshold(100_000, 50, 1000)
 
     try:
         ports = ServerPorts(args.client, args.worker, args.status)

@@ -4,9 +4,10 @@ Every message is a multipart ZeroMQ message::
 
     [VERSION, command, body, *blobs]
 
-``body`` is a msgpack map; ``blobs`` are bulk bytes (job contents, results) that travel as
-frames of their own so nobody copies them into or out of msgpack. A message class lists how
-many blobs it carries in its body, so a decoder can check the count before touching them.
+``body`` is a msgpack map. Job contents and results up to ``INLINE_MAX`` bytes travel inside
+it (one frame per job would cost far more than the copy); larger ones are ``blobs``: frames of
+their own, which nobody copies into or out of msgpack and the broker passes on untouched. Where
+the body has ``nil`` in place of a content, the content is the next blob.
 
 Decoding never asserts: anything off the wire that does not fit raises :class:`ProtocolError`
 with a message that says what was wrong.
@@ -26,6 +27,8 @@ from remus.errors import ProtocolError
 from remus.types import IOType, JobRequirements
 
 VERSION = b"remus/1"
+#: contents and results up to this size travel inline in the body; larger ones as frames
+INLINE_MAX = 16 * 1024
 
 Blob = Any  # bytes, memoryview or zmq.Frame: whatever can be sent without a copy
 
@@ -154,6 +157,50 @@ def _table_of(reqs: Sequence[JobRequirements]) -> tuple[list[Any], dict[JobRequi
     return wire, index
 
 
+def inline(value: Blob, frames: list[Blob]) -> Any:
+    """The body's slot for ``value``: the bytes themselves if small, else nil and a frame."""
+    if len(value) <= INLINE_MAX:
+        return value if isinstance(value, (bytes, bytearray, memoryview)) else value.bytes
+    frames.append(value)
+    return None
+
+
+def take(slot: Any, frames: Any, what: str) -> Blob:
+    """The inverse of :func:`inline`: a body slot's bytes, or the next frame for a nil slot."""
+    if slot is None:
+        try:
+            return next(frames)
+        except StopIteration:
+            raise ProtocolError(f"{what}: fewer frames than the body refers to") from None
+    if type(slot) is not bytes:
+        raise ProtocolError(f"{what}: content must be bin or nil, got {type(slot).__name__}")
+    return slot
+
+
+def _pack_contents(keys: Sequence[str], values: Sequence[Blob], frames: list[Blob]) -> list[Any]:
+    return [[k, inline(v, frames)] for k, v in zip(keys, values, strict=True)]
+
+
+def _unpack_contents(raw: Any, frames: Any, jid: str) -> tuple[tuple[str, ...], list[Blob]]:
+    if type(raw) is not list:
+        raise ProtocolError(f"job {jid}: contents must be a list of [key, bin or nil]")
+    keys = []
+    values = []
+    for pair in raw:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
+            raise ProtocolError(f"job {jid}: each content must be [key, bin or nil]")
+        keys.append(pair[0])
+        values.append(take(pair[1], frames, f"job {jid}"))
+    if len(set(keys)) != len(keys):
+        raise ProtocolError(f"job {jid}: a content key appears twice")
+    return tuple(keys), values
+
+
+def _no_frames_left(frames: Any, what: str) -> None:
+    if next(frames, None) is not None:
+        raise ProtocolError(f"{what} carries more frames than its body refers to")
+
+
 # ---------------------------------------------------------------------------- messages
 
 
@@ -166,6 +213,10 @@ class Message:
 
     def blobs(self) -> Sequence[Blob]:
         return ()
+
+    def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
+        """Body and blobs together (messages that inline small contents decide both at once)."""
+        return self.body(), self.blobs()
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Message:
@@ -227,50 +278,50 @@ class RequirementsRequest(Request):
 
 @dataclass(frozen=True, slots=True)
 class SubmittedJob:
-    """One job inside a SubmitRequest: a client-chosen id, requirements, content keys."""
+    """One job inside a SubmitRequest: a client-chosen id, requirements, named contents."""
 
     id: str
     requirements: JobRequirements
-    keys: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    values: Sequence[Blob] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class SubmitRequest(Request):
-    """Many jobs in one message; blobs hold each job's contents, job after job, key after key."""
+    """Many jobs in one message. Each job's contents are ``[[key, bin or nil], ...]``; a nil
+    content is the next blob frame."""
 
     COMMAND = Command.SUBMIT
     jobs: Sequence[SubmittedJob]
-    contents: Sequence[Blob] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
-    def body(self) -> dict[str, Any]:
+    def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         table, index = _table_of([j.requirements for j in self.jobs])
-        jobs = [[j.id, index[j.requirements], list(j.keys)] for j in self.jobs]
-        return {"rid": self.rid, "reqs": table, "jobs": jobs, "opts": self.options}
+        frames: list[Blob] = []
+        jobs = [
+            [j.id, index[j.requirements], _pack_contents(j.keys, j.values, frames)]
+            for j in self.jobs
+        ]
+        return {"rid": self.rid, "reqs": table, "jobs": jobs, "opts": self.options}, frames
 
-    def blobs(self) -> Sequence[Blob]:
-        return self.contents
+    def body(self) -> dict[str, Any]:
+        return self.parts()[0]
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> SubmitRequest:
         table = _reqs_table(body)
+        frames = iter(blobs)
         jobs = []
-        wanted = 0
         for raw in _field(body, "jobs", list):
             if type(raw) is not list or len(raw) != 3:
-                raise ProtocolError("each job must be [id, reqs index, keys]")
-            jid, idx, keys = raw
+                raise ProtocolError("each job must be [id, reqs index, contents]")
+            jid, idx, contents = raw
             if type(jid) is not str or not jid or len(jid) > 128:
                 raise ProtocolError(f"bad job id {jid!r}: a non-empty string of at most 128 chars")
-            if type(keys) is not list or any(type(k) is not str for k in keys):
-                raise ProtocolError(f"job {jid}: content keys must be a list of strings")
-            if len(set(keys)) != len(keys):
-                raise ProtocolError(f"job {jid}: a content key appears twice")
-            wanted += len(keys)
-            jobs.append(SubmittedJob(jid, _pick(table, idx), tuple(keys)))
-        if wanted != len(blobs):
-            raise ProtocolError(f"submit names {wanted} contents but carries {len(blobs)} frames")
-        return cls(_field(body, "rid", int), jobs, blobs, _field(body, "opts", dict, {}))
+            keys, values = _unpack_contents(contents, frames, jid)
+            jobs.append(SubmittedJob(jid, _pick(table, idx), keys, values))
+        _no_frames_left(frames, "submit")
+        return cls(_field(body, "rid", int), jobs, _field(body, "opts", dict, {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,34 +514,34 @@ class Report(Message):
     """Everything a worker has to say since its last report, in one message.
 
     Applied in this order: ``started`` ids, ``progress`` ``[id, value, message]``, ``results``
-    ids (one blob each, in order), ``failures`` ``[id, reason, traceback]``, then ``credit``
-    (how many more jobs it wants).
+    ``[id, bin or nil]`` (nil: the next blob), ``failures`` ``[id, reason, traceback]``, then
+    ``credit`` (how many more jobs it wants).
     """
 
     COMMAND = Command.REPORT
     started: Sequence[str] = ()
     progress: Sequence[tuple[str, int | None, str]] = ()
-    results: Sequence[str] = ()
+    results: Sequence[tuple[str, Blob]] = ()
     failures: Sequence[tuple[str, str, str]] = ()
     credit: int = 0
-    result_blobs: Sequence[Blob] = ()
 
-    def body(self) -> dict[str, Any]:
+    def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         body: dict[str, Any] = {}
+        frames: list[Blob] = []
         if self.started:
             body["started"] = list(self.started)
         if self.progress:
             body["progress"] = [list(p) for p in self.progress]
         if self.results:
-            body["results"] = list(self.results)
+            body["results"] = [[jid, inline(value, frames)] for jid, value in self.results]
         if self.failures:
             body["failures"] = [list(f) for f in self.failures]
         if self.credit:
             body["credit"] = self.credit
-        return body
+        return body, frames
 
-    def blobs(self) -> Sequence[Blob]:
-        return self.result_blobs
+    def body(self) -> dict[str, Any]:
+        return self.parts()[0]
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Report:
@@ -509,14 +560,18 @@ class Report(Message):
             if type(f) is not list or len(f) != 3 or any(type(x) is not str for x in f):
                 raise ProtocolError("each failure must be [id, reason, traceback] strings")
             failures.append((f[0], f[1], f[2]))
-        results = _str_list(body, "results") if "results" in body else []
-        if len(results) != len(blobs):
-            raise ProtocolError(f"report names {len(results)} results but has {len(blobs)} frames")
+        frames = iter(blobs)
+        results = []
+        for r in _field(body, "results", list, []):
+            if type(r) is not list or len(r) != 2 or type(r[0]) is not str:
+                raise ProtocolError("each result must be [id, bin or nil]")
+            results.append((r[0], take(r[1], frames, f"result of {r[0]}")))
+        _no_frames_left(frames, "report")
         credit = _field(body, "credit", int, 0)
         if not 0 <= credit <= 1_000_000:
             raise ProtocolError(f"credit {credit} must be 0–1,000,000")
         started = _str_list(body, "started") if "started" in body else []
-        return cls(started, progress, results, failures, credit, blobs)
+        return cls(started, progress, results, failures, credit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,45 +605,42 @@ class Goodbye(Message):
 class AssignedJob:
     id: str
     requirements: JobRequirements
-    keys: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    values: Sequence[Blob] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Jobs(Message):
-    """Jobs for a worker, as many as it had credit for; contents follow as blobs."""
+    """Jobs for a worker, as many as it had credit for; contents as in SubmitRequest."""
 
     COMMAND = Command.JOBS
     jobs: Sequence[AssignedJob]
-    contents: Sequence[Blob] = ()
+
+    def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
+        table, index = _table_of([j.requirements for j in self.jobs])
+        frames: list[Blob] = []
+        jobs = [
+            [j.id, index[j.requirements], _pack_contents(j.keys, j.values, frames)]
+            for j in self.jobs
+        ]
+        return {"reqs": table, "jobs": jobs}, frames
 
     def body(self) -> dict[str, Any]:
-        table, index = _table_of([j.requirements for j in self.jobs])
-        return {
-            "reqs": table,
-            "jobs": [[j.id, index[j.requirements], list(j.keys)] for j in self.jobs],
-        }
-
-    def blobs(self) -> Sequence[Blob]:
-        return self.contents
+        return self.parts()[0]
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Jobs:
         table = _reqs_table(body)
+        frames = iter(blobs)
         jobs = []
-        wanted = 0
         for raw in _field(body, "jobs", list):
-            if type(raw) is not list or len(raw) != 3:
-                raise ProtocolError("each job must be [id, reqs index, keys]")
-            jid, idx, keys = raw
-            if type(jid) is not str or type(keys) is not list:
-                raise ProtocolError("bad job entry")
-            if any(type(k) is not str for k in keys) or len(set(keys)) != len(keys):
-                raise ProtocolError(f"job {jid}: content keys must be distinct strings")
-            wanted += len(keys)
-            jobs.append(AssignedJob(jid, _pick(table, idx), tuple(keys)))
-        if wanted != len(blobs):
-            raise ProtocolError(f"jobs names {wanted} contents but carries {len(blobs)} frames")
-        return cls(jobs, blobs)
+            if type(raw) is not list or len(raw) != 3 or type(raw[0]) is not str:
+                raise ProtocolError("each job must be [id, reqs index, contents]")
+            jid, idx, contents = raw
+            keys, values = _unpack_contents(contents, frames, jid)
+            jobs.append(AssignedJob(jid, _pick(table, idx), keys, values))
+        _no_frames_left(frames, "jobs")
+        return cls(jobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,7 +700,8 @@ MESSAGES: dict[bytes, type[Message]] = {
 
 def encode(msg: Message) -> list[Blob]:
     """The frames of a message: version, command, body, blobs."""
-    return [VERSION, msg.COMMAND.value, pack(msg.body()), *msg.blobs()]
+    body, blobs = msg.parts()
+    return [VERSION, msg.COMMAND.value, pack(body), *blobs]
 
 
 def check_envelope(frames: Sequence[Any], allowed: frozenset[bytes]) -> bytes:

@@ -86,10 +86,9 @@ class BasicClient:
         """Submit and wait, in one round trip: the wait is sent right behind the submission."""
         sub = JobSubmission.of(what, data, **contents)
         c = self.client
-        job_id = c.new_job_id()
-        entry = p.SubmittedJob(job_id, sub.requirements, tuple(sub.contents))
-        submit_rid = c.send(p.SubmitRequest, [entry], list(sub.contents.values()))
-        return self._follow(submit_rid, job_id, timeout, on_progress)
+        entry = c.entry(sub)
+        submit_rid = c.send(p.SubmitRequest, [entry])
+        return self._follow(submit_rid, entry.id, timeout, on_progress)
 
     def _follow(
         self,
@@ -122,8 +121,9 @@ class BasicClient:
             status = Status(data["status"])
             if status.done and "reason" in data:
                 if status is Status.FINISHED:
-                    if data.get("result"):
-                        return JobResult(job_id, as_bytes(reply.frames[0]))
+                    if "result" in data:
+                        result = p.take(data["result"], iter(reply.frames), job_id)
+                        return JobResult(job_id, as_bytes(result))
                     return c.retrieve_result(job_id)
                 raise job_error(job_id, status, data.get("reason", ""), data.get("traceback", ""))
             if status is Status.INVALID:

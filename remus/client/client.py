@@ -12,7 +12,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
@@ -170,15 +170,12 @@ class Client:
 
     # -------------------------------------------------------------- jobs
 
-    def _pack(self, subs: Sequence[JobSubmission], jobs: list[Job]) -> Any:
-        entries: list[p.SubmittedJob] = []
-        blobs: list[Any] = []
-        for sub in subs:
-            job = Job(self.new_job_id(), sub.requirements)
-            jobs.append(job)
-            entries.append(p.SubmittedJob(job.id, sub.requirements, tuple(sub.contents)))
-            blobs.extend(sub.contents.values())
-        return entries, blobs
+    def entry(self, sub: JobSubmission) -> p.SubmittedJob:
+        """The wire form of a submission, with a fresh job id."""
+        contents = sub.contents
+        return p.SubmittedJob(
+            self.new_job_id(), sub.requirements, tuple(contents), list(contents.values())
+        )
 
     def submit_job(self, submission: JobSubmission) -> Job:
         """Queue one job; returns it once the broker has accepted it."""
@@ -195,8 +192,9 @@ class Client:
             nonlocal batch, size
             if len(in_flight) >= WINDOW:
                 self.receive(in_flight.pop(0))
-            entries, blobs = self._pack(batch, jobs)
-            in_flight.append(self.send(p.SubmitRequest, entries, blobs))
+            entries = [self.entry(sub) for sub in batch]
+            jobs.extend(Job(e.id, e.requirements) for e in entries)
+            in_flight.append(self.send(p.SubmitRequest, entries))
             batch, size = [], 0
 
         for sub in submissions:
@@ -277,10 +275,10 @@ def results_of(reply: p.Reply, rows: list[Any] | None = None) -> list[JobResult 
     has none. ``retrieve_result`` raises the exception; ``as_completed`` may yield it."""
     out: list[JobResult | Exception] = []
     frames = iter(reply.frames)
-    for job_id, status, reason, tb in rows if rows is not None else reply.data:
+    for job_id, status, reason, tb, slot in rows if rows is not None else reply.data:
         st = Status(status)
         if st is Status.FINISHED:
-            out.append(JobResult(job_id, as_bytes(next(frames))))
+            out.append(JobResult(job_id, as_bytes(p.take(slot, frames, job_id))))
         else:
             out.append(job_error(job_id, st, reason, tb))
     return out

@@ -26,8 +26,6 @@ from remus.types import IOType, JobRequirements, Status, matches
 
 log = logging.getLogger(__name__)
 
-#: blobs smaller than this are copied into bytes (a zmq.Frame costs more memory than it saves)
-SMALL_BLOB = 4096
 #: the most progress updates or results one reply carries
 MAX_PER_REPLY = 10_000
 
@@ -92,6 +90,8 @@ class BrokerCore:
         #: decides whether an event topic has a subscriber; events nobody wants cost nothing
         self.wants_event = wants_event or (lambda topic: False)
         self._order = 0
+        #: one shared tuple per distinct set of content keys (most jobs use ("data",))
+        self._keys_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._done: deque[tuple[float, str]] = deque()
         self._progress_waiters: dict[str, list[_Waiter]] = {}
         self._ready_waiters: list[_Waiter] = []
@@ -256,7 +256,7 @@ class BrokerCore:
             dup = next(i for i in ids if i in self.jobs or ids.count(i) > 1)
             self._error(client, msg.rid, "duplicate-id", f"job id {dup} is already in use")
             return
-        size = sum(len(b) for b in msg.contents)
+        size = sum(len(v) for j in msg.jobs for v in j.values)
         cfg = self.config
         if self.matcher.queued + len(ids) > cfg.max_queued_jobs:
             self._error(
@@ -275,21 +275,18 @@ class BrokerCore:
                 f"queued job contents would exceed {cfg.max_queued_bytes} bytes; retry later",
             )
             return
-        blobs = iter(msg.contents)
         wants = self.wants_event("job.queued")
+        keys_cache = self._keys_cache
         for sub in msg.jobs:
-            contents = [next(blobs) for _ in sub.keys]
-            contents = [
-                b.bytes if len(b) < SMALL_BLOB and not isinstance(b, bytes) else b for b in contents
-            ]
+            values = list(sub.values)
             self._order += 1
             job = JobRecord(
                 sub.id,
                 sub.requirements,
                 job_key(sub.requirements),
-                sub.keys,
-                contents,
-                sum(len(b) for b in contents),
+                keys_cache.setdefault(sub.keys, sub.keys),
+                values,
+                sum(len(v) for v in values),
                 self._order,
                 now,
             )
@@ -363,8 +360,7 @@ class BrokerCore:
             data["reason"] = job.reason
             data["traceback"] = job.traceback
             if waiter.with_result and job.status is Status.FINISHED:
-                data["result"] = True
-                frames.append(job.result)
+                data["result"] = p.inline(job.result, frames)
         self._reply(waiter.client, waiter.rid, data, frames)
 
     def _result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
@@ -373,11 +369,10 @@ class BrokerCore:
         for job_id in ids:
             job = self.jobs.get(job_id)
             if job is None:
-                rows.append([job_id, int(Status.INVALID), "", ""])
+                rows.append([job_id, int(Status.INVALID), "", "", None])
                 continue
-            rows.append([job_id, int(job.status), job.reason, job.traceback])
-            if job.status is Status.FINISHED:
-                frames.append(job.result)
+            slot = p.inline(job.result, frames) if job.status is Status.FINISHED else None
+            rows.append([job_id, int(job.status), job.reason, job.traceback, slot])
         return rows, frames
 
     def _result(self, client: bytes, msg: p.ResultRequest, now: float) -> None:
@@ -505,15 +500,13 @@ class BrokerCore:
             self._wake(job)
             if self.wants_event("job.progress"):
                 self._event("job.progress", job, value=value, message=message, seq=job.seq)
-        for job_id, blob in zip(msg.results, msg.result_blobs, strict=True):
+        for job_id, blob in msg.results:
             job = jobs.get(job_id)
             if job is None or job.worker != wid or job.status.done:
                 self.counters["dropped_results"] += 1
                 log.debug("dropped a late result for job %s", job_id)
                 continue
-            job.result = (
-                blob.bytes if len(blob) < SMALL_BLOB and not isinstance(blob, bytes) else blob
-            )
+            job.result = blob
             self._finish(job, Status.FINISHED, now)
         for job_id, reason, tb in msg.failures:
             job = jobs.get(job_id)
@@ -588,14 +581,12 @@ class BrokerCore:
 
     def _jobs_message(self, jobs: list[JobRecord]) -> p.Jobs:
         assigned = []
-        contents: list[Any] = []
         wants = self.wants_event("job.assigned")
         for job in jobs:
-            assigned.append(p.AssignedJob(job.id, job.reqs, job.keys))
-            contents.extend(job.blobs or ())
+            assigned.append(p.AssignedJob(job.id, job.reqs, job.keys, job.blobs or ()))
             if wants:
                 self._event("job.assigned", job)
-        return p.Jobs(assigned, contents)
+        return p.Jobs(assigned)
 
     # ================================================================ events
 

@@ -20,10 +20,12 @@ from remus.errors import ProtocolError
 from remus.log import TRACE
 from remus.server.config import ServerConfig
 from remus.server.core import BrokerCore, Outbox
-from remus.server.edge import DRAIN, STOP
+from remus.server.edge import DRAIN, STATISTICS, TERMINATE, pipe_parts_read
 
 log = logging.getLogger(__name__)
 
+#: control message from the Server: stop the broker
+STOP = b"stop"
 #: control message that tells the core where workers connect (for the factory's spawns)
 WORKER_ENDPOINT = b"worker-endpoint "
 #: how often the factory is asked to reap and to start workers for waiting jobs
@@ -39,6 +41,8 @@ class CoreThread(threading.Thread):
         control: str,
         client_pipe: str,
         worker_pipe: str,
+        edge_controls: tuple[str, str],
+        edges_finished: tuple[threading.Event, threading.Event],
         status: str,
         factory: Any = None,
     ) -> None:
@@ -46,6 +50,11 @@ class CoreThread(threading.Thread):
         self._context = context
         self._config = config
         self._endpoints = (control, client_pipe, worker_pipe)
+        self._edge_controls = edge_controls
+        self._edges_finished = edges_finished
+        self._max_bytes = config.max_message_bytes
+        #: message parts sent down each pipe, to know when an edge has forwarded them all
+        self._parts_sent: dict[Any, int] = {}
         self._status_bind = status
         self._worker_endpoint = ""
         self._factory = factory
@@ -81,17 +90,22 @@ class CoreThread(threading.Thread):
 
     def run(self) -> None:
         ctx = self._context
-        control, client, worker, status = (
-            ctx.socket(t) for t in (zmq.PAIR, zmq.PAIR, zmq.PAIR, zmq.XPUB)
-        )
-        sockets = (control, client, worker, status)
+        control, client, worker = (ctx.socket(zmq.PAIR) for _ in range(3))
+        status = ctx.socket(zmq.XPUB)
+        edges = [ctx.socket(zmq.PAIR) for _ in self._edge_controls]
+        sockets = (control, client, worker, status, *edges)
         try:
             for s in sockets:
                 s.linger = 0
+            for edge in edges:
+                # TERMINATE is the last message on these; linger 0 would drop it unread on close
+                edge.linger = 2000
             client.sndhwm = client.rcvhwm = worker.sndhwm = worker.rcvhwm = 0
             control.bind(self._endpoints[0])
             client.bind(self._endpoints[1])
             worker.bind(self._endpoints[2])
+            for edge, endpoint in zip(edges, self._edge_controls, strict=True):
+                edge.connect(endpoint)
             try:
                 status.bind(self._status_bind)
             except zmq.ZMQError as e:
@@ -103,6 +117,7 @@ class CoreThread(threading.Thread):
             for s in sockets:
                 s.close(0)
             return
+        self._parts_sent = {client: 0, worker: 0}
         self.core = BrokerCore(
             self._config, catalog=self._factory, now=time.monotonic(), wants_event=self._wants
         )
@@ -116,15 +131,29 @@ class CoreThread(threading.Thread):
                 self._send(self.core.shutdown(), client, worker, status)
             except Exception:
                 log.exception("could not tell workers to stop")
-            for pipe in (client, worker):
-                try:
-                    pipe.send(STOP, zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # that edge never started
+            for edge, pipe, done in zip(edges, (client, worker), self._edges_finished, strict=True):
+                self._stop_edge(edge, self._parts_sent[pipe], done)
             if self._factory is not None:
                 self._factory.stop()
             for s in sockets:
                 s.close()
+
+    def _stop_edge(self, edge: zmq.Socket[Any], parts: int, done: threading.Event) -> None:
+        """Terminate an edge once it has read all ``parts`` we sent it (or the stop timeout)."""
+        deadline = time.monotonic() + self._config.stop_timeout
+        try:
+            while time.monotonic() < deadline and not done.is_set():
+                edge.send(STATISTICS, zmq.NOBLOCK)
+                if edge.poll(100) and pipe_parts_read(edge.recv_multipart()) >= parts:
+                    break
+            while not done.is_set():
+                edge.send(TERMINATE, zmq.NOBLOCK)
+                if done.wait(0.05) or time.monotonic() > deadline + 1:
+                    break
+                while edge.poll(0):
+                    edge.recv_multipart()  # a late STATISTICS reply
+        except zmq.Again:
+            pass  # that edge never started
 
     def _loop(
         self,
@@ -187,12 +216,18 @@ class CoreThread(threading.Thread):
                 return
             identity = frames[0].bytes
             try:
+                if len(frames) > 4 and sum(len(f) for f in frames) > self._max_bytes:
+                    raise ProtocolError(
+                        f"message of {sum(len(f) for f in frames)} bytes is over the broker's "
+                        f"limit of {self._max_bytes} bytes",
+                        code="too-large",
+                    )
                 msg = p.decode(frames[1:], allowed)
             except Exception as e:  # ProtocolError, or a decoder bug: either way, not fatal
                 code = e.code if isinstance(e, ProtocolError) else "bad-message"
                 log.warning("rejected a message from %s: %s", identity.hex(), e)
-                rid = p.request_id(frames[1:])
-                pipe.send_multipart([identity, *p.encode(p.Error(rid, code, str(e)))])
+                rid = p.request_id(frames[1:]) if len(frames) >= 4 else -1
+                self._forward(pipe, [identity, *p.encode(p.Error(rid, code, str(e)))])
                 continue
             if tracing:
                 log.log(TRACE, "core <- %s %s", identity.hex(), type(msg).__name__)
@@ -209,13 +244,17 @@ class CoreThread(threading.Thread):
                     )
                     pipe.send_multipart([identity, *p.encode(err)])
 
+    def _forward(self, pipe: zmq.Socket[Any], frames: list[Any]) -> None:
+        pipe.send_multipart(frames, copy=False)
+        self._parts_sent[pipe] += len(frames)
+
     def _send(
         self, out: Outbox, client: zmq.Socket[Any], worker: zmq.Socket[Any], status: zmq.Socket[Any]
     ) -> None:
         for identity, msg in out.clients:
-            client.send_multipart([identity, *p.encode(msg)], copy=False)
+            self._forward(client, [identity, *p.encode(msg)])
         for identity, msg in out.workers:
-            worker.send_multipart([identity, *p.encode(msg)], copy=False)
+            self._forward(worker, [identity, *p.encode(msg)])
         if out.events:
             stamp = time.time()
             for topic, payload in out.events:

@@ -9,11 +9,10 @@ from typing import Any
 
 import zmq
 
-from remus import protocol as p
 from remus.errors import RemusError
 from remus.server.config import ServerConfig, ServerPorts
-from remus.server.core_thread import WORKER_ENDPOINT, CoreThread
-from remus.server.edge import STOP, EdgeThread
+from remus.server.core_thread import STOP, WORKER_ENDPOINT, CoreThread
+from remus.server.edge import EdgeThread
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +69,39 @@ class Server:
             if self.status != "created":
                 raise RemusError(f"a {self.status} server cannot be started again; make a new one")
             tag = uuid.uuid4().hex[:12]
-            control, client_pipe, worker_pipe = (
-                f"inproc://remus-{tag}-{name}" for name in ("control", "client", "worker")
+            control, client_pipe, worker_pipe, client_ctl, worker_ctl = (
+                f"inproc://remus-{tag}-{name}"
+                for name in ("control", "client", "worker", "client-ctl", "worker-ctl")
             )
+            limit = self.config.max_message_bytes
+            edges = [
+                EdgeThread(
+                    self._context,
+                    role="client",
+                    bind=self.requested_ports.client,
+                    pipe=client_pipe,
+                    control=client_ctl,
+                    max_message_bytes=limit,
+                    linger_ms=200,
+                ),
+                EdgeThread(
+                    self._context,
+                    role="worker",
+                    bind=self.requested_ports.worker,
+                    pipe=worker_pipe,
+                    control=worker_ctl,
+                    max_message_bytes=limit,
+                    linger_ms=int(self.config.stop_timeout * 1000),
+                ),
+            ]
             core = CoreThread(
                 self._context,
                 config=self.config,
                 control=control,
                 client_pipe=client_pipe,
                 worker_pipe=worker_pipe,
+                edge_controls=(client_ctl, worker_ctl),
+                edges_finished=(edges[0].finished, edges[1].finished),
                 status=self.requested_ports.status,
                 factory=self.factory,
             )
@@ -92,27 +115,6 @@ class Server:
             self._control = self._context.socket(zmq.PAIR)
             self._control.linger = 0
             self._control.connect(control)
-            limit = self.config.max_message_bytes
-            edges = [
-                EdgeThread(
-                    self._context,
-                    role="client",
-                    bind=self.requested_ports.client,
-                    pipe=client_pipe,
-                    allowed=p.CLIENT_COMMANDS,
-                    max_message_bytes=limit,
-                    linger_ms=200,
-                ),
-                EdgeThread(
-                    self._context,
-                    role="worker",
-                    bind=self.requested_ports.worker,
-                    pipe=worker_pipe,
-                    allowed=p.WORKER_COMMANDS,
-                    max_message_bytes=limit,
-                    linger_ms=int(self.config.stop_timeout * 1000),
-                ),
-            ]
             for edge in edges:
                 edge.start()
                 self._threads.append(edge)

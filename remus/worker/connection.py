@@ -167,9 +167,10 @@ class Connection(threading.Thread):
             return False
         self.connected.set()
         if isinstance(msg, p.Jobs):
-            blobs = iter(msg.contents)
             for assigned in msg.jobs:
-                contents = {k: _bytes(next(blobs)) for k in assigned.keys}
+                contents = {
+                    k: _bytes(v) for k, v in zip(assigned.keys, assigned.values, strict=True)
+                }
                 self._held.add(assigned.id)
                 self.inbox.put(Job(assigned.id, assigned.requirements, contents))
             self.received += len(msg.jobs)
@@ -201,8 +202,7 @@ class Connection(threading.Thread):
         self._signalled = False
         started: list[str] = []
         progress: list[tuple[str, int | None, str]] = []
-        results: list[str] = []
-        blobs: list[Any] = []
+        results: list[tuple[str, Any]] = []
         failures: list[tuple[str, str, str]] = []
         credit = 0
         stop = False
@@ -217,8 +217,7 @@ class Connection(threading.Thread):
             elif kind == "progress":
                 progress.append(item[1:])
             elif kind == "result":
-                results.append(item[1])
-                blobs.append(item[2])
+                results.append((item[1], item[2]))
                 self._held.discard(item[1])
             elif kind == "failure":
                 failures.append(item[1:])
@@ -229,7 +228,7 @@ class Connection(threading.Thread):
                 stop = True
         self._credit_sent += credit
         if started or progress or results or failures or credit:
-            report = p.Report(started, progress, results, failures, credit, blobs)
+            report = p.Report(started, progress, results, failures, credit)
             sock.send_multipart(p.encode(report), copy=False)
         return stop
 
