@@ -130,11 +130,27 @@ def _str_list(body: dict[str, Any], key: str) -> list[str]:
     return values
 
 
+#: decoded requirements by their wire form: most traffic repeats a handful of them
+_REQS_CACHE: dict[tuple[Any, ...], JobRequirements] = {}
+_REQS_CACHE_MAX = 1024
+
+
 def _reqs(raw: Any) -> JobRequirements:
+    key = tuple(raw) if type(raw) is list else None
+    if key is not None:
+        try:
+            return _REQS_CACHE[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable tag (a map or list)
+            pass
     try:
-        return JobRequirements.from_wire(raw)
+        reqs = JobRequirements.from_wire(raw)
     except (TypeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"bad job requirements: {e}") from e
+    if key is not None and type(reqs.tag) in (type(None), str):  # 1 == 1.0 == True: skip numbers
+        if len(_REQS_CACHE) >= _REQS_CACHE_MAX:
+            _REQS_CACHE.clear()
+        _REQS_CACHE[key] = reqs
+    return reqs
 
 
 def _reqs_table(body: dict[str, Any]) -> list[JobRequirements]:
@@ -321,7 +337,12 @@ class SubmitRequest(Request):
             keys, values = _unpack_contents(contents, frames, jid)
             jobs.append(SubmittedJob(jid, _pick(table, idx), keys, values))
         _no_frames_left(frames, "submit")
-        return cls(_field(body, "rid", int), jobs, _field(body, "opts", dict, {}))
+        opts = _field(body, "opts", dict, {})
+        if "follow" in opts:
+            _seconds(opts, "follow")
+            if len(jobs) != 1:
+                raise ProtocolError("'follow' needs exactly one job in the submit")
+        return cls(_field(body, "rid", int), jobs, opts)
 
 
 @dataclass(frozen=True, slots=True)

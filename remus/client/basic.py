@@ -87,26 +87,32 @@ class BasicClient:
         sub = JobSubmission.of(what, data, **contents)
         c = self.client
         entry = c.entry(sub)
-        submit_rid = c.send(p.SubmitRequest, [entry])
-        return self._follow(submit_rid, entry.id, timeout, on_progress)
+        # follow: the broker answers the submit like a held progress request, result included,
+        # so a quick job costs one message each way
+        hold = HOLD if timeout is None else min(HOLD, timeout)
+        rid = c.send(p.SubmitRequest, [entry], {"follow": hold})
+        return self._follow(rid, entry.id, timeout, on_progress, hold)
 
     def _follow(
         self,
-        submit_rid: int | None,
+        rid: int | None,
         job_id: str,
         timeout: float | None,
         on_progress: ProgressCallback | None,
+        hold: float = 0.0,
     ) -> JobResult:
+        """Follow a job to its end. ``rid``: a progress request (or following submit) already
+        sent with ``hold``; None to start with a fresh progress request."""
         c = self.client
         deadline = None if timeout is None else time.monotonic() + timeout
         since = 0
         while True:
-            hold = HOLD if deadline is None else max(0.0, min(HOLD, deadline - time.monotonic()))
-            rid = c.send(p.ProgressRequest, job_id, since, hold, True)
-            if submit_rid is not None:
-                c.receive(submit_rid)  # raises if the submission was refused
-                submit_rid = None
+            if rid is None:
+                left = HOLD if deadline is None else deadline - time.monotonic()
+                hold = max(0.0, min(HOLD, left))
+                rid = c.send(p.ProgressRequest, job_id, since, hold, True)
             reply = c.receive(rid, c.timeout + hold)
+            rid = None
             data = reply.data
             if data.get("dropped"):
                 log.warning(

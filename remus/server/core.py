@@ -295,7 +295,12 @@ class BrokerCore:
             if wants:
                 self._event("job.queued", job)
         self.counters["submitted"] += len(ids)
-        self._reply(client, msg.rid, len(ids))
+        follow = msg.options.get("follow")
+        if follow is not None:
+            # submit-and-wait: the answer is the job's first progress reply, result included
+            self._progress(client, p.ProgressRequest(msg.rid, ids[0], 0, follow, True), now)
+        else:
+            self._reply(client, msg.rid, len(ids))
 
     def _status_row(self, job_id: str) -> list[Any]:
         job = self.jobs.get(job_id)

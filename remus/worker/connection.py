@@ -68,9 +68,11 @@ class Connection(threading.Thread):
 
     # -------------------------------------------------------------- user side (any thread)
 
-    def post(self, *item: Any) -> None:
+    def post(self, *item: Any, wake: bool = True) -> None:
+        """Queue ``item`` for the next report; ``wake=False`` lets it ride along with the next
+        one that wakes the thread (or the next heartbeat) instead of costing a message."""
         self.outbox.put(item)
-        if not self._signalled:
+        if wake and not self._signalled:
             self._signalled = True
             try:
                 self._wake_w.send(b"\0")
@@ -155,7 +157,11 @@ class Connection(threading.Thread):
                 last_heard = now
                 next_beat = now + self.heartbeat
             elif now >= next_beat:
-                sock.send_multipart(p.encode(p.Heartbeat()))
+                if self.outbox.empty():
+                    sock.send_multipart(p.encode(p.Heartbeat()))
+                elif self._flush_outbox(sock):  # lazy items waiting: they are the heartbeat
+                    sock.send_multipart(p.encode(p.Goodbye()))
+                    return
                 next_beat = now + self.heartbeat
 
     def _handle(self, sock: zmq.Socket[Any], frames: list[Any]) -> bool:

@@ -62,13 +62,13 @@ class Worker:
 
     # -------------------------------------------------------------- taking jobs
 
-    def ask_for_jobs(self, n: int = 1) -> None:
+    def ask_for_jobs(self, n: int = 1, *, _wake: bool = True) -> None:
         """Ask the broker for ``n`` more jobs (credit). Several at once is what makes small
         jobs fast: the broker sends as many as you have credit for in one message."""
         if n < 1:
             raise ValueError("ask for at least one job")
         self._conn.requested += n
-        self._conn.post("credit", n)
+        self._conn.post("credit", n, wake=_wake)
 
     def pending_job_count(self) -> int:
         """Jobs received and not yet taken with get_job."""
@@ -99,7 +99,10 @@ class Worker:
         if job is None:  # shutdown
             self._conn.inbox.put(None)  # for any other thread waiting
             return INVALID
-        self._conn.post("started", job.id)
+        # "started" rides along with the job's first progress or its result, or goes with
+        # the next heartbeat: a job shows IN_PROGRESS within one heartbeat interval, and a
+        # quick job costs one message, not two.
+        self._conn.post("started", job.id, wake=False)
         return job
 
     # -------------------------------------------------------------- reporting
@@ -166,11 +169,12 @@ class Worker:
                     log.info("no job for %.1f s; worker exits", idle_timeout)
                     break
                 continue
-            self._handle(handler, job)
             done += 1
-            idle_since = time.monotonic()
             if max_jobs is None or done + self._conn.inbox.qsize() < max_jobs:
-                self.ask_for_jobs(1)
+                # the replacement credit travels in the same report as this job's result
+                self.ask_for_jobs(1, _wake=False)
+            self._handle(handler, job)
+            idle_since = time.monotonic()
         self.jobs_done += done
         return done
 
