@@ -44,8 +44,11 @@ def available() -> str | None:
 def session(group: ProcGroup) -> Iterator[tuple[Proc, Endpoints]]:
     """A broker for one benchmark; on exit SIGTERM it, then let its workers leave (3 s)."""
     any_ep = "tcp://127.0.0.1:0"
+    # results are kept 2 s, not the default hour, so repeated samples do not pile up in the
+    # broker's memory (the bulk rows measure one payload's cost, not the retention policy)
     server = group.start(
-        "remus-server", SERVER_MODULE, "--client", any_ep, "--worker", any_ep, "--status", any_ep
+        "remus-server", SERVER_MODULE, "--client", any_ep, "--worker", any_ep, "--status", any_ep,
+        "--result-ttl", "2",
     )
     eps = Endpoints(*server.expect(SERVER_RE, timeout=30).groups())
     try:

@@ -95,3 +95,14 @@ class WorkerFileError(RemusError):
 
 class ConfigError(RemusError, ValueError):
     """An option value that cannot work; the message says what to use instead."""
+
+
+class FileError(RemusError):
+    """A file of a job or a result that cannot be used: missing, unreadable, not a regular file,
+    too large, outside the broker's ``--file-root`` allow-list, or a path on another host.
+    The message names the file and says what is wrong."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem

@@ -35,6 +35,7 @@ Blob = Any  # bytes, memoryview or zmq.Frame: whatever can be sent without a cop
 
 class Command(bytes, enum.Enum):
     # client -> broker
+    HELLO = b"hello"
     IO_TYPES = b"io_types"
     CAN_MESH = b"can_mesh"
     REQUIREMENTS = b"requirements"
@@ -64,6 +65,7 @@ class Command(bytes, enum.Enum):
 CLIENT_COMMANDS = frozenset(
     c.value
     for c in (
+        Command.HELLO,
         Command.IO_TYPES,
         Command.CAN_MESH,
         Command.REQUIREMENTS,
@@ -217,6 +219,70 @@ def _no_frames_left(frames: Any, what: str) -> None:
         raise ProtocolError(f"{what} carries more frames than its body refers to")
 
 
+# ---------------------------------------------------------------------------- files
+
+FILE_MODES = ("r", "rb")
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file of a job or a result: its path, read mode, and its bytes (None: path only)."""
+
+    path: str
+    mode: str = "rb"
+    data: Blob | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileSet:
+    """The files of a job (with its command-line ``args``) or of a result. ``host`` is where
+    the path-only entries can be opened; the broker fills it in (see docs/files.md)."""
+
+    files: Sequence[FileEntry] = ()
+    args: Sequence[str] = ()
+    host: str = ""
+
+
+def pack_files(fs: FileSet, frames: list[Blob]) -> dict[str, Any]:
+    """A file set as a body value: ``{files: [[path, mode] | [path, mode, bin or nil]], args?,
+    host?}``; bytes past INLINE_MAX go to ``frames`` as with :func:`inline`."""
+    body: dict[str, Any] = {
+        "files": [
+            [e.path, e.mode] if e.data is None else [e.path, e.mode, inline(e.data, frames)]
+            for e in fs.files
+        ]
+    }
+    if fs.args:
+        body["args"] = list(fs.args)
+    if fs.host:
+        body["host"] = fs.host
+    return body
+
+
+def take_files(raw: Any, frames: Any, what: str) -> FileSet:
+    """The inverse of :func:`pack_files`."""
+    if type(raw) is not dict:
+        raise ProtocolError(f"{what}: files must be a map")
+    entries = []
+    for e in _field(raw, "files", list):
+        if type(e) is not list or len(e) not in (2, 3) or type(e[0]) is not str:
+            raise ProtocolError(f"{what}: each file must be [path, mode] or [path, mode, data]")
+        if not e[0] or len(e[0]) > 4096 or "\0" in e[0]:
+            raise ProtocolError(f"{what}: bad file path {e[0][:64]!r}")
+        if e[1] not in FILE_MODES:
+            raise ProtocolError(f"{what}: file mode must be 'r' or 'rb', got {e[1]!r}")
+        data = take(e[2], frames, f"{what}, file {e[0]}") if len(e) == 3 else None
+        entries.append(FileEntry(e[0], e[1], data))
+    args = _str_list(raw, "args") if "args" in raw else []
+    return FileSet(entries, args, _field(raw, "host", str, ""))
+
+
+def _job_row(
+    jid: str, index: int, contents: list[Any], fs: FileSet | None, frames: list[Blob]
+) -> list[Any]:
+    return [jid, index, contents] if fs is None else [jid, index, contents, pack_files(fs, frames)]
+
+
 # ---------------------------------------------------------------------------- messages
 
 
@@ -247,6 +313,20 @@ class Request(Message):
 
 
 # client -> broker ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloRequest(Request):
+    """Who is the broker: its host id and message size limit (a client asks once, for files)."""
+
+    COMMAND = Command.HELLO
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> HelloRequest:
+        return cls(_field(body, "rid", int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +374,14 @@ class RequirementsRequest(Request):
 
 @dataclass(frozen=True, slots=True)
 class SubmittedJob:
-    """One job inside a SubmitRequest: a client-chosen id, requirements, named contents."""
+    """One job inside a SubmitRequest: a client-chosen id, requirements, named contents, and
+    for a file request its files and arguments."""
 
     id: str
     requirements: JobRequirements
     keys: tuple[str, ...] = ()
     values: Sequence[Blob] = ()
+    files: FileSet | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +397,13 @@ class SubmitRequest(Request):
         table, index = _table_of([j.requirements for j in self.jobs])
         frames: list[Blob] = []
         jobs = [
-            [j.id, index[j.requirements], _pack_contents(j.keys, j.values, frames)]
+            _job_row(
+                j.id,
+                index[j.requirements],
+                _pack_contents(j.keys, j.values, frames),
+                j.files,
+                frames,
+            )
             for j in self.jobs
         ]
         return {"rid": self.rid, "reqs": table, "jobs": jobs, "opts": self.options}, frames
@@ -329,13 +417,14 @@ class SubmitRequest(Request):
         frames = iter(blobs)
         jobs = []
         for raw in _field(body, "jobs", list):
-            if type(raw) is not list or len(raw) != 3:
-                raise ProtocolError("each job must be [id, reqs index, contents]")
-            jid, idx, contents = raw
+            if type(raw) is not list or len(raw) not in (3, 4):
+                raise ProtocolError("each job must be [id, reqs index, contents, files?]")
+            jid, idx, contents = raw[:3]
             if type(jid) is not str or not jid or len(jid) > 128:
                 raise ProtocolError(f"bad job id {jid!r}: a non-empty string of at most 128 chars")
             keys, values = _unpack_contents(contents, frames, jid)
-            jobs.append(SubmittedJob(jid, _pick(table, idx), keys, values))
+            fs = take_files(raw[3], frames, f"job {jid}") if len(raw) == 4 else None
+            jobs.append(SubmittedJob(jid, _pick(table, idx), keys, values, fs))
         _no_frames_left(frames, "submit")
         opts = _field(body, "opts", dict, {})
         if "follow" in opts:
@@ -535,14 +624,14 @@ class Report(Message):
     """Everything a worker has to say since its last report, in one message.
 
     Applied in this order: ``started`` ids, ``progress`` ``[id, value, message]``, ``results``
-    ``[id, bin or nil]`` (nil: the next blob), ``failures`` ``[id, reason, traceback]``, then
-    ``credit`` (how many more jobs it wants).
+    ``[id, bin or nil]`` (nil: the next blob) or ``[id, bin or nil, files]`` for a file result,
+    ``failures`` ``[id, reason, traceback]``, then ``credit`` (how many more jobs it wants).
     """
 
     COMMAND = Command.REPORT
     started: Sequence[str] = ()
     progress: Sequence[tuple[str, int | None, str]] = ()
-    results: Sequence[tuple[str, Blob]] = ()
+    results: Sequence[tuple[str, Blob] | tuple[str, Blob, FileSet]] = ()
     failures: Sequence[tuple[str, str, str]] = ()
     credit: int = 0
 
@@ -554,7 +643,12 @@ class Report(Message):
         if self.progress:
             body["progress"] = [list(p) for p in self.progress]
         if self.results:
-            body["results"] = [[jid, inline(value, frames)] for jid, value in self.results]
+            body["results"] = [
+                [r[0], inline(r[1], frames)]
+                if len(r) == 2
+                else [r[0], inline(r[1], frames), pack_files(r[2], frames)]
+                for r in self.results
+            ]
         if self.failures:
             body["failures"] = [list(f) for f in self.failures]
         if self.credit:
@@ -582,11 +676,15 @@ class Report(Message):
                 raise ProtocolError("each failure must be [id, reason, traceback] strings")
             failures.append((f[0], f[1], f[2]))
         frames = iter(blobs)
-        results = []
+        results: list[tuple[str, Blob] | tuple[str, Blob, FileSet]] = []
         for r in _field(body, "results", list, []):
-            if type(r) is not list or len(r) != 2 or type(r[0]) is not str:
-                raise ProtocolError("each result must be [id, bin or nil]")
-            results.append((r[0], take(r[1], frames, f"result of {r[0]}")))
+            if type(r) is not list or len(r) not in (2, 3) or type(r[0]) is not str:
+                raise ProtocolError("each result must be [id, bin or nil, files?]")
+            value = take(r[1], frames, f"result of {r[0]}")
+            if len(r) == 2:
+                results.append((r[0], value))
+            else:
+                results.append((r[0], value, take_files(r[2], frames, f"result of {r[0]}")))
         _no_frames_left(frames, "report")
         credit = _field(body, "credit", int, 0)
         if not 0 <= credit <= 1_000_000:
@@ -628,6 +726,7 @@ class AssignedJob:
     requirements: JobRequirements
     keys: tuple[str, ...] = ()
     values: Sequence[Blob] = ()
+    files: FileSet | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,7 +740,13 @@ class Jobs(Message):
         table, index = _table_of([j.requirements for j in self.jobs])
         frames: list[Blob] = []
         jobs = [
-            [j.id, index[j.requirements], _pack_contents(j.keys, j.values, frames)]
+            _job_row(
+                j.id,
+                index[j.requirements],
+                _pack_contents(j.keys, j.values, frames),
+                j.files,
+                frames,
+            )
             for j in self.jobs
         ]
         return {"reqs": table, "jobs": jobs}, frames
@@ -655,11 +760,12 @@ class Jobs(Message):
         frames = iter(blobs)
         jobs = []
         for raw in _field(body, "jobs", list):
-            if type(raw) is not list or len(raw) != 3 or type(raw[0]) is not str:
-                raise ProtocolError("each job must be [id, reqs index, contents]")
-            jid, idx, contents = raw
+            if type(raw) is not list or len(raw) not in (3, 4) or type(raw[0]) is not str:
+                raise ProtocolError("each job must be [id, reqs index, contents, files?]")
+            jid, idx, contents = raw[:3]
             keys, values = _unpack_contents(contents, frames, jid)
-            jobs.append(AssignedJob(jid, _pick(table, idx), keys, values))
+            fs = take_files(raw[3], frames, f"job {jid}") if len(raw) == 4 else None
+            jobs.append(AssignedJob(jid, _pick(table, idx), keys, values, fs))
         _no_frames_left(frames, "jobs")
         return cls(jobs)
 
@@ -697,6 +803,7 @@ class Shutdown(Message):
 MESSAGES: dict[bytes, type[Message]] = {
     cls.COMMAND.value: cls
     for cls in (
+        HelloRequest,
         IoTypesRequest,
         CanMeshRequest,
         RequirementsRequest,

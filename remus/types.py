@@ -146,22 +146,39 @@ def tag_key(tag: Any) -> str | None:
     return json.dumps(tag, sort_keys=True, separators=(",", ":"), default=repr)
 
 
+#: bytes, or a view of them that was never copied (a large file received as a ZeroMQ frame)
+Buffer = bytes | bytearray | memoryview
+
+
 @dataclass(frozen=True, slots=True)
 class FileHandle:
     """A file that travels with a job or a result.
 
     ``path`` is made absolute against the current directory when the handle is built; ``mode``
-    is ``"r"`` (text) or ``"rb"`` (binary); ``data`` holds the bytes when they travel inline.
+    is ``"r"`` (text) or ``"rb"`` (binary): how the receiver should open it (the bytes travel
+    unchanged either way); ``data`` holds the bytes when they travel inline (a str is encoded
+    as UTF-8). A handle is path-like: ``open(handle, handle.mode)``. See docs/files.md.
     """
 
     path: str
     mode: str = "rb"
-    data: bytes | None = None
+    data: Buffer | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("r", "rb"):
             raise ValueError(f"FileHandle mode must be 'r' or 'rb', got {self.mode!r}")
         object.__setattr__(self, "path", os.path.abspath(os.fspath(self.path)))
+        if isinstance(self.data, str):
+            object.__setattr__(self, "data", self.data.encode())
+        elif self.data is not None and not isinstance(self.data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"FileHandle data must be bytes, got {type(self.data).__name__}")
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        inline = "" if self.data is None else f", <{len(self.data)} bytes>"
+        return f"FileHandle({self.path!r}, {self.mode!r}{inline})"
 
 
 @dataclass(frozen=True, slots=True)

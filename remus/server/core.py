@@ -190,6 +190,10 @@ class BrokerCore:
             soon = min(soon, self._deadlines[0][0])
         return max(soon, now + 0.001)
 
+    def earliest_hold(self, default: float) -> float:
+        """The deadline of the next held reply, or ``default`` if none is held."""
+        return self._deadlines[0][0] if self._deadlines else default
+
     def flush(self) -> Outbox:
         """Everything to send after this pass: jobs batched per worker, held replies answered."""
         for worker in self.matcher.dirty.values():

@@ -198,6 +198,8 @@ class CoreThread(threading.Thread):
                 self._run_factory(core, now)
                 factory_due = now + FACTORY_PERIOD
             self._send(core.flush(), client, worker, status)
+            # a reply held in this pass may be due before the next scheduled tick
+            tick_due = min(tick_due, core.earliest_hold(tick_due))
 
     def _drain(
         self,
@@ -216,7 +218,7 @@ class CoreThread(threading.Thread):
                 return
             identity = frames[0].bytes
             try:
-                if len(frames) > 4 and sum(len(f) for f in frames) > self._max_bytes:
+                if sum(len(f) for f in frames) > self._max_bytes:
                     raise ProtocolError(
                         f"message of {sum(len(f) for f in frames)} bytes is over the broker's "
                         f"limit of {self._max_bytes} bytes",

@@ -69,7 +69,9 @@ class EdgeThread(threading.Thread):
             sock.linger = self._linger
             pipe.linger = control.linger = 0
             sock.router_handover = 1  # a peer that reconnects with its old identity takes over
-            sock.maxmsgsize = self._max_bytes  # a larger frame drops the peer's connection
+            # The core answers a message over max_message_bytes with "too-large"; only a frame
+            # twice that big is cut off by libzmq itself (dropping that peer's connection)
+            sock.maxmsgsize = min(2 * self._max_bytes, 2**62)
             sock.sndhwm = 0  # replies and jobs are bounded by the protocol, never dropped
             sock.rcvhwm = 100_000
             pipe.sndhwm = pipe.rcvhwm = 0

@@ -5,9 +5,12 @@ a socketpair (which ZeroMQ's poller watches beside the DEALER); it hands them jo
 another queue. Each wake-up drains everything queued into ONE ``report`` message, so a worker
 that finishes many small jobs quickly sends few messages.
 
-It heartbeats every interval, and if the broker stays silent for ``liveness`` intervals it
-drops the socket and reconnects with the same identity, re-registering with the jobs it still
-holds, so a broker that was only slow (or restarted) carries on where it was.
+It heartbeats every interval. If the broker stays silent for ``LIVENESS`` intervals the worker
+says so once and registers again, on the same socket: ZeroMQ reconnects TCP by itself, and
+everything queued meanwhile (a finished job's result included) is delivered in order when the
+broker answers again. A broker that was only suspended sees the result, then the re-register;
+a broker that restarted answers the first message with ``unknown-worker`` and the worker
+registers again with the jobs it still holds.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from remus import protocol as p
 from remus.errors import ProtocolError
 from remus.hostid import host_id
 from remus.types import JobRequirements
-from remus.worker.job import Job
+from remus.worker.job import Contents, Job
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,16 @@ class Connection(threading.Thread):
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = 0
         sock.connect(self.endpoint)
-        sock.send_multipart(p.encode(self._register()))
+        self._send(sock, self._register())
         return sock
+
+    def _send(self, sock: zmq.Socket[Any], msg: p.Message) -> None:
+        """Send without ever blocking: a TCP DEALER queues while disconnected; one whose
+        inproc broker is gone has no peer at all, and then there is nobody to tell."""
+        try:
+            sock.send_multipart(p.encode(msg), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.debug("no broker to send %s to", type(msg).__name__)
 
     def _register(self) -> p.Register:
         outstanding = max(0, self._credit_sent - self.received)
@@ -126,16 +137,20 @@ class Connection(threading.Thread):
         now = time.monotonic()
         last_heard = now
         next_beat = now + self.heartbeat
+        silent = False
         while True:
             timeout = max(0.0, min(next_beat, last_heard + self.heartbeat * LIVENESS) - now)
             ready = dict(poller.poll(int(timeout * 1000)))
             now = time.monotonic()
             if self._wake_r.fileno() in ready or self._wake_r in ready:
                 if self._flush_outbox(sock):
-                    sock.send_multipart(p.encode(p.Goodbye()))
+                    self._send(sock, p.Goodbye())
                     return
                 next_beat = now + self.heartbeat
             if sock in ready:
+                if silent:
+                    log.info("broker at %s answers again", self.endpoint)
+                    silent = False
                 last_heard = now
                 while True:
                     try:
@@ -145,22 +160,23 @@ class Connection(threading.Thread):
                     if self._handle(sock, frames):
                         return
             if now - last_heard > self.heartbeat * LIVENESS:
-                log.warning(
-                    "broker at %s silent for %.1f s; reconnecting", self.endpoint, now - last_heard
-                )
+                if not silent:
+                    log.warning(
+                        "broker at %s silent for %.1f s; registering again and waiting for it",
+                        self.endpoint,
+                        now - last_heard,
+                    )
+                silent = True
                 self.connected.clear()
-                poller.unregister(sock)
-                sock.close(linger=0)
-                sock = self._connect()
-                poller.register(sock, zmq.POLLIN)
+                self._send(sock, self._register())
                 self.reconnects += 1
                 last_heard = now
                 next_beat = now + self.heartbeat
             elif now >= next_beat:
                 if self.outbox.empty():
-                    sock.send_multipart(p.encode(p.Heartbeat()))
+                    self._send(sock, p.Heartbeat())
                 elif self._flush_outbox(sock):  # lazy items waiting: they are the heartbeat
-                    sock.send_multipart(p.encode(p.Goodbye()))
+                    self._send(sock, p.Goodbye())
                     return
                 next_beat = now + self.heartbeat
 
@@ -174,9 +190,7 @@ class Connection(threading.Thread):
         self.connected.set()
         if isinstance(msg, p.Jobs):
             for assigned in msg.jobs:
-                contents = {
-                    k: _bytes(v) for k, v in zip(assigned.keys, assigned.values, strict=True)
-                }
+                contents = Contents(dict(zip(assigned.keys, assigned.values, strict=True)))
                 self._held.add(assigned.id)
                 self.inbox.put(Job(assigned.id, assigned.requirements, contents))
             self.received += len(msg.jobs)
@@ -190,7 +204,7 @@ class Connection(threading.Thread):
         elif isinstance(msg, p.Error):
             if msg.code == "unknown-worker":
                 # the broker restarted or forgot us: register again, keeping what we hold
-                sock.send_multipart(p.encode(self._register()))
+                self._send(sock, self._register())
             else:
                 log.warning("the broker refused a message: %s (%s)", msg.message, msg.code)
         return False
@@ -234,10 +248,5 @@ class Connection(threading.Thread):
                 stop = True
         self._credit_sent += credit
         if started or progress or results or failures or credit:
-            report = p.Report(started, progress, results, failures, credit)
-            sock.send_multipart(p.encode(report), copy=False)
+            self._send(sock, p.Report(started, progress, results, failures, credit))
         return stop
-
-
-def _bytes(frame: Any) -> bytes:
-    return frame if isinstance(frame, bytes) else frame.bytes
