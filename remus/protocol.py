@@ -177,7 +177,8 @@ def _table_of(reqs: Sequence[JobRequirements]) -> tuple[list[Any], dict[JobRequi
 
 def inline(value: Blob, frames: list[Blob]) -> Any:
     """The body's slot for ``value``: the bytes themselves if small, else nil and a frame."""
-    if len(value) <= INLINE_MAX:
+    size = value.nbytes if isinstance(value, memoryview) else len(value)
+    if size <= INLINE_MAX:
         return value if isinstance(value, (bytes, bytearray, memoryview)) else value.bytes
     frames.append(value)
     return None
@@ -294,7 +295,7 @@ class Message:
         raise NotImplementedError
 
     def blobs(self) -> Sequence[Blob]:
-        return ()
+        return self.parts()[1] if type(self).parts is not Message.parts else ()
 
     def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         """Body and blobs together (messages that inline small contents decide both at once)."""

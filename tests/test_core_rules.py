@@ -1,202 +1,53 @@
 """The broker's rules without sockets: BrokerCore fed messages and times, its Outbox read back.
 
 Time is whatever the test says it is. ``Core.advance`` ticks in steps shorter than the stall
-threshold, so only the freebie test ever looks like a stalled broker loop.
+threshold, so only the freebie test ever looks like a stalled broker loop. The harness lives in
+tests/core_helpers.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
+from core_helpers import (
+    ALL_TOPICS,
+    CLIENT,
+    EDGES,
+    FRAMED,
+    VOLUME,
+    W1,
+    W2,
+    W3,
+    Core,
+    as_received,
+    collect,
+    collected,
+    finish,
+    ids_sent,
+    jobs_sent,
+    progress_result,
+    replies,
+    result_values,
+    run_a_little_of_everything,
+    to_worker,
+    topics,
+)
 
 from remus import protocol as p
-from remus.server.config import ServerConfig
-from remus.server.core import BrokerCore, Outbox
-from remus.types import IOType, JobRequirements, Status
-
-EDGES = IOType("Edges", "Mesh2D")
-VOLUME = IOType("Mesh2D", "Mesh3D")
-CLIENT = b"client-1"
-W1, W2, W3 = b"worker-1", b"worker-2", b"worker-3"
-
-
-class Core:
-    """A BrokerCore with a clock, and helpers that speak to it the way the threads do."""
-
-    def __init__(self, wants: Callable[[str], bool] | None = None, **config: Any) -> None:
-        self.now = 0.0
-        self.core = BrokerCore(ServerConfig(**config), now=self.now, wants_event=wants)
-        self._rids = itertools.count(1)
-        self._ids = itertools.count(1)
-
-    # ------------------------------------------------------------------ workers
-
-    def register(
-        self,
-        wid: bytes,
-        reqs: IOType | JobRequirements = EDGES,
-        *,
-        credit: int = 1,
-        heartbeat: float = 1.0,
-        held: Iterable[str] = (),
-    ) -> None:
-        msg = p.Register(JobRequirements.of(reqs), heartbeat, "host-a", 100, credit, list(held))
-        self.core.worker_message(wid, msg, self.now)
-
-    def report(
-        self,
-        wid: bytes,
-        *,
-        started: Iterable[str] = (),
-        progress: Iterable[tuple[str, int | None, str]] = (),
-        results: dict[str, bytes] | None = None,
-        failures: Iterable[tuple[str, str, str]] = (),
-        credit: int = 0,
-    ) -> None:
-        results = results or {}
-        msg = p.Report(
-            list(started),
-            list(progress),
-            list(results),
-            list(failures),
-            credit,
-            list(results.values()),
-        )
-        self.core.worker_message(wid, msg, self.now)
-
-    def heartbeat(self, *wids: bytes) -> None:
-        for wid in wids:
-            self.core.worker_message(wid, p.Heartbeat(), self.now)
-
-    def goodbye(self, wid: bytes) -> None:
-        self.core.worker_message(wid, p.Goodbye(), self.now)
-
-    # ------------------------------------------------------------------ clients
-
-    def submit(
-        self,
-        *ids: str,
-        reqs: IOType | JobRequirements = EDGES,
-        client: bytes = CLIENT,
-        data: bytes | None = None,
-    ) -> p.Message:
-        """Submit jobs (one request); returns the Reply or Error it got."""
-        jr = JobRequirements.of(reqs)
-        ids = ids or (f"job-{next(self._ids)}",)
-        jobs = [p.SubmittedJob(i, jr, ("data",)) for i in ids]
-        contents = [data if data is not None else i.encode() for i in ids]
-        return self.ask(p.SubmitRequest(next(self._rids), jobs, contents), client)
-
-    def send(self, msg: p.Request, client: bytes = CLIENT) -> int:
-        """Send a client request; do not look for its reply (it may be held)."""
-        self.core.client_message(client, msg, self.now)
-        return msg.rid
-
-    def ask(self, msg: p.Request, client: bytes = CLIENT) -> p.Message:
-        """Send a request that is answered at once; take its reply out of the pending outbox
-        without flushing, so jobs assigned in this pass stay unsent."""
-        self.core.client_message(client, msg, self.now)
-        return self.take_reply(msg.rid, self.core.out)
-
-    @staticmethod
-    def take_reply(rid: int, out: Outbox, client: bytes = CLIENT) -> p.Message:
-        found = [m for c, m in out.clients if c == client and getattr(m, "rid", None) == rid]
-        assert len(found) == 1, f"expected one reply to rid {rid}, got {found}"
-        out.clients.remove((client, found[0]))
-        return found[0]
-
-    def rid(self) -> int:
-        return next(self._rids)
-
-    def status_row(self, job_id: str) -> list[Any]:
-        reply = self.ask(p.StatusRequest(self.rid(), [job_id]))
-        assert isinstance(reply, p.Reply)
-        return reply.data[0]
-
-    def status(self, job_id: str) -> Status:
-        return Status(self.status_row(job_id)[1])
-
-    def progress(self, job_id: str, since: int = 0, *, with_result: bool = False) -> p.Reply:
-        reply = self.ask(p.ProgressRequest(self.rid(), job_id, since, 0.0, with_result))
-        assert isinstance(reply, p.Reply)
-        return reply
-
-    def results(self, *ids: str) -> p.Reply:
-        reply = self.ask(p.ResultRequest(self.rid(), list(ids)))
-        assert isinstance(reply, p.Reply)
-        return reply
-
-    def terminate(self, *ids: str) -> list[Any]:
-        reply = self.ask(p.TerminateRequest(self.rid(), list(ids)))
-        assert isinstance(reply, p.Reply)
-        return reply.data
-
-    # ------------------------------------------------------------------ time and output
-
-    def flush(self) -> Outbox:
-        return self.core.flush()
-
-    def tick(self, now: float) -> Outbox:
-        self.now = now
-        self.core.tick(now)
-        return self.flush()
-
-    def advance(self, to: float, *, alive: Iterable[bytes] = (), step: float = 0.25) -> Outbox:
-        """Tick in small steps up to ``to``; workers in ``alive`` heartbeat at every step.
-        Returns everything flushed on the way, merged."""
-        alive = tuple(alive)
-        merged = Outbox()
-        while self.now < to:
-            self.now = min(to, self.now + step)
-            self.heartbeat(*alive)
-            self.core.tick(self.now)
-            out = self.flush()
-            merged.clients += out.clients
-            merged.workers += out.workers
-            merged.events += out.events
-        return merged
-
-
-def jobs_sent(out: Outbox) -> dict[bytes, list[list[str]]]:
-    """For each worker, the job ids of each Jobs message it was sent (one list per message)."""
-    sent: dict[bytes, list[list[str]]] = {}
-    for wid, msg in out.workers:
-        if isinstance(msg, p.Jobs):
-            sent.setdefault(wid, []).append([j.id for j in msg.jobs])
-    return sent
-
-
-def ids_sent(out: Outbox, wid: bytes) -> list[str]:
-    return [i for batch in jobs_sent(out).get(wid, []) for i in batch]
-
-
-def to_worker(out: Outbox, wid: bytes, kind: type[p.Message]) -> list[Any]:
-    return [m for w, m in out.workers if w == wid and isinstance(m, kind)]
-
-
-def replies(out: Outbox, client: bytes = CLIENT) -> list[p.Message]:
-    return [m for c, m in out.clients if c == client]
-
-
-def topics(out: Outbox) -> list[str]:
-    return [t for t, _ in out.events]
+from remus.types import JobRequirements, Status
 
 
 @pytest.fixture
 def make_core() -> Callable[..., Core]:
-    def make(wants: Callable[[str], bool] | None = None, **config: Any) -> Core:
-        return Core(wants, **config)
-
-    return make
+    return Core  # Core(wants=None, **ServerConfig options)
 
 
 @pytest.fixture
-def c(make_core: Callable[..., Core]) -> Core:
-    return make_core()
+def c() -> Core:
+    return Core()
 
 
 # ============================================================================ matching
@@ -252,16 +103,16 @@ def test_tags_compare_as_canonical_json(c: Core) -> None:
 
 def test_jobs_carry_their_requirements_and_contents(c: Core) -> None:
     reqs = JobRequirements(EDGES, "A", {"t": 1}, b"<file/>", "XML")
-    c.register(W1, JobRequirements(EDGES, "A", {"t": 1}), credit=2)
+    c.register(W1, JobRequirements(EDGES, "A", {"t": 1}), credit=3)
     c.submit("j1", reqs=reqs, data=b"payload-1")
-    c.submit("j2", reqs=EDGES, data=b"payload-2")
+    c.submit("j2", reqs=EDGES, contents={"mesh": b"m", "params": b"p", "empty": b""})
+    c.submit("j3", reqs=EDGES, contents={})
     (msg,) = to_worker(c.flush(), W1, p.Jobs)
-    assert [(j.id, j.requirements, j.keys) for j in msg.jobs] == [
-        ("j1", reqs, ("data",)),
-        ("j2", JobRequirements(EDGES), ("data",)),
+    assert [(j.id, j.requirements, j.keys, list(j.values)) for j in msg.jobs] == [
+        ("j1", reqs, ("data",), [b"payload-1"]),
+        ("j2", JobRequirements(EDGES), ("mesh", "params", "empty"), [b"m", b"p", b""]),
+        ("j3", JobRequirements(EDGES), (), []),
     ]
-    assert [bytes(b) for b in msg.contents] == [b"payload-1", b"payload-2"]
-    p.decode(p.encode(msg))  # and it is a well-formed message
 
 
 # ============================================================================ credit and order
@@ -386,8 +237,8 @@ def test_progress_request_with_wait_is_answered_when_the_job_ends(c: Core) -> No
     (reply,) = replies(c.flush())
     assert reply.rid == rid
     assert reply.data["status"] == Status.FINISHED
-    assert reply.data["result"] is True
-    assert [bytes(f) for f in reply.frames] == [b"the result"]
+    assert reply.data["result"] == b"the result", "a small result travels inline"
+    assert list(reply.frames) == []
 
 
 def test_progress_request_with_wait_is_answered_at_its_deadline(c: Core) -> None:
@@ -429,11 +280,16 @@ def test_result_makes_a_job_finished(c: Core) -> None:
     c.report(W1, started=["j1"], progress=[("j1", 50, "half")], results={"j1": b"mesh"})
     assert c.status("j1") is Status.FINISHED
     reply = c.results("j1", "unknown")
-    assert reply.data == [["j1", Status.FINISHED, "", ""], ["unknown", Status.INVALID, "", ""]]
-    assert [bytes(f) for f in reply.frames] == [b"mesh"]
+    assert reply.data == [
+        ["j1", Status.FINISHED, "", "", b"mesh"],
+        ["unknown", Status.INVALID, "", "", None],
+    ]
+    assert list(reply.frames) == []
     prog = c.progress("j1", with_result=True)
     assert prog.data["updates"] == [[1, 50, "half"]]
-    assert prog.data["result"] is True and prog.data["reason"] == ""
+    assert prog.data["result"] == b"mesh" and prog.data["reason"] == ""
+    assert list(prog.frames) == []
+    assert "result" not in c.progress("j1").data, "only with_result asks for it"
     assert c.core.counters["finished"] == 1
 
 
@@ -445,7 +301,7 @@ def test_failure_makes_a_job_failed_with_reason_and_traceback(c: Core) -> None:
     assert c.status("j1") is Status.FAILED
     assert c.status_row("j1")[5] == "job failed"
     reply = c.results("j1")
-    assert reply.data == [["j1", Status.FAILED, "job failed", "Traceback: ..."]]
+    assert reply.data == [["j1", Status.FAILED, "job failed", "Traceback: ...", None]]
     assert list(reply.frames) == []
     prog = c.progress("j1", with_result=True)
     assert prog.data["reason"] == "job failed" and prog.data["traceback"] == "Traceback: ..."
@@ -463,6 +319,156 @@ def test_a_result_or_failure_from_another_worker_is_ignored(c: Core) -> None:
     c.report(W2, results={"j1": b"not mine"})
     assert c.status("j1") is Status.QUEUED
     assert c.core.counters["dropped_results"] == 1
+
+
+# ======================================================================== inline and framed bulk
+
+
+def test_large_contents_cross_the_broker_as_the_very_frames_that_came_in(c: Core) -> None:
+    big, bigger = b"b" * FRAMED, b"B" * (3 * p.INLINE_MAX)
+    contents = {"small": b"s", "big": big, "edge": b"e" * p.INLINE_MAX, "bigger": bigger}
+    job = p.SubmittedJob("j1", JobRequirements(EDGES), tuple(contents), list(contents.values()))
+    frames = as_received(p.encode(p.SubmitRequest(c.rid(), [job])))
+    assert len(frames) == 5, "two contents over INLINE_MAX: two frames"
+    c.receive(frames)
+    c.register(W1)
+    (jobs,) = to_worker(c.flush(), W1, p.Jobs)
+    (job,) = jobs.jobs
+    assert job.keys == ("small", "big", "edge", "bigger")
+    assert job.values[1] is frames[3] and job.values[3] is frames[4], "no copy in the broker"
+    wire = p.encode(jobs)
+    assert len(wire) == 5 and wire[3] is frames[3] and wire[4] is frames[4], "no copy going out"
+    body = p.unpack(wire[2])
+    assert body["jobs"] == [
+        ["j1", 0, [["small", b"s"], ["big", None], ["edge", b"e" * p.INLINE_MAX], ["bigger", None]]]
+    ]
+    back = p.decode(wire, p.BROKER_TO_WORKER)
+    assert [bytes(v) for v in back.jobs[0].values] == [b"s", big, b"e" * p.INLINE_MAX, bigger]
+
+
+def test_a_large_result_is_answered_as_the_very_frame_the_worker_sent(c: Core) -> None:
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    frames = as_received(p.encode(p.Report(started=["j1"], results=[("j1", b"r" * FRAMED)])))
+    assert len(frames) == 4
+    c.deliver(W1, frames)
+    assert c.status("j1") is Status.FINISHED
+    reply = c.results("j1")
+    assert reply.data == [["j1", Status.FINISHED, "", "", None]]
+    assert len(reply.frames) == 1 and reply.frames[0] is frames[3]
+    assert result_values(reply)["j1"] is frames[3]
+    prog = c.progress("j1", with_result=True)
+    assert prog.data["result"] is None and progress_result(prog) is frames[3]
+    collect(c, "w", ["j1"])
+    (reply,) = replies(c.flush())
+    assert reply.data["results"] == [["j1", Status.FINISHED, "", "", None]]
+    assert len(reply.frames) == 1 and reply.frames[0] is frames[3]
+
+
+@pytest.mark.parametrize("size", [0, 1, p.INLINE_MAX - 1, p.INLINE_MAX, FRAMED, 4 * p.INLINE_MAX])
+def test_results_travel_inline_up_to_inline_max(c: Core, size: int) -> None:
+    result, framed = bytes(range(256)) * (size // 256) + b"x" * (size % 256), size > p.INLINE_MAX
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    c.report(W1, results={"j1": result})
+    reply = c.results("j1")
+    slot = reply.data[0][4]
+    prog = c.progress("j1", with_result=True)
+    if framed:
+        assert slot is None and list(reply.frames) == [result]
+        assert prog.data["result"] is None and list(prog.frames) == [result]
+    else:
+        assert slot == result and list(reply.frames) == []
+        assert prog.data["result"] == result and list(prog.frames) == []
+    assert bytes(result_values(reply)["j1"]) == result
+    assert bytes(progress_result(prog)) == result
+
+
+def test_result_rows_take_frames_in_row_order_and_only_for_large_results(c: Core) -> None:
+    big1, big2 = b"1" * FRAMED, b"2" * (FRAMED + 7)
+    c.register(W1, credit=6)
+    c.submit("big1", "small", "failed", "big2", "running", "empty")
+    c.flush()
+    c.report(
+        W1,
+        started=["running"],
+        results={"big2": big2, "small": b"s", "big1": big1, "empty": b""},
+        failures=[("failed", "no", "tb")],
+    )
+    ids = ["big2", "unknown", "running", "small", "failed", "big1", "empty", "big2"]
+    reply = c.results(*ids)
+    assert [r[0] for r in reply.data] == ids
+    # FINISHED, INVALID, IN_PROGRESS, FINISHED, FAILED, FINISHED, FINISHED, FINISHED
+    assert [r[1] for r in reply.data] == [3, 0, 2, 3, 4, 3, 3, 3]
+    assert [r[4] for r in reply.data] == [None, None, None, b"s", None, None, b"", None]
+    assert list(reply.frames) == [big2, big1, big2]
+    values = [big2, None, None, b"s", None, big1, b"", big2]
+    assert result_values(reply) == dict(zip(ids, values, strict=True))
+
+
+def test_max_queued_bytes_counts_inline_and_framed_contents_alike(
+    make_core: Callable[..., Core],
+) -> None:
+    c = make_core(max_queued_bytes=FRAMED + 10)
+    err = c.submit("big", data=b"x" * (FRAMED + 11))
+    assert isinstance(err, p.Error) and err.code == "busy"
+    assert isinstance(c.submit("big", data=b"x" * FRAMED), p.Reply)
+    assert isinstance(c.submit("small", contents={"a": b"y" * 4, "b": b"z" * 6}), p.Reply)
+    err = c.submit("one-more", data=b"!")
+    assert isinstance(err, p.Error) and err.code == "busy"
+    c.register(W1, credit=1)  # "big" leaves the queue, and its bytes with it
+    assert isinstance(c.submit("one-more", data=b"x" * FRAMED), p.Reply)
+
+
+# ============================================================================ submit and follow
+
+
+@pytest.mark.parametrize("size", [5, FRAMED], ids=["inline", "framed"])
+def test_submit_with_follow_is_answered_with_the_result(c: Core, size: int) -> None:
+    c.register(W1)
+    rid = c.follow("j1", 10.0)
+    out = c.flush()
+    assert jobs_sent(out) == {W1: [["j1"]]}
+    assert replies(out) == [], "held until there is news"
+    c.report(W1, started=["j1"], progress=[("j1", 50, "half")])
+    (reply,) = replies(c.flush())
+    assert reply.rid == rid and reply.data["updates"] == [[1, 50, "half"]]
+    assert "result" not in reply.data
+    result = b"r" * size
+    c.report(W1, results={"j1": result})
+    assert replies(c.flush()) == [], "a followed submit is answered once"
+    reply = c.progress("j1", since=1, with_result=True)
+    assert reply.data["status"] == Status.FINISHED and bytes(progress_result(reply)) == result
+
+
+def test_submit_with_follow_of_a_job_that_finishes_first_carries_its_result(c: Core) -> None:
+    c.register(W1)
+    rid = c.follow("j1", 10.0)
+    c.flush()
+    c.report(W1, started=["j1"], results={"j1": b"r" * FRAMED})
+    (reply,) = replies(c.flush())
+    assert reply.rid == rid
+    assert reply.data["status"] == Status.FINISHED and reply.data["reason"] == ""
+    assert reply.data["result"] is None and list(reply.frames) == [b"r" * FRAMED]
+
+
+@pytest.mark.parametrize("wait", [0, 2.0], ids=["at-once", "at-its-deadline"])
+def test_submit_with_follow_of_a_job_with_no_news_is_answered(c: Core, wait: float) -> None:
+    rid = c.follow("j1", wait)
+    if wait:
+        assert replies(c.advance(wait - 0.25)) == []
+    (reply,) = replies(c.advance(wait + 0.25))
+    assert reply.rid == rid and reply.data == {"status": Status.QUEUED, "updates": []}
+
+
+def test_a_refused_submit_with_follow_is_answered_once_with_the_error(c: Core) -> None:
+    c.submit("j1")
+    rid = c.follow("j1", 5.0)
+    (err,) = replies(c.flush())
+    assert isinstance(err, p.Error) and err.rid == rid and err.code == "duplicate-id"
+    assert replies(c.advance(6.0)) == []
 
 
 # ============================================================================ terminate
@@ -495,7 +501,7 @@ def test_terminate_a_running_job_cancels_it_and_drops_its_late_result(c: Core) -
     assert c.status("j1") is Status.TERMINATED
     assert c.core.counters["dropped_results"] == 1
     assert c.progress("j1").data["updates"] == [[1, 10, "a"]]
-    assert list(c.results("j1").frames) == []
+    assert c.results("j1").data == [["j1", Status.TERMINATED, "terminated by a client", "", None]]
 
 
 def test_terminate_an_unknown_or_finished_job_changes_nothing(c: Core) -> None:
@@ -731,7 +737,7 @@ def test_finished_jobs_are_forgotten_after_result_ttl(make_core: Callable[..., C
     assert c.status("done") is Status.INVALID
     assert c.status("failed") is Status.INVALID
     assert c.status("running") is Status.IN_PROGRESS, "only finished jobs are forgotten"
-    assert list(c.results("done").frames) == []
+    assert c.results("done").data == [["done", Status.INVALID, "", "", None]]
     assert set(c.core.jobs) == {"running"}
     c.submit("done")  # a forgotten id may be used again
     assert c.status("done") is Status.QUEUED
@@ -759,24 +765,6 @@ def test_progress_history_is_bounded_and_says_what_it_dropped(
 # ============================================================================ collect
 
 
-def finish(c: Core, wid: bytes, *ids: str) -> None:
-    c.report(wid, results={i: f"result of {i}".encode() for i in ids})
-
-
-def collect(
-    c: Core, watch: str, add: Iterable[str] = (), wait: float = 0.0, limit: int = 10_000
-) -> int:
-    return c.send(p.CollectRequest(c.rid(), watch, list(add), wait, limit))
-
-
-def collected(reply: p.Message) -> tuple[list[str], int]:
-    assert isinstance(reply, p.Reply)
-    rows = reply.data["results"]
-    finished = [r[0] for r in rows if r[1] == Status.FINISHED]
-    assert [bytes(f) for f in reply.frames] == [f"result of {i}".encode() for i in finished]
-    return [r[0] for r in rows], reply.data["remaining"]
-
-
 def test_collect_hands_each_result_over_once_in_finish_order(c: Core) -> None:
     c.register(W1, credit=4)
     c.submit("j1", "j2", "j3", "j4")
@@ -796,8 +784,10 @@ def test_collect_hands_each_result_over_once_in_finish_order(c: Core) -> None:
     collect(c, "w", wait=10.0)
     c.report(W1, failures=[("j2", "broke", "tb")])
     (reply,) = replies(c.flush())
-    assert reply.data == {"results": [["j2", Status.FAILED, "broke", "tb"]], "remaining": 0}
-    assert c.core._watches == {}, "an emptied watch list is dropped"
+    assert reply.data == {"results": [["j2", Status.FAILED, "broke", "tb", None]], "remaining": 0}
+    rid = collect(c, "w", wait=10.0)
+    (reply,) = replies(c.flush())
+    assert reply.rid == rid and collected(reply) == ([], 0), "nothing left to wait for"
 
 
 def test_collect_of_jobs_already_over_and_unknown_ids(c: Core) -> None:
@@ -809,7 +799,7 @@ def test_collect_of_jobs_already_over_and_unknown_ids(c: Core) -> None:
     (reply,) = replies(c.flush())
     ids, remaining = collected(reply)
     assert ids == ["j1", "nope"] and remaining == 1
-    assert reply.data["results"][1] == ["nope", Status.INVALID, "", ""]
+    assert reply.data["results"][1] == ["nope", Status.INVALID, "", "", None]
 
 
 def test_collect_respects_max(c: Core) -> None:
@@ -858,6 +848,55 @@ def test_collect_adding_a_pending_job_twice_delivers_it_once(c: Core) -> None:
     assert collected(replies(c.flush())[0]) == (["j1"], 0)
 
 
+def test_emptied_watch_lists_cost_no_memory(c: Core) -> None:
+    """A watch list is dropped as soon as nothing remains on it: a client that uses a new
+    watch name for every batch must not grow the broker (seen from outside: its memory)."""
+    c.register(W1)
+    c.submit("j1")
+    c.flush()
+    finish(c, W1, "j1")
+
+    def churn(names: range) -> None:
+        for i in names:
+            collect(c, f"watch-{i}", ["j1"])
+            (reply,) = replies(c.flush())
+            assert collected(reply) == (["j1"], 0)
+
+    churn(range(200))  # warm up: caches, free lists, dict sizes
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        churn(range(200, 3200))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # a kept watch list costs well over 500 bytes (its record, set, deque, key and name)
+    assert grown < 3000 * 50, f"3000 emptied watch lists left {grown} bytes behind"
+
+
+def test_an_unused_watch_list_is_forgotten_after_result_ttl(
+    make_core: Callable[..., Core],
+) -> None:
+    c = make_core(result_ttl=10.0)
+    c.register(W1, credit=1, heartbeat=100.0)
+    c.submit("j1")
+    c.flush()
+    collect(c, "idle", ["j1"])
+    collect(c, "busy", ["j1"])
+    assert [collected(m) for m in replies(c.flush())] == [([], 1), ([], 1)]
+    c.advance(5.0)
+    collect(c, "busy")  # a request keeps a watch list alive
+    assert [collected(m) for m in replies(c.flush())] == [([], 1)]
+    c.advance(12.0)
+    finish(c, W1, "j1")
+    c.flush()
+    collect(c, "idle")
+    collect(c, "busy")
+    idle, busy = replies(c.flush())
+    assert collected(idle) == ([], 0), "forgotten: j1 is no longer on it"
+    assert collected(busy) == (["j1"], 0)
+
+
 # ============================================================================ refusals
 
 
@@ -889,13 +928,6 @@ def test_max_queued_jobs_makes_the_broker_busy(make_core: Callable[..., Core]) -
     assert isinstance(c.submit("c"), p.Reply)
 
 
-def test_max_queued_bytes_makes_the_broker_busy(make_core: Callable[..., Core]) -> None:
-    c = make_core(max_queued_bytes=10)
-    err = c.submit("a", data=b"x" * 11)
-    assert isinstance(err, p.Error) and err.code == "busy"
-    assert isinstance(c.submit("a", data=b"x" * 10), p.Reply)
-
-
 def test_a_worker_message_on_the_client_side_is_refused(c: Core) -> None:
     c.core.client_message(CLIENT, p.Heartbeat(), 0.0)
     c.core.worker_message(W1, p.StatusRequest(1, []), 0.0)
@@ -905,45 +937,6 @@ def test_a_worker_message_on_the_client_side_is_refused(c: Core) -> None:
 
 
 # ============================================================================ events and demand
-
-
-def run_a_little_of_everything(c: Core) -> Outbox:
-    merged = Outbox()
-
-    def keep(out: Outbox) -> None:
-        merged.events.extend(out.events)
-
-    c.register(W1, credit=3)
-    c.submit("ok", "bad", "stop")
-    keep(c.flush())
-    c.report(W1, started=["ok", "bad"], progress=[("ok", 50, "half")])
-    c.report(W1, results={"ok": b"r"}, failures=[("bad", "no", "")])
-    c.terminate("stop")
-    keep(c.flush())
-    c.register(W2, credit=1)
-    c.submit("lost")
-    keep(c.flush())
-    c.report(W2, started=["lost"])
-    keep(c.advance(4.0, alive=[W1]))
-    c.goodbye(W1)
-    keep(c.flush())
-    return merged
-
-
-ALL_TOPICS = {
-    "job.queued",
-    "job.assigned",
-    "job.started",
-    "job.progress",
-    "job.finished",
-    "job.failed",
-    "job.terminated",
-    "job.expired",
-    "worker.registered",
-    "worker.ready",
-    "worker.lost",
-    "worker.exited",
-}
 
 
 def test_every_lifecycle_event_when_everything_is_wanted(make_core: Callable[..., Core]) -> None:

@@ -3,8 +3,10 @@ ProtocolError with a message that says what was wrong (no sockets here)."""
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,22 +27,43 @@ PLAIN = JobRequirements(EDGES)
 NAMED = JobRequirements(EDGES, "EdgeMesher", {"quality": "fine", "n": 3}, b"<xml/>", "XML")
 OTHER = JobRequirements(IOType("Mesh2D", "Mesh3D"), "", ["a", 1, None])
 
-# One instance of every message class, with every field away from its default where it has one.
+#: the smallest content or result that travels as a frame; EXACT is the largest inline one
+BIG = bytes(range(256)) * (p.INLINE_MAX // 256) + b"!"
+EXACT = b"e" * p.INLINE_MAX
+assert len(BIG) == p.INLINE_MAX + 1
+#: file data that travels as a frame (distinct from BIG, to see frame order)
+BIG_FILE = b"f" * (2 * p.INLINE_MAX)
+#: a file set with an inline, a framed and a path-only entry, arguments and a host
+FILES = p.FileSet(
+    [
+        p.FileEntry("/in/small.txt", "r", b"text"),
+        p.FileEntry("/in/big.bin", "rb", BIG_FILE),
+        p.FileEntry("/in/path-only.vtk", "rb"),
+    ],
+    ["--fast", "-n", "3"],
+    "host-1",
+)
+
+# One instance of every message class, with every field away from its default where it has one,
+# and every bulk-carrying message with contents on both sides of INLINE_MAX (and an empty one).
 # Sequence fields are lists (and SubmittedJob/AssignedJob keys tuples) because that is what
 # decode builds; `same` below compares them loosely anyway.
 SAMPLES: list[p.Message] = [
+    p.HelloRequest(13),
     p.IoTypesRequest(1),
     p.CanMeshRequest(2, NAMED),
     p.RequirementsRequest(3, EDGES),
     p.SubmitRequest(
         4,
         [
-            p.SubmittedJob("a-1", PLAIN, ("data",)),
-            p.SubmittedJob("a-2", NAMED, ("data", "extra")),
-            p.SubmittedJob("a-3", PLAIN, ()),
-            p.SubmittedJob("a-4", OTHER, ("data",)),
+            p.SubmittedJob("a-1", PLAIN, ("data",), [b"one"]),
+            p.SubmittedJob("a-2", NAMED, ("data", "extra"), [b"two", BIG]),
+            p.SubmittedJob("a-3", PLAIN, (), []),
+            p.SubmittedJob("a-4", OTHER, ("data",), [b""]),
+            p.SubmittedJob("a-5", PLAIN, ("x", "y", "z"), [EXACT, BIG * 2, b"\x00" * 5000]),
+            p.SubmittedJob("a-6", PLAIN, ("data",), [BIG], FILES),
+            p.SubmittedJob("a-7", PLAIN, (), [], p.FileSet()),
         ],
-        [b"one", b"two", b"\x00" * 5000, b""],
         {"priority": 3, "note": "x"},
     ),
     p.StatusRequest(5, ["a-1", "a-2"]),
@@ -48,30 +71,58 @@ SAMPLES: list[p.Message] = [
     p.ProgressRequest(7, "a-1", since=12, wait=2.5, with_result=True),
     p.ResultRequest(8, ["a-1", "nope"]),
     p.CollectRequest(9, "watch-1", ["a-1", "a-2"], wait=1.5, max=7),
-    p.Reply(10, {"status": 3, "updates": [[1, 50, "half"]], "result": True}, [b"result bytes"]),
+    p.Reply(
+        10,
+        {"results": [["a-1", 3, "", "", b"small"], ["a-2", 3, "", "", None]], "remaining": 1},
+        [BIG],
+    ),
     p.Error(11, "busy", "the queue is full"),
     p.Register(NAMED, 0.5, "host-1", 4321, credit=3, held=["a-1", "a-2"]),
     p.Report(
         started=["a-1"],
         progress=[("a-1", 50, "half"), ("a-1", None, "no value")],
-        results=["a-1", "a-2"],
+        results=[
+            ("a-1", b"r1"),
+            ("a-2", BIG),
+            ("a-4", b""),
+            ("a-5", EXACT),
+            ("a-6", b"", FILES),
+            ("a-7", BIG, p.FileSet([p.FileEntry("/out/x", "rb", b"x")])),
+        ],
         failures=[("a-3", "it broke", "Traceback ...")],
         credit=2,
-        result_blobs=[b"r1", b"r2"],
     ),
     p.Heartbeat(),
     p.Goodbye(),
     p.Jobs(
-        [p.AssignedJob("a-1", PLAIN, ("data",)), p.AssignedJob("a-2", NAMED, ("data", "extra"))],
-        [b"one", b"two", b"three"],
+        [
+            p.AssignedJob("a-1", PLAIN, ("data",), [b"one"]),
+            p.AssignedJob("a-2", NAMED, ("data", "extra"), [BIG, b"three"]),
+            p.AssignedJob("a-3", OTHER, (), []),
+            p.AssignedJob("a-6", PLAIN, ("data",), [b"d"], FILES),
+        ]
     ),
     p.Cancel(["a-1", "a-2"]),
     p.Shutdown("broker stopping"),
 ]
 
+#: the blob frames each bulk-carrying sample must encode to, in order (a job's contents, then
+#: its files' data)
+SAMPLE_FRAMES: dict[type[p.Message], list[bytes]] = {
+    p.SubmitRequest: [BIG, BIG * 2, BIG, BIG_FILE],
+    p.Reply: [BIG],
+    p.Report: [BIG, BIG_FILE, BIG],
+    p.Jobs: [BIG, BIG_FILE],
+}
+
 
 def norm(value: Any) -> Any:
-    """Lists and tuples alike, dataclasses field by field (JobRequirements by its own ==)."""
+    """Lists and tuples alike, any buffer as its bytes, dataclasses field by field
+    (JobRequirements by its own ==)."""
+    if isinstance(value, zmq.Frame):
+        return value.bytes
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
     if isinstance(value, (list, tuple)):
         return [norm(v) for v in value]
     if isinstance(value, dict):
@@ -93,6 +144,11 @@ def frames_of(command: bytes, body: Any, *blobs: bytes, packed: bool = False) ->
 def body_of(msg: p.Message) -> dict[str, Any]:
     """The msgpack body of a sample as a plain dict, to break on purpose."""
     return p.unpack(p.encode(msg)[2])
+
+
+def blobs_of(msg: p.Message) -> list[Any]:
+    """The blob frames ``msg`` encodes to (what follows the body)."""
+    return list(p.encode(msg)[3:])
 
 
 def sample(cls: type[p.Message]) -> p.Message:
@@ -119,7 +175,10 @@ def test_every_message_round_trips(msg: p.Message) -> None:
     frames = p.encode(msg)
     assert frames[0] == p.VERSION
     assert frames[1] == msg.COMMAND.value
-    assert list(frames[3:]) == list(msg.blobs())
+    body, blobs = msg.parts()
+    assert frames[2] == p.pack(body)
+    assert list(frames[3:]) == list(blobs) == SAMPLE_FRAMES.get(type(msg), [])
+    assert all(f is b for f, b in zip(frames[3:], blobs, strict=True)), "encode copies no blob"
     back = p.decode(frames)
     assert type(back) is type(msg)
     assert same(back, msg), f"{back!r}\n!=\n{msg!r}"
@@ -177,17 +236,259 @@ def test_tag_compares_by_canonical_json_after_round_trip() -> None:
     assert back.requirements == b
 
 
-def test_blob_frames_pass_through_without_copying() -> None:
-    """The broker decodes zmq.Frame objects (copy=False): blobs must be the very same objects."""
-    msg = sample(p.SubmitRequest)
-    frames = [zmq.Frame(bytes(f)) for f in p.encode(msg)]
+def as_received(frames: list[Any]) -> list[Any]:
+    """Frames the way a socket hands them over with copy=False: zmq.Frame objects."""
+    return [zmq.Frame(bytes(f)) for f in frames]
+
+
+def file_data(fs: p.FileSet | None) -> list[Any]:
+    return [] if fs is None else [e.data for e in fs.files if e.data is not None]
+
+
+def bulk_values(msg: p.Message) -> list[Any]:
+    """Every content, result and file's data a message carries, in wire order."""
+    if isinstance(msg, (p.SubmitRequest, p.Jobs)):
+        return [v for j in msg.jobs for v in (*j.values, *file_data(j.files))]
+    if isinstance(msg, p.Report):
+        return [v for r in msg.results for v in (r[1], *file_data(r[2] if len(r) == 3 else None))]
+    raise TypeError(type(msg).__name__)
+
+
+@pytest.mark.parametrize("cls", [p.SubmitRequest, p.Jobs, p.Report], ids=lambda c: c.__name__)
+def test_blob_frames_pass_through_without_copying(cls: type[p.Message]) -> None:
+    """The broker decodes zmq.Frame objects (copy=False): a content or result that travelled
+    as a frame must come out of decode as that very frame object, and go back out of encode
+    as it too."""
+    msg = sample(cls)
+    frames = as_received(p.encode(msg))
     back = p.decode(frames)
-    assert all(b is f for b, f in zip(back.contents, frames[3:], strict=True))
-    assert [bytes(b) for b in back.contents] == list(msg.contents)
-    report = p.encode(sample(p.Report))
-    rframes = [*report[:3], *(zmq.Frame(b) for b in report[3:])]
-    decoded = p.decode(rframes)
-    assert all(b is f for b, f in zip(decoded.result_blobs, rframes[3:], strict=True))
+    large = [v for v in bulk_values(back) if len(v) > p.INLINE_MAX]
+    assert len(large) == len(frames) - 3 >= 1
+    assert all(v is f for v, f in zip(large, frames[3:], strict=True))
+    small = [v for v in bulk_values(back) if len(v) <= p.INLINE_MAX]
+    assert all(type(v) is bytes for v in small), "inline ones are plain bytes from the body"
+    assert [bytes(v) for v in bulk_values(back)] == [bytes(v) for v in bulk_values(msg)]
+    again = p.encode(back)
+    assert all(a is f for a, f in zip(again[3:], frames[3:], strict=True))
+
+
+def test_reply_frames_pass_through_without_copying() -> None:
+    frames = as_received(p.encode(sample(p.Reply)))
+    back = p.decode(frames)
+    assert len(back.frames) == 1 and back.frames[0] is frames[3]
+
+
+# ---------------------------------------------------------------------------- inline or frame
+
+SMALL_SIZES = [0, 1, 255, p.INLINE_MAX - 1, p.INLINE_MAX]
+LARGE_SIZES = [p.INLINE_MAX + 1, p.INLINE_MAX + 2, 4 * p.INLINE_MAX, 1 << 20]
+
+
+def sized(n: int) -> bytes:
+    return (bytes(range(256)) * (n // 256 + 1))[:n]
+
+
+def one_value(cls: type[p.Message], value: Any) -> p.Message:
+    """A message of kind ``cls`` that carries ``value`` as its one content or result."""
+    if cls is p.SubmitRequest:
+        return p.SubmitRequest(1, [p.SubmittedJob("j", PLAIN, ("data",), [value])])
+    if cls is p.Jobs:
+        return p.Jobs([p.AssignedJob("j", PLAIN, ("data",), [value])])
+    return p.Report(results=[("j", value)])
+
+
+def slots(body: dict[str, Any]) -> list[Any]:
+    """The content or result slots of a body, in wire order."""
+    if "jobs" in body:
+        return [pair[1] for job in body["jobs"] for pair in job[2]]
+    return [pair[1] for pair in body.get("results", [])]
+
+
+BULK = [p.SubmitRequest, p.Jobs, p.Report]
+
+
+@pytest.mark.parametrize("size", SMALL_SIZES, ids=str)
+@pytest.mark.parametrize("cls", BULK, ids=lambda c: c.__name__)
+def test_up_to_inline_max_bytes_travel_inline(cls: type[p.Message], size: int) -> None:
+    value = sized(size)
+    frames = p.encode(one_value(cls, value))
+    assert len(frames) == 3, "no blob frame"
+    assert slots(p.unpack(frames[2])) == [value]
+    (back,) = bulk_values(p.decode(frames))
+    assert type(back) is bytes and back == value
+
+
+@pytest.mark.parametrize("size", LARGE_SIZES, ids=str)
+@pytest.mark.parametrize("cls", BULK, ids=lambda c: c.__name__)
+def test_over_inline_max_bytes_travel_as_a_frame(cls: type[p.Message], size: int) -> None:
+    value = sized(size)
+    frames = p.encode(one_value(cls, value))
+    assert len(frames) == 4 and frames[3] is value, "the value itself is the frame"
+    assert slots(p.unpack(frames[2])) == [None]
+    assert len(frames[2]) < 200, "and none of it is in the body"
+    received = as_received(frames)
+    (back,) = bulk_values(p.decode(received))
+    assert back is received[3]
+
+
+@pytest.mark.parametrize("cls", BULK, ids=lambda c: c.__name__)
+def test_the_boundary_is_exactly_inline_max(cls: type[p.Message]) -> None:
+    at, over = sized(p.INLINE_MAX), sized(p.INLINE_MAX + 1)
+    if cls is p.Report:
+        msg: p.Message = p.Report(results=[("a", at), ("b", over)])
+    elif cls is p.Jobs:
+        msg = p.Jobs([p.AssignedJob("j", PLAIN, ("a", "b"), [at, over])])
+    else:
+        msg = p.SubmitRequest(1, [p.SubmittedJob("j", PLAIN, ("a", "b"), [at, over])])
+    frames = as_received(p.encode(msg))
+    assert len(frames) == 4
+    assert slots(p.unpack(frames[2].bytes)) == [at, None]
+    got_at, got_over = bulk_values(p.decode(frames))
+    assert type(got_at) is bytes and got_at == at
+    assert got_over is frames[3], "the very frame object, not a copy"
+
+
+@pytest.mark.parametrize(
+    "make", [bytes, bytearray, memoryview, zmq.Frame], ids=lambda t: t.__name__
+)
+@pytest.mark.parametrize("size", [0, 5, p.INLINE_MAX], ids=str)
+def test_any_small_buffer_goes_inline_as_bin(make: Callable[[bytes], Any], size: int) -> None:
+    frames: list[Any] = []
+    slot = p.inline(make(sized(size)), frames)
+    assert frames == []
+    assert bytes(slot) == sized(size)
+    body = p.unpack(p.pack({"slot": slot}))
+    assert type(body["slot"]) is bytes, "packed as msgpack bin, never str"
+
+
+@pytest.mark.parametrize(
+    "make", [bytes, bytearray, memoryview, zmq.Frame], ids=lambda t: t.__name__
+)
+def test_any_large_buffer_is_the_frame_itself(make: Callable[[bytes], Any]) -> None:
+    value = make(sized(p.INLINE_MAX + 1))
+    frames: list[Any] = []
+    assert p.inline(value, frames) is None
+    assert len(frames) == 1 and frames[0] is value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        memoryview(array.array("d", range(3000))),  # 3,000 items, 24,000 bytes
+        memoryview(sized(2 * p.INLINE_MAX)).cast("B", (2, p.INLINE_MAX)),  # len() is 2
+    ],
+    ids=["doubles", "2d"],
+)
+def test_inline_max_counts_bytes_not_items(value: memoryview) -> None:
+    assert value.nbytes > p.INLINE_MAX
+    frames = p.encode(p.Report(results=[("j", value)]))
+    assert len(frames) == 4, f"a {value.nbytes}-byte result went inline"
+    assert len(frames[2]) < 200
+
+
+def test_frames_are_taken_in_body_order_across_jobs_and_keys() -> None:
+    big = [sized(p.INLINE_MAX + 1 + i) for i in range(4)]
+    msg = p.SubmitRequest(
+        1,
+        [
+            p.SubmittedJob("j1", PLAIN, ("a", "b", "c"), [big[0], b"s1", big[1]]),
+            p.SubmittedJob("j2", NAMED, ("d",), [b"s2"]),
+            p.SubmittedJob("j3", PLAIN, ("e", "f"), [big[2], big[3]]),
+        ],
+    )
+    frames = p.encode(msg)
+    assert frames[3:] == big
+    back = p.decode(as_received(frames))
+    assert [(j.id, j.keys, [bytes(v) for v in j.values]) for j in back.jobs] == [
+        ("j1", ("a", "b", "c"), [big[0], b"s1", big[1]]),
+        ("j2", ("d",), [b"s2"]),
+        ("j3", ("e", "f"), [big[2], big[3]]),
+    ]
+
+
+#: FILES on the wire
+FILES_WIRE = {
+    "files": [
+        ["/in/small.txt", "r", b"text"],
+        ["/in/big.bin", "rb", None],
+        ["/in/path-only.vtk", "rb"],
+    ],
+    "args": ["--fast", "-n", "3"],
+    "host": "host-1",
+}
+
+
+def test_wire_shape_of_contents_and_results() -> None:
+    """The documented shapes: jobs ``[id, reqs_index, [[key, bin|nil], ...], files?]``,
+    results ``[[id, bin|nil, files?], ...]``."""
+    submit = body_of(sample(p.SubmitRequest))
+    assert submit["jobs"] == [
+        ["a-1", 0, [["data", b"one"]]],
+        ["a-2", 1, [["data", b"two"], ["extra", None]]],
+        ["a-3", 0, []],
+        ["a-4", 2, [["data", b""]]],
+        ["a-5", 0, [["x", EXACT], ["y", None], ["z", b"\x00" * 5000]]],
+        ["a-6", 0, [["data", None]], FILES_WIRE],
+        ["a-7", 0, [], {"files": []}],
+    ]
+    assert submit["reqs"] == [PLAIN.to_wire(), NAMED.to_wire(), OTHER.to_wire()]
+    jobs = body_of(sample(p.Jobs))
+    assert jobs["jobs"] == [
+        ["a-1", 0, [["data", b"one"]]],
+        ["a-2", 1, [["data", None], ["extra", b"three"]]],
+        ["a-3", 2, []],
+        ["a-6", 0, [["data", b"d"]], FILES_WIRE],
+    ]
+    report = body_of(sample(p.Report))
+    assert report["results"] == [
+        ["a-1", b"r1"],
+        ["a-2", None],
+        ["a-4", b""],
+        ["a-5", EXACT],
+        ["a-6", b"", FILES_WIRE],
+        ["a-7", None, {"files": [["/out/x", "rb", b"x"]]}],
+    ]
+
+
+def test_decode_accepts_either_placement_and_encode_normalises_it() -> None:
+    """A peer may inline more than INLINE_MAX or send a small content as a frame: both decode
+    to the same value, and encoding again puts each where this side would."""
+    big, small = sized(p.INLINE_MAX + 10), b"tiny"
+    body = {"results": [["a", big], ["b", None]]}
+    frames = [p.VERSION, b"report", p.pack(body), zmq.Frame(small)]
+    back = p.decode(frames)
+    assert [(i, bytes(v)) for i, v in back.results] == [("a", big), ("b", small)]
+    again = p.encode(back)
+    assert p.unpack(again[2])["results"] == [["a", None], ["b", small]]
+    assert len(again) == 4 and again[3] is back.results[0][1]
+
+
+@pytest.mark.parametrize("cls", BULK, ids=lambda c: c.__name__)
+def test_parts_is_computed_afresh_each_time(cls: type[p.Message]) -> None:
+    msg = sample(cls)
+    assert p.encode(msg) == p.encode(msg)
+    body1, blobs1 = msg.parts()
+    body2, blobs2 = msg.parts()
+    assert body1 == body2 and list(blobs1) == list(blobs2)
+    assert msg.body() == body1
+
+
+def check_body_and_blobs_agree_with_parts(msg: p.Message) -> None:
+    body, blobs = msg.parts()
+    assert msg.body() == body
+    assert list(msg.blobs()) == list(blobs)
+
+
+@pytest.mark.parametrize(
+    "msg", [m for m in SAMPLES if type(m) not in BULK], ids=lambda m: type(m).__name__
+)
+def test_body_and_blobs_agree_with_parts(msg: p.Message) -> None:
+    check_body_and_blobs_agree_with_parts(msg)
+
+
+@pytest.mark.parametrize("cls", BULK, ids=lambda c: c.__name__)
+def test_body_and_blobs_agree_with_parts_for_bulk_messages(cls: type[p.Message]) -> None:
+    check_body_and_blobs_agree_with_parts(sample(cls))
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
@@ -281,6 +582,7 @@ def test_body_must_be_a_map(body: Any) -> None:
 # ---------------------------------------------------------------------------- bodies
 
 REQUIRED = {
+    p.HelloRequest: ["rid"],
     p.IoTypesRequest: ["rid"],
     p.CanMeshRequest: ["rid", "reqs"],
     p.RequirementsRequest: ["rid", "io"],
@@ -312,7 +614,7 @@ def test_missing_field(cls: type[p.Message], key: str) -> None:
     msg = sample(cls)
     body = body_of(msg)
     del body[key]
-    err = decode_error(frames_of(msg.COMMAND.value, body, *msg.blobs()))
+    err = decode_error(frames_of(msg.COMMAND.value, body, *blobs_of(msg)))
     assert err.code == "bad-message"
     assert f"missing field {key!r}" in str(err)
 
@@ -334,14 +636,19 @@ WRONG_TYPES: list[tuple[type[p.Message], str, Any, str]] = [
     (p.RequirementsRequest, "io", ["Edges", None], "io type"),
     (p.RequirementsRequest, "io", "Edges->Mesh2D", "'io'"),
     (p.SubmitRequest, "jobs", {"a": 1}, "'jobs'"),
-    (p.SubmitRequest, "jobs", [["a-1", 0]], "[id, reqs index, keys]"),
-    (p.SubmitRequest, "jobs", ["a-1"], "[id, reqs index, keys]"),
+    (p.SubmitRequest, "jobs", [["a-1", 0]], "[id, reqs index, contents"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, [], {"files": []}, 1]], "[id, reqs index, contents"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, [], 1]], "files must be a map"),
+    (p.SubmitRequest, "jobs", ["a-1"], "[id, reqs index, contents"),
     (p.SubmitRequest, "jobs", [[1, 0, []]], "job id"),
     (p.SubmitRequest, "jobs", [["", 0, []]], "job id"),
     (p.SubmitRequest, "jobs", [["x" * 129, 0, []]], "job id"),
-    (p.SubmitRequest, "jobs", [["a-1", 0, "data"]], "content keys"),
-    (p.SubmitRequest, "jobs", [["a-1", 0, [1]]], "content keys"),
-    (p.SubmitRequest, "jobs", [["a-1", 0, ["data", "data"]]], "twice"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, "data"]], "contents must be a list"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, {"data": b"x"}]], "contents must be a list"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, None]], "contents must be a list"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, ["data"]]], "[key, bin or nil]"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, [1]]], "[key, bin or nil]"),
+    (p.SubmitRequest, "jobs", [["a-1", 0, [["data", b"1"], ["data", b"2"]]]], "twice"),
     (p.SubmitRequest, "reqs", [["Edges"]], "requirements"),
     (p.SubmitRequest, "opts", [], "'opts'"),
     (p.StatusRequest, "ids", "a-1", "'ids'"),
@@ -386,14 +693,20 @@ WRONG_TYPES: list[tuple[type[p.Message], str, Any, str]] = [
     (p.Report, "progress", [["a-1", "50", "x"]], "progress value"),
     (p.Report, "progress", {"a-1": 50}, "'progress'"),
     (p.Report, "results", "a-1", "'results'"),
+    (p.Report, "results", ["a-1"], "[id, bin or nil"),
+    (p.Report, "results", {"a-1": b"r"}, "'results'"),
     (p.Report, "failures", [["a-3", "why"]], "[id, reason, traceback]"),
     (p.Report, "failures", [["a-3", "why", None]], "[id, reason, traceback]"),
     (p.Report, "failures", "a-3", "'failures'"),
     (p.Report, "credit", "2", "'credit'"),
     (p.Report, "credit", 2.0, "'credit'"),
-    (p.Jobs, "jobs", [["a-1", 0]], "[id, reqs index, keys]"),
-    (p.Jobs, "jobs", [[1, 0, ["data"]]], "bad job entry"),
-    (p.Jobs, "jobs", [["a-1", 0, "data"]], "bad job entry"),
+    (p.Jobs, "jobs", [["a-1", 0]], "[id, reqs index, contents"),
+    (p.Jobs, "jobs", ["a-1"], "[id, reqs index, contents"),
+    (p.Jobs, "jobs", [["a-1", 0, [], {"files": []}, 1]], "[id, reqs index, contents"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None]], "files must be a map"),
+    (p.Jobs, "jobs", [[1, 0, [["data", b"x"]]]], "[id, reqs index, contents"),
+    (p.Jobs, "jobs", [["a-1", 0, "data"]], "contents must be a list"),
+    (p.Jobs, "jobs", [["a-1", 0, [["data", b"1"], ["data", b"2"]]]], "twice"),
     (p.Cancel, "ids", [1], "list of strings"),
     (p.Shutdown, "reason", 1, "'reason'"),
 ]
@@ -426,16 +739,12 @@ OUT_OF_RANGE: list[tuple[type[p.Message], str, Any, str]] = [
 
 
 def _break(cls: type[p.Message], key: str, value: Any) -> list[bytes]:
+    """A sample's frames with one body field replaced. Its blob frames stay unless the field
+    is the one whose nils refer to them (then no replacement value refers to any)."""
     msg = sample(cls)
     body = body_of(msg)
     body[key] = value
-    blobs = list(msg.blobs())
-    if cls is p.SubmitRequest and key == "jobs":
-        # keep the blob count consistent with what the broken entry would name, so the error
-        # is about the entry, not the count
-        blobs = []
-    if cls is p.Jobs and key == "jobs":
-        blobs = [b"x"]
+    blobs = [] if key in ("jobs", "results") else blobs_of(msg)
     return frames_of(msg.COMMAND.value, body, *blobs)
 
 
@@ -484,40 +793,291 @@ def test_deeply_nested_tag_is_a_protocol_error() -> None:
     decode_error(frames_of(b"can_mesh", body, packed=True))
 
 
-@pytest.mark.parametrize("keys", [[1], [["data"]], ["data", "data"]], ids=repr)
-def test_jobs_content_keys_must_be_distinct_strings(keys: list[Any]) -> None:
-    body = {"reqs": [PLAIN.to_wire()], "jobs": [["j", 0, keys]]}
-    decode_error(frames_of(b"jobs", body, *([b"x"] * len(keys))))
+# ---------------------------------------------------------------------------- contents, results
 
 
-# ---------------------------------------------------------------------------- blobs, indexes
+def contents_frames(command: bytes, contents: Any, *blobs: Any) -> list[Any]:
+    """A submit or jobs message with one job "j" whose contents are ``contents``."""
+    body: dict[str, Any] = {"reqs": [PLAIN.to_wire()], "jobs": [["j", 0, contents]]}
+    if command == b"submit":
+        body["rid"] = 1
+    return frames_of(command, body, *blobs)
+
+
+def results_frames(results: Any, *blobs: Any) -> list[Any]:
+    return frames_of(b"report", {"results": results}, *blobs)
+
+
+NOT_A_SLOT = ["text", "", 0, 1, True, False, 1.5, [], [b"x"], {}, {"a": b"x"}]
+
+
+@pytest.mark.parametrize("slot", NOT_A_SLOT, ids=repr)
+@pytest.mark.parametrize("command", [b"submit", b"jobs"])
+def test_content_slot_must_be_bin_or_nil(command: bytes, slot: Any) -> None:
+    err = decode_error(contents_frames(command, [["data", slot]], b"x"))
+    assert err.code == "bad-message"
+    assert f"job j: content must be bin or nil, got {type(slot).__name__}" in str(err)
+
+
+@pytest.mark.parametrize("slot", NOT_A_SLOT, ids=repr)
+def test_result_slot_must_be_bin_or_nil(slot: Any) -> None:
+    err = decode_error(results_frames([["a-1", slot]], b"x"))
+    assert err.code == "bad-message"
+    assert f"result of a-1: content must be bin or nil, got {type(slot).__name__}" in str(err)
+
+
+NOT_A_PAIR = [
+    "data",
+    b"data",
+    None,
+    7,
+    [],
+    ["data"],
+    ["data", b"x", b"y"],
+    ["data", None, None],
+    [1, b"x"],
+    [None, None],
+    [b"data", b"x"],
+    [["data"], b"x"],
+    {"data": b"x"},
+]
+
+
+@pytest.mark.parametrize("pair", NOT_A_PAIR, ids=repr)
+@pytest.mark.parametrize("command", [b"submit", b"jobs"])
+def test_content_must_be_a_key_and_slot_pair(command: bytes, pair: Any) -> None:
+    err = decode_error(contents_frames(command, [pair], b"x"))
+    assert err.code == "bad-message"
+    assert "job j: each content must be [key, bin or nil]" in str(err)
+
+
+NOT_A_RESULT = [
+    *(x for x in NOT_A_PAIR if not (type(x) is list and len(x) == 3 and type(x[0]) is str)),
+    [1, b"x", {"files": []}],
+    ["a-1", b"x", {"files": []}, None],
+]
+
+
+@pytest.mark.parametrize("row", NOT_A_RESULT, ids=repr)
+def test_result_must_be_an_id_and_slot_pair(row: Any) -> None:
+    err = decode_error(results_frames([row], b"x"))
+    assert err.code == "bad-message"
+    assert "each result must be [id, bin or nil" in str(err)
 
 
 @pytest.mark.parametrize(
-    ("msg", "blobs", "words"),
+    "contents",
     [
-        (sample(p.SubmitRequest), [b"x"] * 3, "names 4 contents but carries 3 frames"),
-        (sample(p.SubmitRequest), [b"x"] * 6, "names 4 contents but carries 6 frames"),
-        (p.SubmitRequest(1, [p.SubmittedJob("j", PLAIN, ())]), [b"x"], "names 0 contents"),
-        (sample(p.Report), [b"x"], "names 2 results but has 1 frames"),
-        (p.Report(), [b"x"], "names 0 results but has 1 frames"),
-        (sample(p.Jobs), [], "names 3 contents but carries 0 frames"),
-        (sample(p.Jobs), [b"x"] * 4, "names 3 contents but carries 4 frames"),
+        [["data", b"1"], ["data", b"2"]],
+        [["data", None], ["data", b"2"]],
+        [["data", b"1"], ["other", b""], ["data", None]],
+    ],
+    ids=["inline", "framed", "apart"],
+)
+@pytest.mark.parametrize("command", [b"submit", b"jobs"])
+def test_content_keys_must_be_distinct(command: bytes, contents: list[Any]) -> None:
+    nils = sum(slot is None for _, slot in contents)
+    err = decode_error(contents_frames(command, contents, *([b"x"] * nils)))
+    assert "job j: a content key appears twice" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("frames", "words"),
+    [
+        ([*p.encode(sample(p.SubmitRequest))[:3], BIG], "job a-5: fewer frames"),
+        (p.encode(sample(p.SubmitRequest))[:3], "job a-2: fewer frames"),
+        (p.encode(sample(p.Jobs))[:3], "job a-2: fewer frames"),
+        (p.encode(sample(p.Report))[:3], "result of a-2: fewer frames"),
+        (contents_frames(b"submit", [["a", None], ["b", None]], b"x"), "job j: fewer frames"),
+        (contents_frames(b"jobs", [["a", None]]), "job j: fewer frames"),
+        (results_frames([["a-1", None], ["a-2", None], ["a-3", None]], b"x", b"y"), "a-3"),
+    ],
+    ids=["submit-one-short", "submit-none", "jobs-none", "report-none", "submit", "jobs", "report"],
+)
+def test_more_nils_than_frames(frames: list[Any], words: str) -> None:
+    err = decode_error(frames)
+    assert err.code == "bad-message"
+    assert words in str(err) and "fewer frames than the body refers to" in str(err)
+
+
+@pytest.mark.parametrize(
+    "extra", [b"x", b"", zmq.Frame(b""), BIG], ids=["x", "empty", "frame", "big"]
+)
+@pytest.mark.parametrize(
+    ("msg", "what"),
+    [
+        (sample(p.SubmitRequest), "submit"),
+        (p.SubmitRequest(1, [p.SubmittedJob("j", PLAIN, ("data",), [b"inline"])]), "submit"),
+        (p.SubmitRequest(1, []), "submit"),
+        (sample(p.Jobs), "jobs"),
+        (p.Jobs([]), "jobs"),
+        (sample(p.Report), "report"),
+        (p.Report(results=[("a-1", b"inline")]), "report"),
+        (p.Report(), "report"),
     ],
     ids=[
-        "submit-few",
-        "submit-many",
-        "submit-none",
-        "report-few",
-        "report-extra",
-        "jobs-none",
-        "jobs-many",
+        "submit",
+        "submit-inline",
+        "submit-empty",
+        "jobs",
+        "jobs-empty",
+        "report",
+        "report-inline",
+        "report-empty",
     ],
 )
-def test_wrong_blob_count(msg: p.Message, blobs: list[bytes], words: str) -> None:
+def test_frames_left_over(msg: p.Message, what: str, extra: Any) -> None:
+    err = decode_error([*p.encode(msg), extra])
+    assert err.code == "bad-message"
+    assert f"{what} carries more frames than its body refers to" in str(err)
+
+
+def test_take_and_inline_are_inverses() -> None:
+    frames: list[Any] = []
+    values = [b"", b"small", sized(p.INLINE_MAX), sized(p.INLINE_MAX + 1), b"x", BIG]
+    slots = [p.inline(v, frames) for v in values]
+    assert slots == [b"", b"small", sized(p.INLINE_MAX), None, b"x", None]
+    assert len(frames) == 2 and frames[0] is values[3] and frames[1] is values[5]
+    it = iter(frames)
+    back = [p.take(slot, it, "test") for slot in slots]
+    assert back == values and back[3] is values[3] and back[5] is values[5]
+    assert next(it, None) is None
+    with pytest.raises(ProtocolError, match="what: fewer frames"):
+        p.take(None, iter(()), "what")
+    with pytest.raises(ProtocolError, match="what: content must be bin or nil, got str"):
+        p.take("text", iter(()), "what")
+
+
+# ---------------------------------------------------------------------------- file sets
+
+
+def with_files(command: bytes, files: Any, *blobs: Any) -> list[Any]:
+    """A submit or jobs message whose one job carries ``files``, or a report whose one result
+    does, with ``blobs`` after the body."""
+    if command == b"report":
+        return results_frames([["a-1", b"r", files]], *blobs)
+    body: dict[str, Any] = {"reqs": [PLAIN.to_wire()], "jobs": [["j", 0, [], files]]}
+    if command == b"submit":
+        body["rid"] = 1
+    return frames_of(command, body, *blobs)
+
+
+FILE_COMMANDS = [b"submit", b"jobs", b"report"]
+
+
+@pytest.mark.parametrize("size", [0, p.INLINE_MAX, p.INLINE_MAX + 1], ids=str)
+@pytest.mark.parametrize("command", FILE_COMMANDS)
+def test_file_data_travels_like_contents(command: bytes, size: int) -> None:
+    data = sized(size)
+    frames = as_received(with_files(command, {"files": [["/f", "rb", data]]}))
+    if size > p.INLINE_MAX:
+        frames = as_received(with_files(command, {"files": [["/f", "rb", None]]}, data))
+    msg = p.decode(frames)
+    (got,) = bulk_values(msg)[-1:]
+    if size > p.INLINE_MAX:
+        assert got is frames[3]
+    else:
+        assert type(got) is bytes and got == data
+    again = p.encode(msg)
+    assert len(again) == (4 if size > p.INLINE_MAX else 3), "and it goes out where it belongs"
+
+
+def test_a_jobs_frames_are_its_contents_then_its_files() -> None:
+    big = [sized(p.INLINE_MAX + 1 + i) for i in range(4)]
+    files = p.FileSet([p.FileEntry("/a", "rb", big[1]), p.FileEntry("/b", "r")])
+    msg = p.Jobs(
+        [
+            p.AssignedJob("j1", PLAIN, ("x",), [big[0]], files),
+            p.AssignedJob(
+                "j2", PLAIN, ("y",), [big[2]], p.FileSet([p.FileEntry("/c", "rb", big[3])])
+            ),
+        ]
+    )
     frames = p.encode(msg)
-    err = decode_error([*frames[:3], *blobs])
-    assert words in str(err)
+    assert frames[3:] == big
+    back = p.decode(as_received(frames))
+    assert [bytes(v) for v in bulk_values(back)] == big
+
+
+def test_path_of_4096_chars_is_accepted() -> None:
+    path = "/" + "p" * 4095
+    msg = p.decode(with_files(b"submit", {"files": [[path, "rb"]]}))
+    assert norm(msg.jobs[0].files) == norm(p.FileSet([p.FileEntry(path, "rb")]))
+
+
+BAD_FILE_SETS: list[tuple[Any, str]] = [
+    (None, "files must be a map"),
+    ([], "files must be a map"),
+    ("/in/x", "files must be a map"),
+    ({}, "missing field 'files'"),
+    ({"files": "/in/x"}, "'files'"),
+    ({"files": ["/in/x"]}, "each file must be [path, mode]"),
+    ({"files": [["/in/x"]]}, "each file must be [path, mode]"),
+    ({"files": [["/in/x", "rb", b"", b""]]}, "each file must be [path, mode]"),
+    ({"files": [[1, "rb"]]}, "each file must be [path, mode]"),
+    ({"files": [[b"/in/x", "rb"]]}, "each file must be [path, mode]"),
+    ({"files": [["", "rb"]]}, "bad file path"),
+    ({"files": [["/in/\0x", "rb"]]}, "bad file path"),
+    ({"files": [["/" + "p" * 4096, "rb"]]}, "bad file path"),
+    ({"files": [["/in/x", "w"]]}, "file mode must be 'r' or 'rb'"),
+    ({"files": [["/in/x", None]]}, "file mode must be 'r' or 'rb'"),
+    ({"files": [["/in/x", "rb", "text"]]}, "content must be bin or nil, got str"),
+    ({"files": [["/in/x", "rb", 1]]}, "content must be bin or nil, got int"),
+    ({"files": [["/in/x", "rb", None]]}, "fewer frames than the body refers to"),
+    ({"files": [], "args": "--fast"}, "'args'"),
+    ({"files": [], "args": [1]}, "list of strings"),
+    ({"files": [], "host": 1}, "'host'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "words"), BAD_FILE_SETS, ids=lambda x: repr(x)[:40] if not isinstance(x, str) else x
+)
+@pytest.mark.parametrize("command", FILE_COMMANDS)
+def test_bad_file_set(command: bytes, files: Any, words: str) -> None:
+    err = decode_error(with_files(command, files))
+    assert err.code == "bad-message"
+    assert words in str(err), str(err)
+    if not words.startswith(("missing field", "'")) and words != "list of strings":
+        # (a file set's own fields are reported like any body field, without the job)
+        assert ("result of a-1" if command == b"report" else "job j") in str(err)
+
+
+@pytest.mark.parametrize("command", FILE_COMMANDS)
+def test_file_data_frames_are_counted_with_the_rest(command: bytes) -> None:
+    files = {"files": [["/in/x", "rb", None]]}
+    assert p.decode(with_files(command, files, b"x"))
+    err = decode_error(with_files(command, files, b"x", b"y"))
+    assert "carries more frames than its body refers to" in str(err)
+
+
+# ---------------------------------------------------------------------------- submit and follow
+
+
+@pytest.mark.parametrize("follow", [0, 2.5, 3600], ids=repr)
+def test_submit_with_follow_round_trips(follow: float) -> None:
+    msg = p.SubmitRequest(1, [p.SubmittedJob("j", PLAIN, ("data",), [b"x"])], {"follow": follow})
+    back = p.decode(p.encode(msg))
+    assert same(back, msg) and back.options["follow"] == follow
+
+
+@pytest.mark.parametrize("count", [0, 2], ids=str)
+def test_follow_needs_exactly_one_job(count: int) -> None:
+    jobs = [p.SubmittedJob(f"j{i}", PLAIN) for i in range(count)]
+    err = decode_error(p.encode(p.SubmitRequest(1, jobs, {"follow": 1.0})))
+    assert "'follow' needs exactly one job" in str(err)
+
+
+@pytest.mark.parametrize("follow", ["1", True, None, [], math.nan, math.inf, -1], ids=repr)
+def test_follow_must_be_seconds(follow: Any) -> None:
+    err = decode_error(
+        p.encode(p.SubmitRequest(1, [p.SubmittedJob("j", PLAIN)], {"follow": follow}))
+    )
+    assert err.code == "bad-message"
+    assert "'follow'" in str(err)
+
+
+# ---------------------------------------------------------------------------- indexes
 
 
 @pytest.mark.parametrize("index", [1, -1, 2**40, "0", None, True, 0.0], ids=repr)
@@ -647,7 +1207,186 @@ if given is not None:
         body = body_of(msg)
         key = data.draw(st.sampled_from(sorted(body) or ["rid"]))
         body[key] = data.draw(VALUE)
-        decode_or_protocol_error(frames_of(msg.COMMAND.value, body, *msg.blobs()))
+        decode_or_protocol_error(frames_of(msg.COMMAND.value, body, *blobs_of(msg)))
+
+    # Bodies shaped like submit, jobs and report: mostly well-formed, with content and result
+    # slots that are bin or nil, now and then anything at all at any level; and a blob count
+    # that mostly matches the nils.
+    def mostly(good: Any, bad: Any) -> Any:
+        """``good`` about nine times in ten, else ``bad``."""
+        return st.integers(min_value=0, max_value=9).flatmap(lambda i: bad if i == 9 else good)
+
+    SLOT = mostly(st.one_of(st.binary(max_size=6), st.none()), SCALAR)
+    PAIR = mostly(st.tuples(st.text(max_size=3), SLOT).map(list), VALUE)
+    CONTENTS = mostly(st.lists(PAIR, max_size=4), VALUE)
+    FILE_ENTRY = mostly(
+        st.one_of(
+            st.tuples(st.text(min_size=1, max_size=3), st.sampled_from(["r", "rb"])),
+            st.tuples(st.text(min_size=1, max_size=3), st.sampled_from(["r", "rb"]), SLOT),
+        ).map(list),
+        VALUE,
+    )
+    FILE_SET = mostly(
+        st.fixed_dictionaries(
+            {"files": mostly(st.lists(FILE_ENTRY, max_size=3), VALUE)},
+            optional={"args": st.lists(st.text(max_size=3), max_size=2), "host": st.text()},
+        ),
+        VALUE,
+    )
+    JOB_ENTRY = mostly(
+        st.tuples(
+            mostly(st.text(min_size=1, max_size=3), SCALAR),
+            mostly(st.integers(min_value=0, max_value=1), st.integers(min_value=-1, max_value=3)),
+            CONTENTS,
+        ).map(list),
+        VALUE,
+    )
+    JOB_ENTRY_WITH_FILES = st.tuples(JOB_ENTRY, st.booleans(), FILE_SET).map(
+        lambda t: [*t[0], t[2]] if t[1] and type(t[0]) is list else t[0]
+    )
+    RESULT = st.tuples(PAIR, st.booleans(), FILE_SET).map(
+        lambda t: [*t[0], t[2]] if t[1] and type(t[0]) is list else t[0]
+    )
+
+    def nils_in(body: dict[str, Any]) -> int:
+        """How many frames a body refers to, if the rest of it is well-formed."""
+
+        def slot_nil(x: Any, length: tuple[int, ...], at: int) -> bool:
+            return type(x) is list and len(x) in length and x[at] is None
+
+        def file_nils(fs: Any) -> int:
+            entries = fs.get("files") if type(fs) is dict else None
+            return sum(slot_nil(e, (3,), 2) for e in entries) if type(entries) is list else 0
+
+        nils = 0
+        if "results" in body:
+            for r in body["results"]:
+                nils += slot_nil(r, (2, 3), 1)
+                if type(r) is list and len(r) == 3:
+                    nils += file_nils(r[2])
+            return nils
+        for job in body["jobs"]:
+            if type(job) is list and len(job) in (3, 4):
+                if type(job[2]) is list:
+                    nils += sum(slot_nil(pair, (2,), 1) for pair in job[2])
+                if len(job) == 4:
+                    nils += file_nils(job[3])
+        return nils
+
+    @st.composite
+    def bulk_frames(draw: Any) -> tuple[list[Any], int]:
+        command = draw(st.sampled_from([b"submit", b"jobs", b"report"]))
+        body: dict[str, Any]
+        if command == b"report":
+            body = {"results": draw(st.lists(RESULT, max_size=5))}
+        else:
+            body = {
+                "reqs": [PLAIN.to_wire(), NAMED.to_wire()],
+                "jobs": draw(st.lists(JOB_ENTRY_WITH_FILES, max_size=3)),
+            }
+            if command == b"submit":
+                body["rid"] = 1
+        nils = nils_in(body)
+        count = draw(st.one_of(st.just(nils), st.integers(min_value=0, max_value=5)))
+        blobs = [zmq.Frame(b"blob-%d" % i) for i in range(count)]
+        return [p.VERSION, command, p.pack(body), *blobs], nils
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(bulk_frames())
+    def test_property_bulk_bodies_take_every_frame_exactly_once(case: Any) -> None:
+        """Whatever decodes took one frame per nil, in order, as the very frame objects, and
+        left none; everything else is a ProtocolError."""
+        frames, nils = case
+        msg = decode_or_protocol_error(frames)
+        if msg is None:
+            return
+        blobs = frames[3:]
+        assert len(blobs) == nils
+        taken = [v for v in bulk_values(msg) if isinstance(v, zmq.Frame)]
+        assert len(taken) == len(blobs) and all(a is b for a, b in zip(taken, blobs, strict=True))
+        assert all(type(v) is bytes for v in bulk_values(msg) if not isinstance(v, zmq.Frame))
+
+    BOUNDARY = [sized(p.INLINE_MAX - 1), EXACT, BIG, sized(3 * p.INLINE_MAX)]
+    BULK_VALUE = st.one_of(st.binary(max_size=8), st.sampled_from(BOUNDARY))
+    REQS_VALUE = st.sampled_from([PLAIN, NAMED, OTHER])
+    JOB_ID = st.text(min_size=1, max_size=12)
+
+    @st.composite
+    def keys_and_values(draw: Any) -> tuple[tuple[str, ...], list[bytes]]:
+        keys = draw(st.lists(st.text(max_size=4), unique=True, max_size=4))
+        values = draw(st.lists(BULK_VALUE, min_size=len(keys), max_size=len(keys)))
+        return tuple(keys), values
+
+    FILE_SETS = st.builds(
+        p.FileSet,
+        st.lists(
+            st.builds(
+                p.FileEntry,
+                st.text(min_size=1, max_size=8).filter(lambda path: "\0" not in path),
+                st.sampled_from(["r", "rb"]),
+                st.one_of(st.none(), BULK_VALUE),
+            ),
+            max_size=3,
+        ),
+        st.lists(st.text(max_size=4), max_size=2),
+        st.text(max_size=6),
+    )
+
+    @st.composite
+    def bulk_messages(draw: Any) -> p.Message:
+        kind = draw(st.sampled_from(BULK))
+        if kind is p.Report:
+            return p.Report(
+                draw(st.lists(JOB_ID, max_size=2)),
+                [],
+                draw(
+                    st.lists(
+                        st.one_of(
+                            st.tuples(JOB_ID, BULK_VALUE), st.tuples(JOB_ID, BULK_VALUE, FILE_SETS)
+                        ),
+                        max_size=5,
+                    )
+                ),
+                [],
+                draw(st.integers(min_value=0, max_value=10)),
+            )
+        jobs = []
+        for _ in range(draw(st.integers(min_value=0, max_value=4))):
+            keys, values = draw(keys_and_values())
+            job = (p.SubmittedJob if kind is p.SubmitRequest else p.AssignedJob)(
+                draw(JOB_ID), draw(REQS_VALUE), keys, values, draw(st.one_of(st.none(), FILE_SETS))
+            )
+            jobs.append(job)
+        if kind is p.SubmitRequest:
+            return p.SubmitRequest(draw(st.integers(min_value=0, max_value=2**31)), jobs)
+        return p.Jobs(jobs)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(bulk_messages())
+    def test_property_bulk_messages_round_trip_with_large_values_as_frames(
+        msg: p.Message,
+    ) -> None:
+        values = bulk_values(msg)
+        large = [v for v in values if len(v) > p.INLINE_MAX]
+        frames = p.encode(msg)
+        assert len(frames) == 3 + len(large)
+        assert all(f is v for f, v in zip(frames[3:], large, strict=True)), "encode copies none"
+        assert len(frames[2]) < sum(len(v) for v in values if len(v) <= p.INLINE_MAX) + 2000
+        received = as_received(frames)
+        back = p.decode(received)
+        assert same(back, msg)
+        got = [v for v in bulk_values(back) if len(v) > p.INLINE_MAX]
+        assert all(g is f for g, f in zip(got, received[3:], strict=True)), "decode copies none"
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(BULK_VALUE, max_size=8))
+    def test_property_take_undoes_inline(values: list[bytes]) -> None:
+        frames: list[Any] = []
+        slots = [p.inline(v, frames) for v in values]
+        assert [s is None for s in slots] == [len(v) > p.INLINE_MAX for v in values]
+        it = iter(frames)
+        assert [p.take(s, it, "x") for s in slots] == values
+        assert next(it, None) is None
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @example(
@@ -657,8 +1396,23 @@ if given is not None:
             p.pack({"rid": 1, "reqs": [["a", "b", "", None, b"", [1]]], "jobs": [["j", 0, []]]}),
         ]
     )
-    @given(structured_frames())
-    def test_property_what_decodes_encodes_back(frames: list[bytes]) -> None:
+    @example(
+        [
+            p.VERSION,
+            b"submit",
+            p.pack(
+                {
+                    "rid": 1,
+                    "reqs": [PLAIN.to_wire()],
+                    "jobs": [["j", 0, [["a", None], ["b", b"x"]]]],
+                }
+            ),
+            b"small enough to go inline",
+        ]
+    )
+    @example([p.VERSION, b"report", p.pack({"results": [["j", None]]}), BIG])
+    @given(st.one_of(structured_frames(), bulk_frames().map(lambda case: case[0])))
+    def test_property_what_decodes_encodes_back(frames: list[Any]) -> None:
         msg = decode_or_protocol_error(frames)
         if msg is not None:
             again = p.decode(p.encode(msg))
