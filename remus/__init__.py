@@ -2,6 +2,7 @@
 
 from remus.errors import (
     BusyError,
+    FileError,
     JobExpiredError,
     JobFailedError,
     JobNotFinishedError,
@@ -12,6 +13,7 @@ from remus.errors import (
     TimeoutError,
     UnknownJobError,
 )
+from remus.files import JobFileRequest, JobFileResult
 from remus.types import (
     FileHandle,
     IOType,
@@ -28,11 +30,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BusyError",
+    "FileError",
     "FileHandle",
     "IOType",
     "Job",
     "JobExpiredError",
     "JobFailedError",
+    "JobFileRequest",
+    "JobFileResult",
     "JobNotFinishedError",
     "JobProgress",
     "JobRequirements",

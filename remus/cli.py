@@ -77,6 +77,15 @@ def _server_parser(sub: Any) -> None:
         help="seconds a finished job's result is kept [%(default)s]",
     )
     s.add_argument(
+        "--file-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder whose files the broker may read (as its own user) to send them to a "
+        "worker on another host than the client that named them; repeatable; none by "
+        "default (docs/files.md)",
+    )
+    s.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR [%(default)s]"
     )
     s.add_argument(
@@ -153,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         ports = ServerPorts(args.client, args.worker, args.status)
-        config = ServerConfig(result_ttl=args.result_ttl)
+        config = ServerConfig(result_ttl=args.result_ttl, file_roots=tuple(args.file_root))
         server = Server(ports, _factory(args), config=config)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

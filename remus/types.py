@@ -170,6 +170,8 @@ class FileHandle:
         object.__setattr__(self, "path", os.path.abspath(os.fspath(self.path)))
         if isinstance(self.data, str):
             object.__setattr__(self, "data", self.data.encode())
+        elif isinstance(self.data, memoryview) and (self.data.format != "B" or self.data.ndim != 1):
+            object.__setattr__(self, "data", self.data.cast("B"))  # lengths count bytes
         elif self.data is not None and not isinstance(self.data, (bytes, bytearray, memoryview)):
             raise TypeError(f"FileHandle data must be bytes, got {type(self.data).__name__}")
 

@@ -23,9 +23,11 @@ from typing import Any, Literal
 
 import zmq
 
+from remus import files
 from remus import protocol as p
-from remus.client.client import BATCH_JOBS, Client, as_bytes, job_error, results_of
+from remus.client.client import BATCH_JOBS, Client, Submission, as_bytes, job_error, results_of
 from remus.errors import TimeoutError
+from remus.files import JobFileRequest
 from remus.server.config import DEFAULT_CLIENT
 from remus.types import IOType, Job, JobProgress, JobRequirements, JobResult, JobSubmission, Status
 
@@ -56,10 +58,19 @@ class BasicClient:
     # -------------------------------------------------------------- one job
 
     def submit(
-        self, what: IOType | JobRequirements, data: bytes | None = None, **contents: bytes
+        self,
+        what: IOType | JobRequirements,
+        data: bytes | None = None,
+        *,
+        files: Iterable[files.PathLike] | None = None,
+        args: Iterable[str] | None = None,
+        **contents: bytes,
     ) -> Job:
-        """Queue a job for any worker that serves ``what``; ``data`` is its main content."""
-        return self.client.submit_job(JobSubmission.of(what, data, **contents))
+        """Queue a job for any worker that serves ``what``; ``data`` is its main content.
+
+        With ``files`` (paths or FileHandles) and ``args`` it is a JobFileRequest instead:
+        the worker gets each file as a local path (docs/files.md)."""
+        return self.client.submit_job(_submission(what, data, files, args, contents))
 
     def wait(
         self,
@@ -81,17 +92,22 @@ class BasicClient:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        files: Iterable[files.PathLike] | None = None,
+        args: Iterable[str] | None = None,
         **contents: bytes,
     ) -> JobResult:
-        """Submit and wait, in one round trip: the wait is sent right behind the submission."""
-        sub = JobSubmission.of(what, data, **contents)
+        """Submit and wait, in one round trip: the wait is sent right behind the submission.
+        ``files`` and ``args`` make it a JobFileRequest, as in :meth:`submit`."""
+        sub = _submission(what, data, files, args, contents)
         c = self.client
         entry = c.entry(sub)
         # follow: the broker answers the submit like a held progress request, result included,
         # so a quick job costs one message each way
         hold = HOLD if timeout is None else min(HOLD, timeout)
-        rid = c.send(p.SubmitRequest, [entry], {"follow": hold})
-        return self._follow(rid, entry.id, timeout, on_progress, hold)
+        rid = c.send(p.SubmitRequest, [entry], {"follow": hold, "host": c.host})
+        job_id = entry.id
+        del entry  # inlined file bytes are ZeroMQ's now: freed once sent, not held for the wait
+        return self._follow(rid, job_id, timeout, on_progress, hold)
 
     def _follow(
         self,
@@ -128,8 +144,12 @@ class BasicClient:
             if status.done and "reason" in data:
                 if status is Status.FINISHED:
                     if "result" in data:
-                        result = p.take(data["result"], iter(reply.frames), job_id)
-                        return JobResult(job_id, as_bytes(result))
+                        blobs = iter(reply.frames)
+                        result = as_bytes(p.take(data["result"], blobs, job_id))
+                        if "files" in data:
+                            fs = p.take_files(data["files"], blobs, f"result of {job_id}")
+                            return files.result_from_wire(job_id, result, fs, c.host)
+                        return JobResult(job_id, result)
                     return c.retrieve_result(job_id)
                 raise job_error(job_id, status, data.get("reason", ""), data.get("traceback", ""))
             if status is Status.INVALID:
@@ -142,7 +162,7 @@ class BasicClient:
 
     # -------------------------------------------------------------- many jobs
 
-    def submit_many(self, submissions: Iterable[JobSubmission]) -> list[Job]:
+    def submit_many(self, submissions: Iterable[Submission]) -> list[Job]:
         """Queue many jobs in batches, without a round trip per job."""
         return self.client.submit_jobs(submissions)
 
@@ -168,19 +188,19 @@ class BasicClient:
         for start in range(0, len(ids), BATCH_JOBS * 10):
             chunk = ids[start : start + BATCH_JOBS * 10]
             reply = c.call(p.CollectRequest, watch, chunk, 0.0)
-            remaining = yield from self._yield_results(reply, errors)
+            remaining = yield from self._yield_results(reply, errors, c.host)
         while remaining:
             hold = HOLD if deadline is None else max(0.0, min(HOLD, deadline - time.monotonic()))
             reply = c.call(p.CollectRequest, watch, (), hold, timeout=c.timeout + hold)
-            remaining = yield from self._yield_results(reply, errors)
+            remaining = yield from self._yield_results(reply, errors, c.host)
             if remaining and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"{remaining} jobs did not finish within {timeout:.3g} s", endpoint=c.endpoint
                 )
 
     @staticmethod
-    def _yield_results(reply: p.Reply, errors: str) -> Generator[Any, None, int]:
-        for result in results_of(reply, reply.data["results"]):
+    def _yield_results(reply: p.Reply, errors: str, host: str) -> Generator[Any, None, int]:
+        for result in results_of(reply, reply.data["results"], host=host):
             if isinstance(result, Exception) and errors == "raise":
                 raise result
             yield result
@@ -199,3 +219,21 @@ class BasicClient:
 
     def __repr__(self) -> str:
         return f"<BasicClient {self.client!r}>"
+
+
+def _submission(
+    what: IOType | JobRequirements,
+    data: bytes | None,
+    file_list: Iterable[files.PathLike] | None,
+    args: Iterable[str] | None,
+    contents: dict[str, bytes],
+) -> Submission:
+    if file_list is None and args is None:
+        return JobSubmission.of(what, data, **contents)
+    if data is not None or contents:
+        raise TypeError("a job takes data and contents, or files and args, not both")
+    return JobFileRequest(
+        JobRequirements.of(what),
+        [files.handle(f) for f in file_list or ()],
+        list(args or ()),
+    )

@@ -17,9 +17,11 @@ from typing import Any
 
 import zmq
 
+from remus import files
 from remus import protocol as p
 from remus.errors import (
     BusyError,
+    FileError,
     JobExpiredError,
     JobFailedError,
     JobNotFinishedError,
@@ -29,6 +31,8 @@ from remus.errors import (
     TimeoutError,
     UnknownJobError,
 )
+from remus.files import JobFileRequest
+from remus.hostid import host_id
 from remus.server.config import DEFAULT_CLIENT, check_endpoint
 from remus.types import (
     IOType,
@@ -49,6 +53,9 @@ BATCH_JOBS = 1000
 BATCH_BYTES = 32 * 1024 * 1024
 #: submit batches in flight at once
 WINDOW = 8
+
+#: what submit_job and submit_jobs take
+Submission = JobSubmission | JobFileRequest
 
 
 def job_error(job_id: str, status: Status, reason: str, traceback: str = "") -> Exception:
@@ -96,6 +103,9 @@ class Client:
         self._early: dict[int, p.Message] = {}
         self._pending: set[int] = set()
         self.calls = 0
+        #: this client's host id, sent with every submit (docs/files.md)
+        self.host = host_id()
+        self._broker: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- plumbing
 
@@ -154,6 +164,16 @@ class Client:
 
     # -------------------------------------------------------------- what the broker offers
 
+    def broker_info(self) -> dict[str, Any]:
+        """The broker's ``host`` id and ``max_message_bytes``: asked once, on the first file
+        request (one round trip), then kept."""
+        if self._broker is None:
+            data = self.call(p.HelloRequest).data
+            if not isinstance(data, dict) or type(data.get("host")) is not str:
+                raise ProtocolError(f"the broker's hello reply is malformed: {data!r}")
+            self._broker = data
+        return self._broker
+
     def supported_io_types(self) -> set[IOType]:
         """Every io type a connected worker or the broker's factory can serve."""
         return {IOType.from_wire(t) for t in self.call(p.IoTypesRequest).data}
@@ -170,40 +190,59 @@ class Client:
 
     # -------------------------------------------------------------- jobs
 
-    def entry(self, sub: JobSubmission) -> p.SubmittedJob:
-        """The wire form of a submission, with a fresh job id."""
+    def entry(self, sub: Submission) -> p.SubmittedJob:
+        """The wire form of a submission, with a fresh job id. A file request's files are
+        read here when the broker is on another host (FileError if one cannot be)."""
+        if isinstance(sub, JobFileRequest):
+            fs = p.FileSet((), sub.args)
+            if sub.files:
+                broker = self.broker_info()
+                # room for the message's body besides the file bytes
+                limit = int(broker.get("max_message_bytes", files.MAX_FILE_BYTES)) - 64 * 1024
+                inline = broker["host"] != self.host
+                fs = files.request_files(sub, inline=inline, limit=limit)
+            return p.SubmittedJob(self.new_job_id(), sub.requirements, files=fs)
         contents = sub.contents
         return p.SubmittedJob(
             self.new_job_id(), sub.requirements, tuple(contents), list(contents.values())
         )
 
-    def submit_job(self, submission: JobSubmission) -> Job:
-        """Queue one job; returns it once the broker has accepted it."""
+    def submit_job(self, submission: Submission) -> Job:
+        """Queue one job (a JobSubmission or a JobFileRequest); returns it once the broker
+        has accepted it. A file that cannot be read raises FileError before anything is sent."""
         return self.submit_jobs([submission])[0]
 
-    def submit_jobs(self, submissions: Iterable[JobSubmission]) -> list[Job]:
-        """Queue many jobs, in batches, several batches in flight: no round trip per job."""
+    def submit_jobs(self, submissions: Iterable[Submission]) -> list[Job]:
+        """Queue many jobs, in batches, several batches in flight: no round trip per job.
+
+        A file that cannot be read raises FileError; batches sent before it stay queued."""
         jobs: list[Job] = []
         in_flight: list[int] = []
-        batch: list[JobSubmission] = []
+        batch: list[p.SubmittedJob] = []
         size = 0
 
         def flush() -> None:
             nonlocal batch, size
             if len(in_flight) >= WINDOW:
                 self.receive(in_flight.pop(0))
-            entries = [self.entry(sub) for sub in batch]
-            jobs.extend(Job(e.id, e.requirements) for e in entries)
-            in_flight.append(self.send(p.SubmitRequest, entries))
+            jobs.extend(Job(e.id, e.requirements) for e in batch)
+            in_flight.append(self.send(p.SubmitRequest, batch, {"host": self.host}))
             batch, size = [], 0
 
         for sub in submissions:
-            if not isinstance(sub, JobSubmission):
+            if not isinstance(sub, (JobSubmission, JobFileRequest)):
                 raise TypeError(
-                    f"submit_jobs takes JobSubmission objects, got {type(sub).__name__}"
+                    "submit_jobs takes JobSubmission or JobFileRequest objects, "
+                    f"got {type(sub).__name__}"
                 )
-            batch.append(sub)
-            size += sum(len(v) for v in sub.contents.values())
+            entry = self.entry(sub)
+            entry_size = sum(len(v) for v in entry.values)
+            if entry.files is not None:
+                entry_size += files.inline_size(entry.files)
+            if batch and size + entry_size > BATCH_BYTES:
+                flush()  # a big job travels on its own, not on top of a full batch
+            batch.append(entry)
+            size += entry_size
             if len(batch) >= BATCH_JOBS or size >= BATCH_BYTES:
                 flush()
         if batch:
@@ -234,7 +273,7 @@ class Client:
     def retrieve_result(self, job: Job | str) -> JobResult:
         """The job's result. Raises JobFailedError (and subclasses), JobNotFinishedError or
         UnknownJobError when there is none."""
-        (result,) = results_of(self.call(p.ResultRequest, [_id(job)]))
+        (result,) = results_of(self.call(p.ResultRequest, [_id(job)]), host=self.host)
         if isinstance(result, Exception):
             raise result
         return result
@@ -270,15 +309,26 @@ def as_bytes(frame: Any) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
 
-def results_of(reply: p.Reply, rows: list[Any] | None = None) -> list[JobResult | Exception]:
+def results_of(
+    reply: p.Reply, rows: list[Any] | None = None, *, host: str = ""
+) -> list[JobResult | Exception]:
     """Turn result rows (and their frames) into JobResults, or the exception for each job that
-    has none. ``retrieve_result`` raises the exception; ``as_completed`` may yield it."""
+    has none. ``retrieve_result`` raises the exception; ``as_completed`` may yield it.
+    A row with files becomes a JobFileResult for a client on ``host``."""
     out: list[JobResult | Exception] = []
     frames = iter(reply.frames)
-    for job_id, status, reason, tb, slot in rows if rows is not None else reply.data:
+    for job_id, status, reason, tb, slot, *more in rows if rows is not None else reply.data:
         st = Status(status)
-        if st is Status.FINISHED:
-            out.append(JobResult(job_id, as_bytes(p.take(slot, frames, job_id))))
-        else:
+        if st is not Status.FINISHED:
             out.append(job_error(job_id, st, reason, tb))
+            continue
+        data = as_bytes(p.take(slot, frames, job_id))
+        if not more:
+            out.append(JobResult(job_id, data))
+            continue
+        fs = p.take_files(more[0], frames, f"result of {job_id}")
+        try:
+            out.append(files.result_from_wire(job_id, data, fs, host))
+        except FileError as e:
+            out.append(e)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from remus.errors import ConfigError
@@ -63,6 +64,12 @@ class ServerConfig:
     max_wait: float = 60.0
     #: how long stop() waits for workers to be told and for threads to finish
     stop_timeout: float = 5.0
+    #: this broker's host id; "" detects it (REMUS_HOST_ID, else machine id and host name)
+    host_id: str = ""
+    #: folders whose files the broker may read, with its own permissions, to send their bytes
+    #: to a worker on another host than the client that named them (docs/files.md); none by
+    #: default: such a job then fails with a reason that names this option
+    file_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("result_ttl", "liveness_factor", "stall_threshold", "max_wait"):
@@ -70,3 +77,10 @@ class ServerConfig:
                 raise ConfigError(f"ServerConfig.{name} must be positive")
         if self.max_progress_history < 1:
             raise ConfigError("ServerConfig.max_progress_history must be at least 1")
+        if isinstance(self.file_roots, str):
+            raise ConfigError("ServerConfig.file_roots must be a tuple of folders, not one str")
+        roots = tuple(os.path.realpath(os.fspath(r)) for r in self.file_roots)
+        for root in roots:
+            if not os.path.isdir(root):
+                raise ConfigError(f"file root {root} is not a folder")
+        object.__setattr__(self, "file_roots", roots)

@@ -15,10 +15,12 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from remus import files
 from remus import protocol as p
+from remus.errors import FileError
 from remus.server.config import ServerConfig
 from remus.server.matching import Matcher
 from remus.server.records import JobRecord, WorkerRecord, job_key
@@ -80,8 +82,11 @@ class BrokerCore:
         catalog: Catalog | None = None,
         now: float = 0.0,
         wants_event: Callable[[str], bool] | None = None,
+        host: str = "",
     ) -> None:
         self.config = config or ServerConfig()
+        #: this broker's host id: paths are only taken from clients on it (docs/files.md)
+        self.host = host or self.config.host_id
         self.catalog = catalog
         self.jobs: dict[str, JobRecord] = {}
         self.workers: dict[bytes, WorkerRecord] = {}
@@ -109,6 +114,7 @@ class BrokerCore:
             "dropped_results": 0,
         }
         self._client_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
+            p.HelloRequest: self._hello,
             p.IoTypesRequest: self._io_types,
             p.CanMeshRequest: self._can_mesh,
             p.RequirementsRequest: self._requirements,
@@ -196,11 +202,14 @@ class BrokerCore:
 
     def flush(self) -> Outbox:
         """Everything to send after this pass: jobs batched per worker, held replies answered."""
-        for worker in self.matcher.dirty.values():
+        dirty = self.matcher.dirty
+        while dirty:  # a job whose files cannot go gives its credit back: that may assign more
+            _, worker = dirty.popitem()
             if worker.outgoing:
-                self.out.workers.append((worker.id, self._jobs_message(worker.outgoing)))
-                worker.outgoing = []
-        self.matcher.dirty.clear()
+                jobs, worker.outgoing = worker.outgoing, []
+                msg = self._jobs_message(worker, jobs)
+                if msg.jobs:
+                    self.out.workers.append((worker.id, msg))
         if self._ready_waiters:
             waiters, self._ready_waiters = self._ready_waiters, []
             for waiter in waiters:
@@ -232,6 +241,10 @@ class BrokerCore:
     def _error(self, client: bytes, rid: int, code: str, message: str) -> None:
         self.out.clients.append((client, p.Error(rid, code, message)))
 
+    def _hello(self, client: bytes, msg: p.HelloRequest, now: float) -> None:
+        data = {"host": self.host, "max_message_bytes": self.config.max_message_bytes}
+        self._reply(client, msg.rid, data)
+
     def _io_types(self, client: bytes, msg: p.IoTypesRequest, now: float) -> None:
         types = {w.reqs.io_type for w in self.workers.values()}
         if self.catalog is not None:
@@ -260,7 +273,18 @@ class BrokerCore:
             dup = next(i for i in ids if i in self.jobs or ids.count(i) > 1)
             self._error(client, msg.rid, "duplicate-id", f"job id {dup} is already in use")
             return
+        origin = msg.options.get("host")
+        origin = origin if type(origin) is str else ""
+        try:
+            file_sets = [
+                None if j.files is None else files.accept_files(j.files, origin, self.host)
+                for j in msg.jobs
+            ]
+        except FileError as e:
+            self._error(client, msg.rid, "bad-files", str(e))
+            return
         size = sum(len(v) for j in msg.jobs for v in j.values)
+        size += sum(files.inline_size(fs) for fs in file_sets if fs is not None)
         cfg = self.config
         if self.matcher.queued + len(ids) > cfg.max_queued_jobs:
             self._error(
@@ -281,7 +305,7 @@ class BrokerCore:
             return
         wants = self.wants_event("job.queued")
         keys_cache = self._keys_cache
-        for sub in msg.jobs:
+        for sub, fs in zip(msg.jobs, file_sets, strict=True):
             values = list(sub.values)
             self._order += 1
             job = JobRecord(
@@ -290,10 +314,11 @@ class BrokerCore:
                 job_key(sub.requirements),
                 keys_cache.setdefault(sub.keys, sub.keys),
                 values,
-                sum(len(v) for v in values),
+                sum(len(v) for v in values) + (files.inline_size(fs) if fs is not None else 0),
                 self._order,
                 now,
             )
+            job.files = fs
             self.jobs[job.id] = job
             self.matcher.enqueue(job)
             if wants:
@@ -370,6 +395,8 @@ class BrokerCore:
             data["traceback"] = job.traceback
             if waiter.with_result and job.status is Status.FINISHED:
                 data["result"] = p.inline(job.result, frames)
+                if job.result_files is not None:
+                    data["files"] = p.pack_files(job.result_files, frames)
         self._reply(waiter.client, waiter.rid, data, frames)
 
     def _result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
@@ -381,7 +408,10 @@ class BrokerCore:
                 rows.append([job_id, int(Status.INVALID), "", "", None])
                 continue
             slot = p.inline(job.result, frames) if job.status is Status.FINISHED else None
-            rows.append([job_id, int(job.status), job.reason, job.traceback, slot])
+            row = [job_id, int(job.status), job.reason, job.traceback, slot]
+            if job.result_files is not None and job.status is Status.FINISHED:
+                row.append(p.pack_files(job.result_files, frames))
+            rows.append(row)
         return rows, frames
 
     def _result(self, client: bytes, msg: p.ResultRequest, now: float) -> None:
@@ -493,6 +523,10 @@ class BrokerCore:
             job = jobs.get(job_id)
             if job is not None and job.worker == wid and job.status is Status.QUEUED:
                 job.status = Status.IN_PROGRESS
+                # a started job is never sent again (it expires if its worker is lost), so its
+                # contents and files can go now rather than at its end: a big input and its
+                # big result are then not held together
+                job.blobs = job.files = None
                 self._event("job.started", job)
         limit = self.config.max_progress_history
         for job_id, value, message in msg.progress:
@@ -509,13 +543,15 @@ class BrokerCore:
             self._wake(job)
             if self.wants_event("job.progress"):
                 self._event("job.progress", job, value=value, message=message, seq=job.seq)
-        for job_id, blob in msg.results:
+        for job_id, blob, *result_files in msg.results:
             job = jobs.get(job_id)
             if job is None or job.worker != wid or job.status.done:
                 self.counters["dropped_results"] += 1
                 log.debug("dropped a late result for job %s", job_id)
                 continue
             job.result = blob
+            if result_files:  # paths in it are on the worker's host
+                job.result_files = replace(result_files[0], host=worker.host)
             self._finish(job, Status.FINISHED, now)
         for job_id, reason, tb in msg.failures:
             job = jobs.get(job_id)
@@ -568,7 +604,7 @@ class BrokerCore:
         job.reason = reason
         job.traceback = tb
         job.finished_at = now
-        job.blobs = None  # contents are no longer needed once the job is over
+        job.blobs = job.files = None  # contents are no longer needed once the job is over
         self._done.append((now, job.id))
         self.counters[status.name.lower()] += 1
         self._wake(job)
@@ -588,13 +624,25 @@ class BrokerCore:
         if waiters:
             self._ready_waiters.extend(waiters)
 
-    def _jobs_message(self, jobs: list[JobRecord]) -> p.Jobs:
+    def _jobs_message(self, worker: WorkerRecord, jobs: list[JobRecord]) -> p.Jobs:
         assigned = []
         wants = self.wants_event("job.assigned")
+        refused = 0
         for job in jobs:
-            assigned.append(p.AssignedJob(job.id, job.reqs, job.keys, job.blobs or ()))
+            fs = job.files
+            if fs is not None:
+                try:  # paths for a worker on another host: the broker sends the bytes
+                    fs = files.files_for_worker(fs, worker.host, self.config.file_roots)
+                except FileError as e:
+                    reason = f"cannot send the job's files to worker {worker.name}: {e}"
+                    self._finish(job, Status.FAILED, self._last_tick, reason)
+                    refused += 1
+                    continue
+            assigned.append(p.AssignedJob(job.id, job.reqs, job.keys, job.blobs or (), fs))
             if wants:
                 self._event("job.assigned", job)
+        if refused:
+            self.matcher.add_credit(worker, refused)
         return p.Jobs(assigned)
 
     # ================================================================ events

@@ -17,6 +17,7 @@ import zmq
 
 from remus import protocol as p
 from remus.errors import ProtocolError
+from remus.hostid import host_id
 from remus.log import TRACE
 from remus.server.config import ServerConfig
 from remus.server.core import BrokerCore, Outbox
@@ -119,7 +120,11 @@ class CoreThread(threading.Thread):
             return
         self._parts_sent = {client: 0, worker: 0}
         self.core = BrokerCore(
-            self._config, catalog=self._factory, now=time.monotonic(), wants_event=self._wants
+            self._config,
+            catalog=self._factory,
+            now=time.monotonic(),
+            wants_event=self._wants,
+            host=self._config.host_id or host_id(),
         )
         self.ready.set()
         try:
@@ -244,7 +249,7 @@ class CoreThread(threading.Thread):
                     err = p.Error(
                         msg.rid, "internal", "the broker failed on this request; see its log"
                     )
-                    pipe.send_multipart([identity, *p.encode(err)])
+                    self._forward(pipe, [identity, *p.encode(err)])
 
     def _forward(self, pipe: zmq.Socket[Any], frames: list[Any]) -> None:
         pipe.send_multipart(frames, copy=False)

@@ -30,6 +30,7 @@ class JobRecord:
     __slots__ = (
         "attempt",
         "blobs",
+        "files",
         "finished_at",
         "id",
         "key",
@@ -39,6 +40,7 @@ class JobRecord:
         "reason",
         "reqs",
         "result",
+        "result_files",
         "seq",
         "size",
         "status",
@@ -72,6 +74,10 @@ class JobRecord:
         self.progress: list[tuple[int, int | None, str]] | None = None
         self.seq = 0
         self.result: Any = None
+        #: a file request's files (protocol.FileSet, stamped with the submitter's host) until
+        #: the job starts, and a file result's files (stamped with the worker's host)
+        self.files: Any = None
+        self.result_files: Any = None
         self.reason = ""
         self.traceback = ""
         self.finished_at = 0.0

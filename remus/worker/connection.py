@@ -157,7 +157,9 @@ class Connection(threading.Thread):
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    if self._handle(sock, frames):
+                    stop = self._handle(sock, frames)
+                    del frames  # a big job's frames now belong to its Job alone
+                    if stop:
                         return
             if now - last_heard > self.heartbeat * LIVENESS:
                 if not silent:
@@ -192,7 +194,9 @@ class Connection(threading.Thread):
             for assigned in msg.jobs:
                 contents = Contents(dict(zip(assigned.keys, assigned.values, strict=True)))
                 self._held.add(assigned.id)
-                self.inbox.put(Job(assigned.id, assigned.requirements, contents))
+                self.inbox.put(
+                    Job(assigned.id, assigned.requirements, contents, wire_files=assigned.files)
+                )
             self.received += len(msg.jobs)
         elif isinstance(msg, p.Cancel):
             self.cancelled.update(msg.ids)
@@ -222,7 +226,7 @@ class Connection(threading.Thread):
         self._signalled = False
         started: list[str] = []
         progress: list[tuple[str, int | None, str]] = []
-        results: list[tuple[str, Any]] = []
+        results: list[Any] = []
         failures: list[tuple[str, str, str]] = []
         credit = 0
         stop = False
@@ -236,8 +240,8 @@ class Connection(threading.Thread):
                 started.append(item[1])
             elif kind == "progress":
                 progress.append(item[1:])
-            elif kind == "result":
-                results.append((item[1], item[2]))
+            elif kind == "result":  # (id, data) or (id, data, files)
+                results.append(item[1:])
                 self._held.discard(item[1])
             elif kind == "failure":
                 failures.append(item[1:])

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from remus.types import DEFAULT_KEY, IOType, JobRequirements
+from remus.types import DEFAULT_KEY, FileHandle, IOType, JobRequirements
 
 
 class Contents(Mapping[str, bytes]):
@@ -52,6 +52,10 @@ class Job:
     ``job[key]`` is bytes; ``job.buffer(key)`` is a read-only memoryview of the same content
     with no copy (for a worker that streams a big input to disk or hands it on).
 
+    A file request's inputs are ``job.files``: each a FileHandle whose path is local, so
+    ``open(job.files[0], job.files[0].mode)`` works; its command-line ``job.args``; and
+    ``job.workdir``, its private folder (docs/files.md).
+
     ``Worker.get_job`` returns an invalid job (falsy) when it times out or the broker tells the
     worker to exit, so ``if not job: ...`` covers both.
     """
@@ -59,6 +63,16 @@ class Job:
     id: str = ""
     requirements: JobRequirements | None = None
     contents: Contents = field(default_factory=Contents)
+    #: a file request's inputs, each at a local path
+    files: tuple[FileHandle, ...] = ()
+    #: a file request's command-line arguments
+    args: tuple[str, ...] = ()
+    #: the submitter's host id ("" when not known, as for a data job)
+    origin: str = ""
+    #: the job's private folder (a remus.files.Scratch), for file requests
+    scratch: Any = field(default=None, repr=False, compare=False)
+    #: the files as they came off the wire, until the Worker hands the job out (internal)
+    wire_files: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.contents, Contents):
@@ -92,10 +106,24 @@ class Job:
     def io_type(self) -> IOType | None:
         return self.requirements.io_type if self.requirements else None
 
+    @property
+    def paths(self) -> list[str]:
+        """The local path of each input file."""
+        return [f.path for f in self.files]
+
+    @property
+    def workdir(self) -> str:
+        """A private folder for this job's own files, made on first use and removed when the
+        job ends; result files returned from it are sent as bytes. File requests only."""
+        if self.scratch is None:
+            raise RuntimeError(f"job {self.id} is not a file request: it has no private folder")
+        return str(self.scratch.path)
+
     def __repr__(self) -> str:
         if not self.valid:
             return "Job(invalid)"
-        return f"Job({self.id} {self.io_type} {self.contents!r})"
+        extra = f" files={self.paths} args={list(self.args)}" if self.files or self.args else ""
+        return f"Job({self.id} {self.io_type} {self.contents!r}{extra})"
 
 
 INVALID = Job()

@@ -11,16 +11,20 @@ called from any thread; the socket itself lives in a background thread that also
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import secrets
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
 
+from remus.errors import FileError
+from remus.files import PathLike, Scratch, materialize, result_files
+from remus.hostid import host_id
 from remus.server.config import DEFAULT_WORKER, check_endpoint
 from remus.types import IOType, JobRequirements
 from remus.worker.connection import Connection
@@ -28,7 +32,8 @@ from remus.worker.job import INVALID, Job
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Job], "bytes | bytearray | memoryview | str | None"]
+#: a handler returns the result's bytes (str: UTF-8; None: empty), or a list of files
+Handler = Callable[[Job], "bytes | bytearray | memoryview | str | list[Any] | None"]
 
 
 class Worker:
@@ -58,6 +63,10 @@ class Worker:
         )
         self._conn.start()
         self._closed = False
+        #: this worker's host id: file results go as paths only to a submitter on it
+        self.host = host_id()
+        #: private folders of the file jobs handed out and not yet ended
+        self._scratches: dict[str, Scratch] = {}
         self.jobs_done = 0
 
     # -------------------------------------------------------------- taking jobs
@@ -90,20 +99,49 @@ class Worker:
         return self._take(block=True, timeout=timeout)
 
     def _take(self, *, block: bool, timeout: float | None) -> Job:
-        if self.should_terminate:
-            return INVALID
+        while True:
+            if self.should_terminate:
+                return INVALID
+            try:
+                job = self._conn.inbox.get(block=block, timeout=timeout)
+            except queue.Empty:
+                return INVALID
+            if job is None:  # shutdown
+                self._conn.inbox.put(None)  # for any other thread waiting
+                return INVALID
+            # "started" rides along with the job's first progress or its result, or goes with
+            # the next heartbeat: a job shows IN_PROGRESS within one heartbeat interval, and a
+            # quick job costs one message, not two. A file job's goes now: the broker then
+            # lets go of its input while the worker works.
+            self._conn.post("started", job.id, wake=job.wire_files is not None)
+            if job.wire_files is None:
+                return job
+            try:
+                return self._with_files(job)
+            except FileError as e:
+                log.warning("job %s failed: %s", job.id, e)
+                self.send_failure(job, f"the worker cannot take the job's files: {e}")
+                self.ask_for_jobs(1)  # in place of the job that failed; take the next one
+
+    def _with_files(self, job: Job) -> Job:
+        """The job with its inputs at local paths (inline ones written to its folder)."""
+        fs = job.wire_files
+        scratch = Scratch(job.id)
         try:
-            job = self._conn.inbox.get(block=block, timeout=timeout)
-        except queue.Empty:
-            return INVALID
-        if job is None:  # shutdown
-            self._conn.inbox.put(None)  # for any other thread waiting
-            return INVALID
-        # "started" rides along with the job's first progress or its result, or goes with
-        # the next heartbeat: a job shows IN_PROGRESS within one heartbeat interval, and a
-        # quick job costs one message, not two.
-        self._conn.post("started", job.id, wake=False)
-        return job
+            local = materialize(fs, self.host, scratch)
+        except BaseException:
+            scratch.remove()
+            raise
+        self._scratches[job.id] = scratch
+        return dataclasses.replace(
+            job, files=local, args=tuple(fs.args), origin=fs.host, scratch=scratch, wire_files=None
+        )
+
+    def _end(self, job: Job) -> None:
+        """The job is over here: remove its private folder."""
+        scratch = self._scratches.pop(job.id, None)
+        if scratch is not None:
+            scratch.remove()
 
     # -------------------------------------------------------------- reporting
 
@@ -114,17 +152,39 @@ class Worker:
             value = max(0, min(100, int(value)))
         self._conn.post("progress", job.id, value, str(message))
 
-    def return_result(self, job: Job, data: bytes | bytearray | memoryview | str = b"") -> None:
-        """Hand in the job's result. A str is sent as UTF-8."""
+    def return_result(
+        self,
+        job: Job,
+        data: bytes | bytearray | memoryview | str = b"",
+        *,
+        files: Iterable[PathLike] | None = None,
+    ) -> None:
+        """Hand in the job's result. A str is sent as UTF-8.
+
+        ``files`` (paths or FileHandles) make it a file result: paths for a submitter on this
+        host, bytes for one elsewhere (or not known), and always bytes for a file inside
+        ``job.workdir``, which is removed now. A file that cannot be read fails the job with
+        the reason, and raises FileError."""
         if isinstance(data, str):
             data = data.encode()
         elif not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"a result must be bytes or str, got {type(data).__name__}")
-        self._conn.post("result", job.id, data)
+        if files is None:
+            self._conn.post("result", job.id, data)
+        else:
+            inline = not job.origin or job.origin != self.host
+            try:
+                fs = result_files(files, inline=inline, scratch=self._scratches.get(job.id))
+            except FileError as e:
+                self.send_failure(job, f"result file {e}")
+                raise
+            self._conn.post("result", job.id, data, fs)
+        self._end(job)
 
     def send_failure(self, job: Job, reason: str, traceback_text: str = "") -> None:
         """Report that the job failed; the client's retrieve_result raises with this reason."""
         self._conn.post("failure", job.id, str(reason), traceback_text)
+        self._end(job)
 
     def job_should_be_terminated(self, job: Job) -> bool:
         """True once a client terminated this job (or the broker gave up on it)."""
@@ -147,8 +207,9 @@ class Worker:
     ) -> int:
         """Take jobs and call ``handler(job)`` on each until the broker says exit.
 
-        The handler's return value (bytes, or str as UTF-8, or None for empty) is the result;
-        an exception fails the job with its message and traceback. ``prefetch`` jobs are asked
+        The handler's return value (bytes, or str as UTF-8, or None for empty) is the result,
+        or a list of files (paths or FileHandles) for a file result; an exception fails the
+        job with its message and traceback. ``prefetch`` jobs are asked
         for at once (raise it for many small jobs). Returns after ``max_jobs`` jobs, after
         ``idle_timeout`` seconds without one, or when the broker stops. Returns the job count.
         """
@@ -186,7 +247,14 @@ class Worker:
             self.send_failure(job, f"{type(e).__name__}: {e}", traceback.format_exc())
             return
         if self.job_should_be_terminated(job):
+            self._end(job)
             return  # the broker has already closed this job; a result would be dropped
+        if isinstance(result, (list, tuple)):
+            try:
+                self.return_result(job, files=result)
+            except FileError as e:
+                log.info("job %s failed: result file %s", job.id, e)
+            return
         self.return_result(job, b"" if result is None else result)
 
     # -------------------------------------------------------------- lifetime
@@ -196,6 +264,8 @@ class Worker:
         if not self._closed:
             self._closed = True
             self._conn.close()
+            for job_id in list(self._scratches):
+                self._scratches.pop(job_id).remove()
 
     def __enter__(self) -> Worker:
         return self
