@@ -236,7 +236,7 @@ def watch(
             while events.poll(0):
                 topic, body = events.recv_multipart()[:2]
                 spawned += topic == b"worker.spawned"
-                exited += topic == b"worker.exited"
+                exited += topic == b"worker.reaped"
                 info = unpack(body)
                 board.note(f"{topic.decode()}: {info.get('worker_name')} (pid {info.get('pid')})")
             now = time.monotonic()

@@ -77,6 +77,19 @@ def _server_parser(sub: Any) -> None:
         help="seconds a finished job's result is kept [%(default)s]",
     )
     s.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="a SQLite file that keeps every accepted job and result across restarts "
+        "(default: memory only: a stopped broker forgets everything)",
+    )
+    s.add_argument(
+        "--max-retries",
+        type=int,
+        default=ServerConfig().max_retries,
+        metavar="N",
+        help="times a job whose worker is lost is run again before it fails [%(default)s]",
+    )
+    s.add_argument(
         "--file-root",
         action="append",
         default=[],
@@ -162,8 +175,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         ports = ServerPorts(args.client, args.worker, args.status)
-        config = ServerConfig(result_ttl=args.result_ttl, file_roots=tuple(args.file_root))
-        server = Server(ports, _factory(args), config=config)
+        config = ServerConfig(
+            result_ttl=args.result_ttl,
+            file_roots=tuple(args.file_root),
+            max_retries=args.max_retries,
+        )
+        server = Server(ports, _factory(args), config=config, journal=args.journal)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

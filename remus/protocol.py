@@ -428,6 +428,13 @@ class SubmitRequest(Request):
             jobs.append(SubmittedJob(jid, _pick(table, idx), keys, values, fs))
         _no_frames_left(frames, "submit")
         opts = _field(body, "opts", dict, {})
+        if "max_retries" in opts:
+            retries = _field(opts, "max_retries", int)
+            if not 0 <= retries <= 100:
+                raise ProtocolError(f"max_retries {retries} must be 0-100")
+        for limit in ("time_limit", "queue_time_limit"):
+            if limit in opts and not _seconds(opts, limit) > 0:
+                raise ProtocolError(f"{limit} must be a positive number of seconds")
         if "follow" in opts:
             _seconds(opts, "follow")
             if len(jobs) != 1:

@@ -236,6 +236,8 @@ class JobStatus:
     status: Status
     progress: JobProgress | None = None
     reason: str = ""
+    #: 1 for the first run; more once the job was requeued after losing its worker
+    attempt: int = 1
 
     @property
     def done(self) -> bool:

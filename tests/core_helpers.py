@@ -66,6 +66,7 @@ class Core:
 
     def __init__(self, wants: Callable[[str], bool] | None = None, **config: Any) -> None:
         self.now = 0.0
+        config.setdefault("max_retries", 0)  # a lost worker's started job expires (issue 2)
         self.core = BrokerCore(ServerConfig(**config), now=self.now, wants_event=wants)
         self._rids = itertools.count(1)
         self._ids = itertools.count(1)

@@ -83,6 +83,7 @@ class Core:
     """A BrokerCore on host ``broker-host`` driven directly (no sockets)."""
 
     def __init__(self, **config: Any) -> None:
+        config.setdefault("max_retries", 0)  # a lost worker's started job expires
         self.core = BrokerCore(ServerConfig(**config), host="broker-host")
         self.rid = 0
 
@@ -403,6 +404,7 @@ def test_broker_keeps_result_files_stamped_with_the_worker_host_and_frees_inputs
     c.submit(file_job("j", p.FileEntry("/data/in.bin", "rb", b"input")))
     c.core.worker_message(b"w", p.Report(started=["j"]), 0.0)
     job = c.core.jobs["j"]
+    # no retry left (the harness's max_retries=0): a started job's inputs are let go
     assert job.files is None and job.blobs is None, "a started job's inputs are let go"
     big = os.urandom(p.INLINE_MAX * 2)
     result = p.FileSet([p.FileEntry("/w/out.bin", "rb", big), p.FileEntry("/w/log.txt", "r")])

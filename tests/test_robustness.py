@@ -381,7 +381,7 @@ def test_message_far_over_the_limit_costs_only_its_sender_a_timeout(small_server
 def test_worker_killed_mid_job_expires_within_a_few_heartbeats(server, make_client, make_process):
     c = make_client(server.ports.client)
     proc = make_process([ECHO_WORKER, server.ports.worker, "--mode", "hold", "--heartbeat", "0.1"])
-    job = c.submit_job(JobSubmission(ECHO, {"data": b"x"}))
+    job = c.submit_job(JobSubmission(ECHO, {"data": b"x"}), max_retries=0)
     wait_for(lambda: c.job_status(job).status is Status.IN_PROGRESS, timeout=10)
 
     killed = time.monotonic()

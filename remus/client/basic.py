@@ -18,14 +18,22 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import zmq
 
 from remus import files
 from remus import protocol as p
-from remus.client.client import BATCH_JOBS, Client, Submission, as_bytes, job_error, results_of
+from remus.client.client import (
+    BATCH_JOBS,
+    Client,
+    Submission,
+    as_bytes,
+    job_error,
+    limits,
+    results_of,
+)
 from remus.errors import TimeoutError
 from remus.files import JobFileRequest
 from remus.server.config import DEFAULT_CLIENT
@@ -35,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: the longest single hold asked of the broker while waiting (each hold is one request)
 HOLD = 5.0
+#: how many client timeouts in a row a wait rides out (a broker restarting) before it gives up
+RESUME_TRIES = 3
 
 ProgressCallback = Callable[[JobProgress], Any]
 
@@ -64,13 +74,23 @@ class BasicClient:
         *,
         files: Iterable[files.PathLike] | None = None,
         args: Iterable[str] | None = None,
+        max_retries: int | None = None,
+        time_limit: float | None = None,
+        queue_time_limit: float | None = None,
         **contents: bytes,
     ) -> Job:
         """Queue a job for any worker that serves ``what``; ``data`` is its main content.
 
         With ``files`` (paths or FileHandles) and ``args`` it is a JobFileRequest instead:
-        the worker gets each file as a local path (docs/files.md)."""
-        return self.client.submit_job(_submission(what, data, files, args, contents))
+        the worker gets each file as a local path (docs/files.md). ``max_retries``,
+        ``time_limit`` and ``queue_time_limit`` are per-job limits (see ``remus.client.limits``).
+        """
+        return self.client.submit_job(
+            _submission(what, data, files, args, contents),
+            max_retries=max_retries,
+            time_limit=time_limit,
+            queue_time_limit=queue_time_limit,
+        )
 
     def wait(
         self,
@@ -94,17 +114,21 @@ class BasicClient:
         on_progress: ProgressCallback | None = None,
         files: Iterable[files.PathLike] | None = None,
         args: Iterable[str] | None = None,
+        max_retries: int | None = None,
+        time_limit: float | None = None,
+        queue_time_limit: float | None = None,
         **contents: bytes,
     ) -> JobResult:
         """Submit and wait, in one round trip: the wait is sent right behind the submission.
-        ``files`` and ``args`` make it a JobFileRequest, as in :meth:`submit`."""
+        ``files`` and ``args`` make it a JobFileRequest, limits as in :meth:`submit`."""
         sub = _submission(what, data, files, args, contents)
         c = self.client
         entry = c.entry(sub)
         # follow: the broker answers the submit like a held progress request, result included,
         # so a quick job costs one message each way
         hold = HOLD if timeout is None else min(HOLD, timeout)
-        rid = c.send(p.SubmitRequest, [entry], {"follow": hold, "host": c.host})
+        opts = {"follow": hold, "host": c.host, **limits(max_retries, time_limit, queue_time_limit)}
+        rid = c.send(p.SubmitRequest, [entry], opts)
         job_id = entry.id
         del entry  # inlined file bytes are ZeroMQ's now: freed once sent, not held for the wait
         return self._follow(rid, job_id, timeout, on_progress, hold)
@@ -122,13 +146,25 @@ class BasicClient:
         c = self.client
         deadline = None if timeout is None else time.monotonic() + timeout
         since = 0
+        silent = 0
         while True:
             if rid is None:
                 left = HOLD if deadline is None else deadline - time.monotonic()
                 hold = max(0.0, min(HOLD, left))
                 rid = c.send(p.ProgressRequest, job_id, since, hold, True)
-            reply = c.receive(rid, c.timeout + hold)
+            try:
+                reply = c.receive(rid, c.timeout + hold)
+            except TimeoutError:
+                # A broker that restarts (from its journal) comes back on the same endpoint and
+                # still knows the job: ask again, a few times, before giving up on it.
+                silent += 1
+                if silent > RESUME_TRIES or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+                log.warning("broker at %s silent; asking again about job %s", c.endpoint, job_id)
+                rid = None
+                continue
             rid = None
+            silent = 0
             data = reply.data
             if data.get("dropped"):
                 log.warning(
@@ -162,9 +198,9 @@ class BasicClient:
 
     # -------------------------------------------------------------- many jobs
 
-    def submit_many(self, submissions: Iterable[Submission]) -> list[Job]:
-        """Queue many jobs in batches, without a round trip per job."""
-        return self.client.submit_jobs(submissions)
+    def submit_many(self, submissions: Iterable[Submission], **limits: Any) -> list[Job]:
+        """Queue many jobs in batches, without a round trip per job (limits as in submit)."""
+        return self.client.submit_jobs(submissions, **limits)
 
     def as_completed(
         self,
@@ -180,31 +216,57 @@ class BasicClient:
         batches: one request brings every result ready by then.
         """
         c = self.client
-        ids = [j.id for j in jobs]
-        watch = secrets.token_hex(6)
+        pending = dict.fromkeys(j.id for j in jobs)  # in submission order, not yet yielded
         deadline = None if timeout is None else time.monotonic() + timeout
-        remaining = len(ids)
-        # register the watch list in chunks, collecting whatever is already done on the way
-        for start in range(0, len(ids), BATCH_JOBS * 10):
-            chunk = ids[start : start + BATCH_JOBS * 10]
-            reply = c.call(p.CollectRequest, watch, chunk, 0.0)
-            remaining = yield from self._yield_results(reply, errors, c.host)
-        while remaining:
-            hold = HOLD if deadline is None else max(0.0, min(HOLD, deadline - time.monotonic()))
-            reply = c.call(p.CollectRequest, watch, (), hold, timeout=c.timeout + hold)
-            remaining = yield from self._yield_results(reply, errors, c.host)
-            if remaining and deadline is not None and time.monotonic() >= deadline:
+        watch = ""
+        silent = 0
+        while pending:
+            try:
+                if not watch:
+                    # register the watch list in chunks, collecting what is already done
+                    watch = secrets.token_hex(6)
+                    ids = list(pending)
+                    for start in range(0, len(ids), BATCH_JOBS * 10):
+                        chunk = ids[start : start + BATCH_JOBS * 10]
+                        reply = c.call(p.CollectRequest, watch, chunk, 0.0)
+                        yield from self._yield_results(reply, errors, c.host, pending)
+                    continue
+                left = HOLD if deadline is None else deadline - time.monotonic()
+                hold = max(0.0, min(HOLD, left))
+                reply = c.call(p.CollectRequest, watch, (), hold, timeout=c.timeout + hold)
+            except TimeoutError:
+                # a restarted broker lost the watch list (but, with a journal, not the jobs):
+                # ask again a few times, registering the jobs still pending anew
+                silent += 1
+                if silent > RESUME_TRIES or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+                log.warning(
+                    "broker at %s silent; asking again for %d results", c.endpoint, len(pending)
+                )
+                watch = ""
+                continue
+            silent = 0
+            yield from self._yield_results(reply, errors, c.host, pending)
+            if pending and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"{remaining} jobs did not finish within {timeout:.3g} s", endpoint=c.endpoint
+                    f"{len(pending)} jobs did not finish within {timeout:.3g} s",
+                    endpoint=c.endpoint,
                 )
 
     @staticmethod
-    def _yield_results(reply: p.Reply, errors: str, host: str) -> Generator[Any, None, int]:
+    def _yield_results(
+        reply: p.Reply, errors: str, host: str, pending: dict[str, None]
+    ) -> Iterator[Any]:
+        """Each result in the reply not yielded before (a re-registered watch list can bring
+        one twice), raising or yielding failures as ``errors`` says."""
         for result in results_of(reply, reply.data["results"], host=host):
+            job_id = getattr(result, "job_id", None)
+            if job_id not in pending:
+                continue
+            del pending[job_id]
             if isinstance(result, Exception) and errors == "raise":
                 raise result
             yield result
-        return int(reply.data["remaining"])
 
     # -------------------------------------------------------------- lifetime
 

@@ -72,9 +72,29 @@ def job_error(job_id: str, status: Status, reason: str, traceback: str = "") -> 
 
 
 def _status(row: list[Any]) -> JobStatus:
-    job_id, status, value, message, seq, reason = row[:6]
+    job_id, status, value, message, seq, reason, attempt = row[:7]
     progress = JobProgress(value, message, seq) if seq else None
-    return JobStatus(job_id, Status(status), progress, reason)
+    return JobStatus(job_id, Status(status), progress, reason, attempt or 1)
+
+
+def limits(
+    max_retries: int | None = None,
+    time_limit: float | None = None,
+    queue_time_limit: float | None = None,
+) -> dict[str, Any]:
+    """Submit options for per-job limits (None: the broker's default or no limit).
+
+    ``max_retries``: times the job runs again if its worker is lost (then FAILED with the
+    evidence); ``time_limit``: seconds it may run once a worker has it (then FAILED, "time
+    limit"); ``queue_time_limit``: seconds it may wait for a worker (then EXPIRED)."""
+    opts: dict[str, Any] = {}
+    if max_retries is not None:
+        opts["max_retries"] = int(max_retries)
+    if time_limit is not None:
+        opts["time_limit"] = float(time_limit)
+    if queue_time_limit is not None:
+        opts["queue_time_limit"] = float(queue_time_limit)
+    return opts
 
 
 class Client:
@@ -207,12 +227,19 @@ class Client:
             self.new_job_id(), sub.requirements, tuple(contents), list(contents.values())
         )
 
-    def submit_job(self, submission: Submission) -> Job:
+    def submit_job(self, submission: Submission, **limits: Any) -> Job:
         """Queue one job (a JobSubmission or a JobFileRequest); returns it once the broker
         has accepted it. A file that cannot be read raises FileError before anything is sent."""
-        return self.submit_jobs([submission])[0]
+        return self.submit_jobs([submission], **limits)[0]
 
-    def submit_jobs(self, submissions: Iterable[Submission]) -> list[Job]:
+    def submit_jobs(
+        self,
+        submissions: Iterable[Submission],
+        *,
+        max_retries: int | None = None,
+        time_limit: float | None = None,
+        queue_time_limit: float | None = None,
+    ) -> list[Job]:
         """Queue many jobs, in batches, several batches in flight: no round trip per job.
 
         A file that cannot be read raises FileError; batches sent before it stay queued."""
@@ -220,13 +247,14 @@ class Client:
         in_flight: list[int] = []
         batch: list[p.SubmittedJob] = []
         size = 0
+        opts = {"host": self.host, **limits(max_retries, time_limit, queue_time_limit)}
 
         def flush() -> None:
             nonlocal batch, size
             if len(in_flight) >= WINDOW:
                 self.receive(in_flight.pop(0))
             jobs.extend(Job(e.id, e.requirements) for e in batch)
-            in_flight.append(self.send(p.SubmitRequest, batch, {"host": self.host}))
+            in_flight.append(self.send(p.SubmitRequest, batch, opts))
             batch, size = [], 0
 
         for sub in submissions:

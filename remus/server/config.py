@@ -62,6 +62,10 @@ class ServerConfig:
     max_message_bytes: int = 2 * 1024**3
     #: the longest a client may ask the broker to hold a reply (progress and collect waits)
     max_wait: float = 60.0
+    #: times a job is requeued after its worker is lost before it FAILS (per job: max_retries)
+    max_retries: int = 2
+    #: after a job's time limit, how long its worker gets to stop before a spawned one is killed
+    kill_grace: float = 5.0
     #: how long stop() waits for workers to be told and for threads to finish
     stop_timeout: float = 5.0
     #: this broker's host id; "" detects it (REMUS_HOST_ID, else machine id and host name)

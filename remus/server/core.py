@@ -22,6 +22,7 @@ from remus import files
 from remus import protocol as p
 from remus.errors import FileError
 from remus.server.config import ServerConfig
+from remus.server.journal import JournalBatch, JournaledJob
 from remus.server.matching import Matcher
 from remus.server.records import JobRecord, WorkerRecord, job_key
 from remus.types import IOType, JobRequirements, Status, matches
@@ -72,6 +73,8 @@ class Outbox:
     clients: list[tuple[bytes, p.Message]] = field(default_factory=list)
     workers: list[tuple[bytes, p.Message]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: (host, pid) of workers that ignored a cancel past the grace: kill them if we spawned them
+    kills: list[tuple[str, int]] = field(default_factory=list)
 
 
 class BrokerCore:
@@ -83,6 +86,8 @@ class BrokerCore:
         now: float = 0.0,
         wants_event: Callable[[str], bool] | None = None,
         host: str = "",
+        journal: bool = False,
+        wall_clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.config = config or ServerConfig()
         #: this broker's host id: paths are only taken from clients on it (docs/files.md)
@@ -95,6 +100,14 @@ class BrokerCore:
         #: decides whether an event topic has a subscriber; events nobody wants cost nothing
         self.wants_event = wants_event or (lambda topic: False)
         self._order = 0
+        self._now = now
+        #: what this pass changed, for the durable journal (None: no journal)
+        self.journal: JournalBatch | None = JournalBatch() if journal else None
+        self._wall = wall_clock
+        #: time limits: (deadline, seq, kind, job id, attempt); kind is queue, run or kill
+        self._limits: list[tuple[float, int, str, str, int]] = []
+        #: (worker id, job id) cancelled for its time limit, awaiting the worker's word
+        self._cancelled: dict[tuple[bytes, str], float] = {}
         #: one shared tuple per distinct set of content keys (most jobs use ("data",))
         self._keys_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._done: deque[tuple[float, str]] = deque()
@@ -135,6 +148,7 @@ class BrokerCore:
     # ================================================================ entry points
 
     def client_message(self, client: bytes, msg: p.Message, now: float) -> None:
+        self._now = now
         handler = self._client_handlers.get(type(msg))
         if handler is None:
             rid = getattr(msg, "rid", -1)
@@ -145,6 +159,7 @@ class BrokerCore:
         handler(client, msg, now)
 
     def worker_message(self, worker: bytes, msg: p.Message, now: float) -> None:
+        self._now = now
         handler = self._worker_handlers.get(type(msg))
         if handler is None:
             self.out.workers.append(
@@ -156,7 +171,7 @@ class BrokerCore:
     def tick(self, now: float) -> None:
         """Time-driven rules: heartbeats, lost workers, held-reply deadlines, forgetting."""
         stalled = now - self._last_tick > self.config.stall_threshold
-        self._last_tick = now
+        self._last_tick = self._now = now
         if stalled:
             # The freebie rule: our own loop was late (suspended, asleep, overloaded), so any
             # silence we measured is ours. Restart every worker's clock instead of blaming it.
@@ -177,12 +192,17 @@ class BrokerCore:
                 self._ready_watches[(waiter.client, waiter.watch.name)] = waiter.watch
             else:
                 self._ready_waiters.append(waiter)
+        while self._limits and self._limits[0][0] <= now:
+            _, _, kind, job_id, attempt = heapq.heappop(self._limits)
+            self._limit_due(kind, job_id, attempt, now)
         ttl = self.config.result_ttl
         while self._done and now - self._done[0][0] > ttl:
             _, job_id = self._done.popleft()
             job = self.jobs.get(job_id)
             if job is not None and job.status.done and now - job.finished_at > ttl:
                 del self.jobs[job_id]
+                if self.journal is not None:
+                    self.journal.forgotten.append(job_id)
         for key, watch in list(self._watches.items()):
             if watch.parked is None and now - watch.last_used > ttl:
                 self._drop_watch(key)
@@ -194,6 +214,8 @@ class BrokerCore:
             soon = min(soon, min(w.next_beat for w in self.workers.values()))
         if self._deadlines:
             soon = min(soon, self._deadlines[0][0])
+        if self._limits:
+            soon = min(soon, self._limits[0][0])
         return max(soon, now + 0.001)
 
     def earliest_hold(self, default: float) -> float:
@@ -228,6 +250,47 @@ class BrokerCore:
         for w in self.workers.values():
             self.out.workers.append((w.id, p.Shutdown(reason)))
         return self.flush()
+
+    def restore(self, jobs: list[JournaledJob], now: float) -> None:
+        """Take back the jobs a journal remembers (after a restart): finished ones stay
+        retrievable, queued ones queue again, running ones queue again counting an attempt."""
+        for saved in jobs:
+            job = JobRecord(
+                saved.id,
+                saved.requirements,
+                job_key(saved.requirements),
+                self._keys_cache.setdefault(saved.keys, saved.keys),
+                list(saved.values),
+                sum(len(v) for v in saved.values),
+                saved.order,
+                now,
+            )
+            opts = saved.options
+            job.limits = (
+                int(opts.get("max_retries", self.config.max_retries)),
+                opts.get("time_limit"),
+                opts.get("queue_time_limit"),
+            )
+            job.attempt = saved.attempt
+            if saved.progress:
+                job.progress = list(saved.progress)
+                job.seq = saved.progress[-1][0]
+            self._order = max(self._order, saved.order)
+            self.jobs[job.id] = job
+            if saved.status.done:
+                job.status = saved.status
+                job.reason, job.traceback = saved.reason, saved.traceback
+                job.result = saved.result
+                job.blobs = None
+                job.finished_at = now
+                self._done.append((now, job.id))
+                continue
+            if saved.status is Status.IN_PROGRESS:
+                job.attempt += 1
+                job.evidence = [f"attempt {saved.attempt}: the broker restarted while it ran"]
+            self.matcher.enqueue(job)
+            self._journal_status(job)
+        log.info("restored %d jobs from the journal", len(jobs))
 
     def demand(self) -> dict[JobRequirements, int]:
         """Queued jobs that no connected worker can take now, by requirements (for a factory)."""
@@ -305,6 +368,14 @@ class BrokerCore:
             return
         wants = self.wants_event("job.queued")
         keys_cache = self._keys_cache
+        opts = msg.options
+        limits = (
+            int(opts.get("max_retries", cfg.max_retries)),
+            opts.get("time_limit"),
+            opts.get("queue_time_limit"),
+        )
+        journal = self.journal
+        wall = self._wall() if journal is not None else 0.0
         for sub, fs in zip(msg.jobs, file_sets, strict=True):
             values = list(sub.values)
             self._order += 1
@@ -319,7 +390,14 @@ class BrokerCore:
                 now,
             )
             job.files = fs
+            job.limits = limits
             self.jobs[job.id] = job
+            if journal is not None:
+                journal.submitted.append(
+                    (job.id, job.reqs.to_wire(), job.keys, values, job.order, wall, opts)
+                )
+            if limits[2] is not None:
+                self._limit(now + limits[2], "queue", job)
             self.matcher.enqueue(job)
             if wants:
                 self._event("job.queued", job)
@@ -477,6 +555,17 @@ class BrokerCore:
             self.workers[wid] = worker
             log.info("worker %s registered for %s", worker.name, msg.requirements.io_type)
             self._worker_event("worker.registered", worker)
+            # A worker we do not know that holds jobs: this broker restarted from its journal
+            # while the worker kept working. Give it back the jobs it holds that are waiting
+            # to run again, rather than run them twice.
+            for job_id in msg.held:
+                job = self.jobs.get(job_id)
+                if job is not None and job.status is Status.QUEUED and job.worker is None:
+                    self.matcher.forget_queued(job)
+                    job.worker = wid
+                    job.status = Status.IN_PROGRESS
+                    worker.jobs.add(job_id)
+                    self._journal_status(job)
         else:
             # A reconnect: jobs we assigned that the worker never saw go back to the queue
             # (with its credit at zero, so they do not come straight back to it); started jobs
@@ -523,10 +612,11 @@ class BrokerCore:
             job = jobs.get(job_id)
             if job is not None and job.worker == wid and job.status is Status.QUEUED:
                 job.status = Status.IN_PROGRESS
-                # a started job is never sent again (it expires if its worker is lost), so its
-                # contents and files can go now rather than at its end: a big input and its
-                # big result are then not held together
-                job.blobs = job.files = None
+                if not job.retries_left:
+                    # it will never be sent again (no retry left if its worker is lost), so its
+                    # contents can go now: a big input and its big result are not held together
+                    job.blobs = job.files = None
+                self._journal_status(job)
                 self._event("job.started", job)
         limit = self.config.max_progress_history
         for job_id, value, message in msg.progress:
@@ -540,9 +630,14 @@ class BrokerCore:
             job.progress.append((job.seq, value, message))
             if len(job.progress) > limit:
                 del job.progress[: len(job.progress) - limit]
+            if self.journal is not None:
+                self.journal.progress.append((job_id, job.seq, value, message))
             self._wake(job)
             if self.wants_event("job.progress"):
                 self._event("job.progress", job, value=value, message=message, seq=job.seq)
+        if self._cancelled:
+            for job_id in (*(r[0] for r in msg.results), *(f[0] for f in msg.failures)):
+                self._cancelled.pop((wid, job_id), None)  # it did stop
         for job_id, blob, *result_files in msg.results:
             job = jobs.get(job_id)
             if job is None or job.worker != wid or job.status.done:
@@ -552,6 +647,8 @@ class BrokerCore:
             job.result = blob
             if result_files:  # paths in it are on the worker's host
                 job.result_files = replace(result_files[0], host=worker.host)
+            if self.journal is not None:
+                self.journal.results.append((job_id, blob))
             self._finish(job, Status.FINISHED, now)
         for job_id, reason, tb in msg.failures:
             job = jobs.get(job_id)
@@ -582,7 +679,7 @@ class BrokerCore:
             if job.status is Status.QUEUED:
                 self._requeue(job)  # it never started: no harm in running it elsewhere
             elif not job.status.done:
-                self._finish(job, Status.EXPIRED, now, reason)
+                self._retry_or_fail(job, worker, reason, now)
         worker.jobs.clear()
         (log.info if topic == "worker.exited" else log.warning)("%s", reason)
         self._worker_event(topic, worker, reason=reason)
@@ -590,6 +687,89 @@ class BrokerCore:
     def _requeue(self, job: JobRecord) -> None:
         job.worker = None
         self.matcher.enqueue(job, front=True)
+        self._journal_status(job)
+
+    def _retry_or_fail(self, job: JobRecord, worker: WorkerRecord, reason: str, now: float) -> None:
+        """A started job lost its worker: run it again while retries are left, else FAIL it
+        with the evidence of every attempt."""
+        line = f"attempt {job.attempt} on {worker.name}: {reason}"
+        last = job.last_progress()
+        if last is not None:
+            value = "" if last[1] is None else f"{last[1]}% "
+            line += f" (last progress: {value}{last[2]!r})".replace(" ''", "")
+        job.evidence = [*(job.evidence or ()), line]
+        if job.retries_left and job.blobs is not None:
+            log.warning("job %s: %s; requeued", job.id, line)
+            job.attempt += 1
+            job.status = Status.QUEUED
+            self._requeue(job)
+            self._event("job.requeued", job, reason=reason)
+        else:
+            tries = "attempt" if job.attempt == 1 else "attempts"
+            self._finish(
+                job,
+                Status.FAILED if job.attempt > 1 else Status.EXPIRED,
+                now,
+                f"its worker was lost on {job.attempt} {tries} (max_retries={job.limits[0]}): "
+                + "; ".join(job.evidence),
+            )
+
+    def process_exited(self, host: str, pid: int, how: str, now: float) -> None:
+        """A worker process the factory spawned exited: lose it now, with its exit status as
+        the evidence, rather than waiting for its heartbeats to run out."""
+        for worker in list(self.workers.values()):
+            if worker.pid == pid and worker.host == host:
+                self._lose_worker(worker, now, f"worker {worker.name} process {how}")
+
+    def _limit(self, deadline: float, kind: str, job: JobRecord) -> None:
+        heapq.heappush(self._limits, (deadline, job.order, kind, job.id, job.attempt))
+
+    def _limit_due(self, kind: str, job_id: str, attempt: int, now: float) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or (job.status.done and kind != "kill"):
+            return
+        if kind == "queue" and job.status is Status.QUEUED and job.worker is None:
+            reqs = job.reqs
+            name = f" named {reqs.worker_name!r}" if reqs.worker_name else ""
+            tag = f" tagged {reqs.tag!r}" if reqs.tag is not None else ""
+            self._finish(
+                job,
+                Status.EXPIRED,
+                now,
+                f"no worker for {reqs.io_type}{name}{tag} took it within its queue time limit "
+                f"of {job.limits[2]:g} s",
+            )
+        elif kind == "run" and job.attempt == attempt and job.worker is not None:
+            worker = self.workers.get(job.worker)
+            self._finish(job, Status.FAILED, now, f"time limit: ran over {job.limits[1]:g} s")
+            if worker is not None:
+                self.out.workers.append((worker.id, p.Cancel([job.id])))
+                self._cancelled[(worker.id, job.id)] = now
+                self._limit(now + self.config.kill_grace, "kill", job)
+        elif kind == "kill":
+            for (wid, jid), _ in list(self._cancelled.items()):
+                if jid != job_id:
+                    continue
+                del self._cancelled[(wid, jid)]
+                worker = self.workers.get(wid)
+                if worker is not None:  # still silent about the job after the grace
+                    log.warning("worker %s ignored the time limit of job %s", worker.name, jid)
+                    self.out.kills.append((worker.host, worker.pid))
+
+    def _journal_status(self, job: JobRecord) -> None:
+        if self.journal is not None:
+            name = self.workers[job.worker].name if job.worker in self.workers else ""
+            self.journal.status.append(
+                (job.id, int(job.status), job.reason, job.traceback, job.attempt, name)
+            )
+
+    def take_journal(self) -> JournalBatch | None:
+        """What this pass changed (to write before anything is sent), or None if nothing."""
+        batch = self.journal
+        if not batch:
+            return None
+        self.journal = JournalBatch()
+        return batch
 
     def _finish(
         self, job: JobRecord, status: Status, now: float, reason: str = "", tb: str = ""
@@ -605,6 +785,7 @@ class BrokerCore:
         job.traceback = tb
         job.finished_at = now
         job.blobs = job.files = None  # contents are no longer needed once the job is over
+        self._journal_status(job)
         self._done.append((now, job.id))
         self.counters[status.name.lower()] += 1
         self._wake(job)
@@ -635,10 +816,12 @@ class BrokerCore:
                     fs = files.files_for_worker(fs, worker.host, self.config.file_roots)
                 except FileError as e:
                     reason = f"cannot send the job's files to worker {worker.name}: {e}"
-                    self._finish(job, Status.FAILED, self._last_tick, reason)
+                    self._finish(job, Status.FAILED, self._now, reason)
                     refused += 1
                     continue
             assigned.append(p.AssignedJob(job.id, job.reqs, job.keys, job.blobs or (), fs))
+            if job.limits[1] is not None:
+                self._limit(self._now + job.limits[1], "run", job)
             if wants:
                 self._event("job.assigned", job)
         if refused:

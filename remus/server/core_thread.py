@@ -22,6 +22,8 @@ from remus.log import TRACE
 from remus.server.config import ServerConfig
 from remus.server.core import BrokerCore, Outbox
 from remus.server.edge import DRAIN, STATISTICS, TERMINATE, pipe_parts_read
+from remus.server.factory import EXITED as REAPED
+from remus.server.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class CoreThread(threading.Thread):
         edges_finished: tuple[threading.Event, threading.Event],
         status: str,
         factory: Any = None,
+        journal: Journal | None = None,
     ) -> None:
         super().__init__(name="remus-core", daemon=True)
         self._context = context
@@ -59,6 +62,7 @@ class CoreThread(threading.Thread):
         self._status_bind = status
         self._worker_endpoint = ""
         self._factory = factory
+        self._journal = journal
         self._subscriptions: dict[bytes, int] = {}
         self._wanted: dict[str, bool] = {}
         self.ready = threading.Event()
@@ -125,7 +129,19 @@ class CoreThread(threading.Thread):
             now=time.monotonic(),
             wants_event=self._wants,
             host=self._config.host_id or host_id(),
+            journal=self._journal is not None,
+            wall_clock=time.time,
         )
+        if self._journal is not None:
+            try:
+                self.core.restore(self._journal.load(), time.monotonic())
+                self._write_journal(self.core)
+            except Exception as e:
+                self.error = e
+                self.ready.set()
+                for s in sockets:
+                    s.close(0)
+                return
         self.ready.set()
         try:
             self._loop(control, client, worker, status)
@@ -133,7 +149,9 @@ class CoreThread(threading.Thread):
             log.exception("core thread failed; stopping the broker")
         finally:
             try:
-                self._send(self.core.shutdown(), client, worker, status)
+                out = self.core.shutdown()
+                self._write_journal(self.core)
+                self._send(out, client, worker, status)
             except Exception:
                 log.exception("could not tell workers to stop")
             for edge, pipe, done in zip(edges, (client, worker), self._edges_finished, strict=True):
@@ -202,7 +220,10 @@ class CoreThread(threading.Thread):
             if self._factory is not None and self._worker_endpoint and now >= factory_due:
                 self._run_factory(core, now)
                 factory_due = now + FACTORY_PERIOD
-            self._send(core.flush(), client, worker, status)
+            out = core.flush()
+            # what this pass changed is durable before anyone hears of it
+            self._write_journal(core)
+            self._send(out, client, worker, status)
             # a reply held in this pass may be due before the next scheduled tick
             tick_due = min(tick_due, core.earliest_hold(tick_due))
 
@@ -262,17 +283,34 @@ class CoreThread(threading.Thread):
             self._forward(client, [identity, *p.encode(msg)])
         for identity, msg in out.workers:
             self._forward(worker, [identity, *p.encode(msg)])
+        kill = getattr(self._factory, "kill", None)
+        for host, pid in out.kills:
+            if kill is not None and self.core is not None and host == self.core.host:
+                kill(pid)  # only a process the factory spawned; it ignores any other pid
         if out.events:
             stamp = time.time()
             for topic, payload in out.events:
                 payload["time"] = stamp
                 status.send_multipart([topic.encode(), p.pack(payload)])
 
+    def _write_journal(self, core: BrokerCore) -> None:
+        batch = core.take_journal()
+        if batch is not None and self._journal is not None:
+            self._journal.write(batch)  # a failure stops the broker: better than lying
+
     def _run_factory(self, core: BrokerCore, now: float) -> None:
         factory = self._factory
         try:
             for event in factory.reap(now):
                 core.add_event(event.topic, event.payload)
+                if event.topic == REAPED and not event.payload.get("stopped_by_broker"):
+                    sig = event.payload.get("signal")
+                    how = (
+                        f"was killed by {sig}"
+                        if sig
+                        else f"exited with code {event.payload.get('returncode')}"
+                    )
+                    core.process_exited(core.host, event.payload["pid"], how, now)
             demand = core.demand()
             if demand:
                 for event in factory.create_workers(demand, self._worker_endpoint, now):

@@ -36,7 +36,7 @@ from remus.types import IOType, JobRequirements, matches
 log = logging.getLogger(__name__)
 
 SPAWNED = "worker.spawned"
-EXITED = "worker.exited"
+EXITED = "worker.reaped"
 SPAWN_FAILED = "worker.spawn_failed"
 STDERR_TAIL_BYTES = 4096
 _STDERR_TRIM_AT = 1 << 20
@@ -468,6 +468,16 @@ class WorkerFactory(WorkerFactoryBase):
                 "retry_in": retry_in,
             },
         )
+
+    def kill(self, pid: int) -> bool:
+        """SIGKILL one spawned worker (its process group), e.g. one that ignored a time limit.
+        Returns False for a pid this factory did not spawn."""
+        child = self._children.get(pid)
+        if child is None or child.proc.poll() is not None:
+            return False
+        log.warning("killing worker %r (pid %d)", child.worker_file.worker_name, pid)
+        _signal_group(child.proc, signal.SIGKILL)
+        return True
 
     def stop(self, grace: float = 2.0) -> None:
         """SIGTERM every worker's process group, SIGKILL what is left after ``grace`` s, reap."""

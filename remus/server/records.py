@@ -30,11 +30,13 @@ class JobRecord:
     __slots__ = (
         "attempt",
         "blobs",
+        "evidence",
         "files",
         "finished_at",
         "id",
         "key",
         "keys",
+        "limits",
         "order",
         "progress",
         "reason",
@@ -82,6 +84,14 @@ class JobRecord:
         self.traceback = ""
         self.finished_at = 0.0
         self.attempt = 1
+        #: (max_retries, run time limit or None, queue time limit or None)
+        self.limits: tuple[int, float | None, float | None] = (0, None, None)
+        #: one line per attempt that ended with its worker lost, None until the first
+        self.evidence: list[str] | None = None
+
+    @property
+    def retries_left(self) -> bool:
+        return self.attempt <= self.limits[0]
 
     def last_progress(self) -> tuple[int, int | None, str] | None:
         return self.progress[-1] if self.progress else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from typing import Any
@@ -13,6 +14,7 @@ from remus.errors import RemusError
 from remus.server.config import ServerConfig, ServerPorts
 from remus.server.core_thread import STOP, WORKER_ENDPOINT, CoreThread
 from remus.server.edge import EdgeThread
+from remus.server.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,12 @@ class Server:
         *,
         config: ServerConfig | None = None,
         context: zmq.Context[Any] | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> None:
         self.requested_ports = ports or ServerPorts()
+        #: the SQLite journal file: jobs and results survive a restart (None: memory only)
+        self.journal_path = journal
+        self._journal: Journal | None = None
         self.ports = self.requested_ports
         self.factory = factory
         self.config = config or ServerConfig()
@@ -94,6 +100,8 @@ class Server:
                     linger_ms=int(self.config.stop_timeout * 1000),
                 ),
             ]
+            if self.journal_path is not None:
+                self._journal = Journal(self.journal_path)  # ConfigError here, in the caller
             core = CoreThread(
                 self._context,
                 config=self.config,
@@ -104,12 +112,14 @@ class Server:
                 edges_finished=(edges[0].finished, edges[1].finished),
                 status=self.requested_ports.status,
                 factory=self.factory,
+                journal=self._journal,
             )
             core.start()
             self._threads.append(core)
             self._core = core
             if not core.ready.wait(timeout) or core.error is not None:
                 self.status = "failed"
+                self._close_journal()
                 core.join(timeout)
                 raise RemusError(f"the broker could not start: {core.error or 'timed out'}")
             self._control = self._context.socket(zmq.PAIR)
@@ -155,8 +165,14 @@ class Server:
                 log.error("thread %s did not stop within %.1f s", thread.name, limit)
         self._control.close()
         self._control = None
+        self._close_journal()
         self.status = "closed"
         self._stopped.set()
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server is stopped (by :meth:`stop` from another thread)."""
