@@ -41,14 +41,13 @@ def available() -> str | None:
 
 
 @contextmanager
-def session(group: ProcGroup) -> Iterator[tuple[Proc, Endpoints]]:
-    """A broker for one benchmark; on exit SIGTERM it, then let its workers leave (3 s)."""
+def session(group: ProcGroup, *options: str) -> Iterator[tuple[Proc, Endpoints]]:
+    """A broker for one benchmark (``options`` go on its command line); on exit SIGTERM it,
+    then let its workers leave (3 s)."""
     any_ep = "tcp://127.0.0.1:0"
-    # results are kept 2 s, not the default hour, so repeated samples do not pile up in the
-    # broker's memory (the bulk rows measure one payload's cost, not the retention policy)
     server = group.start(
         "remus-server", SERVER_MODULE, "--client", any_ep, "--worker", any_ep, "--status", any_ep,
-        "--result-ttl", "2",
+        *options,
     )
     eps = Endpoints(*server.expect(SERVER_RE, timeout=30).groups())
     try:
@@ -163,7 +162,12 @@ def progress(*, updates: int, warmup: int, repeat: int) -> list[dict[str, float]
 
 def bulk(*, size: int, warmup: int, repeat: int) -> dict[str, Any]:
     """MiB/s to the worker and back (per leg, from shared monotonic stamps) and peak RSS (KiB)."""
-    with ProcGroup() as group, session(group) as (server, eps):
+    # The bulk rows measure one payload's cost: results are kept 2 s, not an hour, so repeated
+    # samples do not pile up, and jobs are not retried, so the broker may let a job's input go
+    # once its worker starts it (with retries on it keeps the input to run the job again: then
+    # its peak is the input plus the result, 2x the payload).
+    options = ("--result-ttl", "2", "--max-retries", "0")
+    with ProcGroup() as group, session(group, *options) as (server, eps):
         (worker,) = start_workers(group, eps.worker, "bulk", prefetch=1)
         idle_kib = server.status_kib("VmRSS")
         client = start_client(

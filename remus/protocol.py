@@ -435,6 +435,8 @@ class SubmitRequest(Request):
         for limit in ("time_limit", "queue_time_limit"):
             if limit in opts and not _seconds(opts, limit) > 0:
                 raise ProtocolError(f"{limit} must be a positive number of seconds")
+        if "release" in opts:
+            _field(opts, "release", bool)
         if "follow" in opts:
             _seconds(opts, "follow")
             if len(jobs) != 1:
@@ -464,22 +466,27 @@ class TerminateRequest(StatusRequest):
 class ProgressRequest(Request):
     """Progress updates after ``since``; with ``wait`` > 0 the broker holds the reply until there
     is one, the job is done, or ``wait`` seconds pass. ``with_result`` asks for the result too
-    once the job is done, saving a round trip."""
+    once the job is done, saving a round trip; ``release`` then lets the broker forget the job
+    once that reply has gone out (nobody will ask for the result again)."""
 
     COMMAND = Command.PROGRESS
     id: str
     since: int = 0
     wait: float = 0.0
     with_result: bool = False
+    release: bool = False
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "rid": self.rid,
             "id": self.id,
             "since": self.since,
             "wait": self.wait,
             "with_result": self.with_result,
         }
+        if self.release:
+            body["release"] = True
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> ProgressRequest:
@@ -489,6 +496,7 @@ class ProgressRequest(Request):
             _field(body, "since", int, 0),
             _seconds(body, "wait"),
             _field(body, "with_result", bool, False),
+            _field(body, "release", bool, False),
         )
 
 

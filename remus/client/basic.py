@@ -127,11 +127,16 @@ class BasicClient:
         # follow: the broker answers the submit like a held progress request, result included,
         # so a quick job costs one message each way
         hold = HOLD if timeout is None else min(HOLD, timeout)
-        opts = {"follow": hold, "host": c.host, **limits(max_retries, time_limit, queue_time_limit)}
+        opts = {
+            "follow": hold,
+            "release": True,  # the result is returned here and nowhere else: the broker drops it
+            "host": c.host,
+            **limits(max_retries, time_limit, queue_time_limit),
+        }
         rid = c.send(p.SubmitRequest, [entry], opts)
         job_id = entry.id
         del entry  # inlined file bytes are ZeroMQ's now: freed once sent, not held for the wait
-        return self._follow(rid, job_id, timeout, on_progress, hold)
+        return self._follow(rid, job_id, timeout, on_progress, hold, release=True)
 
     def _follow(
         self,
@@ -140,6 +145,8 @@ class BasicClient:
         timeout: float | None,
         on_progress: ProgressCallback | None,
         hold: float = 0.0,
+        *,
+        release: bool = False,
     ) -> JobResult:
         """Follow a job to its end. ``rid``: a progress request (or following submit) already
         sent with ``hold``; None to start with a fresh progress request."""
@@ -151,7 +158,7 @@ class BasicClient:
             if rid is None:
                 left = HOLD if deadline is None else deadline - time.monotonic()
                 hold = max(0.0, min(HOLD, left))
-                rid = c.send(p.ProgressRequest, job_id, since, hold, True)
+                rid = c.send(p.ProgressRequest, job_id, since, hold, True, release)
             try:
                 reply = c.receive(rid, c.timeout + hold)
             except TimeoutError:

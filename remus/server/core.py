@@ -51,6 +51,7 @@ class _Waiter:
     job_id: str = ""
     since: int = 0
     with_result: bool = False
+    release: bool = False
     answered: bool = False
     watch: _Watch | None = None
 
@@ -200,9 +201,7 @@ class BrokerCore:
             _, job_id = self._done.popleft()
             job = self.jobs.get(job_id)
             if job is not None and job.status.done and now - job.finished_at > ttl:
-                del self.jobs[job_id]
-                if self.journal is not None:
-                    self.journal.forgotten.append(job_id)
+                self._forget(job)
         for key, watch in list(self._watches.items()):
             if watch.parked is None and now - watch.last_used > ttl:
                 self._drop_watch(key)
@@ -405,7 +404,10 @@ class BrokerCore:
         follow = msg.options.get("follow")
         if follow is not None:
             # submit-and-wait: the answer is the job's first progress reply, result included
-            self._progress(client, p.ProgressRequest(msg.rid, ids[0], 0, follow, True), now)
+            release = bool(msg.options.get("release"))
+            self._progress(
+                client, p.ProgressRequest(msg.rid, ids[0], 0, follow, True, release), now
+            )
         else:
             self._reply(client, msg.rid, len(ids))
 
@@ -441,7 +443,15 @@ class BrokerCore:
         self._reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
 
     def _progress(self, client: bytes, msg: p.ProgressRequest, now: float) -> None:
-        waiter = _Waiter(client, msg.rid, now, msg.id, msg.since, msg.with_result)
+        waiter = _Waiter(
+            client,
+            msg.rid,
+            now,
+            msg.id,
+            msg.since,
+            msg.with_result,
+            msg.with_result and msg.release,
+        )
         job = self.jobs.get(msg.id)
         if job is None or job.status.done or job.seq > msg.since or not msg.wait > 0:
             self._answer_progress(waiter)
@@ -475,7 +485,14 @@ class BrokerCore:
                 data["result"] = p.inline(job.result, frames)
                 if job.result_files is not None:
                     data["files"] = p.pack_files(job.result_files, frames)
+            if waiter.release:
+                self._forget(job)
         self._reply(waiter.client, waiter.rid, data, frames)
+
+    def _forget(self, job: JobRecord) -> None:
+        """Drop a finished job now (its result was delivered to a client that released it)."""
+        if self.jobs.pop(job.id, None) is not None and self.journal is not None:
+            self.journal.forgotten.append(job.id)
 
     def _result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
         rows: list[Any] = []

@@ -32,6 +32,9 @@ from remus.worker.job import INVALID, Job
 
 log = logging.getLogger(__name__)
 
+#: a job with more content bytes than this reports "started" at once, not lazily
+BIG_INPUT = 1 << 20
+
 #: a handler returns the result's bytes (str: UTF-8; None: empty), or a list of files
 Handler = Callable[[Job], "bytes | bytearray | memoryview | str | list[Any] | None"]
 
@@ -111,9 +114,10 @@ class Worker:
                 return INVALID
             # "started" rides along with the job's first progress or its result, or goes with
             # the next heartbeat: a job shows IN_PROGRESS within one heartbeat interval, and a
-            # quick job costs one message, not two. A file job's goes now: the broker then
-            # lets go of its input while the worker works.
-            self._conn.post("started", job.id, wake=job.wire_files is not None)
+            # quick job costs one message, not two. A file job's or a big job's goes now: the
+            # broker can then let go of its input while the worker works.
+            big = sum(job.contents.size(k) for k in job.contents) > BIG_INPUT
+            self._conn.post("started", job.id, wake=big or job.wire_files is not None)
             if job.wire_files is None:
                 return job
             try:
