@@ -117,10 +117,15 @@ class BasicClient:
         max_retries: int | None = None,
         time_limit: float | None = None,
         queue_time_limit: float | None = None,
+        release: bool = False,
         **contents: bytes,
     ) -> JobResult:
         """Submit and wait, in one round trip: the wait is sent right behind the submission.
-        ``files`` and ``args`` make it a JobFileRequest, limits as in :meth:`submit`."""
+        ``files`` and ``args`` make it a JobFileRequest, limits as in :meth:`submit`.
+
+        ``release=True`` lets the broker forget the job as soon as its result is on its way
+        here (its status then reads INVALID): for big one-shot results the broker need not
+        keep for ``result_ttl``."""
         sub = _submission(what, data, files, args, contents)
         c = self.client
         entry = c.entry(sub)
@@ -129,14 +134,14 @@ class BasicClient:
         hold = HOLD if timeout is None else min(HOLD, timeout)
         opts = {
             "follow": hold,
-            "release": True,  # the result is returned here and nowhere else: the broker drops it
+            "release": release,
             "host": c.host,
             **limits(max_retries, time_limit, queue_time_limit),
         }
         rid = c.send(p.SubmitRequest, [entry], opts)
         job_id = entry.id
         del entry  # inlined file bytes are ZeroMQ's now: freed once sent, not held for the wait
-        return self._follow(rid, job_id, timeout, on_progress, hold, release=True)
+        return self._follow(rid, job_id, timeout, on_progress, hold, release=release)
 
     def _follow(
         self,
