@@ -22,15 +22,13 @@ from remus import files
 from remus import protocol as p
 from remus.errors import FileError
 from remus.server.config import ServerConfig
+from remus.server.holds import Holds
 from remus.server.journal import JournalBatch, JournaledJob
 from remus.server.matching import Matcher
 from remus.server.records import JobRecord, WorkerRecord, job_key
 from remus.types import IOType, JobRequirements, Status, matches
 
 log = logging.getLogger(__name__)
-
-#: the most progress updates or results one reply carries
-MAX_PER_REPLY = 10_000
 
 
 class Catalog(Protocol):
@@ -39,34 +37,6 @@ class Catalog(Protocol):
     def supported_io_types(self) -> set[IOType]: ...
     def can_mesh(self, reqs: JobRequirements) -> bool: ...
     def retrieve_requirements(self, io_type: IOType) -> list[JobRequirements]: ...
-
-
-@dataclass(slots=True)
-class _Waiter:
-    """A client request the broker holds until it can answer it (or its deadline passes)."""
-
-    client: bytes
-    rid: int
-    deadline: float
-    job_id: str = ""
-    since: int = 0
-    with_result: bool = False
-    release: bool = False
-    answered: bool = False
-    watch: _Watch | None = None
-
-
-@dataclass(slots=True)
-class _Watch:
-    """A client's as-completed watch list (see CollectRequest)."""
-
-    client: bytes
-    name: str
-    pending: set[str] = field(default_factory=set)
-    done: deque[str] = field(default_factory=deque)
-    parked: _Waiter | None = None
-    max: int = MAX_PER_REPLY
-    last_used: float = 0.0
 
 
 @dataclass
@@ -112,12 +82,8 @@ class BrokerCore:
         #: one shared tuple per distinct set of content keys (most jobs use ("data",))
         self._keys_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._done: deque[tuple[float, str]] = deque()
-        self._progress_waiters: dict[str, list[_Waiter]] = {}
-        self._ready_waiters: list[_Waiter] = []
-        self._deadlines: list[tuple[float, int, _Waiter]] = []
-        self._watches: dict[tuple[bytes, str], _Watch] = {}
-        self._watchers: dict[str, list[_Watch]] = {}
-        self._ready_watches: dict[tuple[bytes, str], _Watch] = {}
+        #: held progress and collect requests
+        self.holds = Holds(self)
         self._last_tick = now
         self.counters = {
             "submitted": 0,
@@ -135,9 +101,9 @@ class BrokerCore:
             p.SubmitRequest: self._submit,
             p.StatusRequest: self._status,
             p.TerminateRequest: self._terminate,
-            p.ProgressRequest: self._progress,
+            p.ProgressRequest: self.holds.progress,
             p.ResultRequest: self._result,
-            p.CollectRequest: self._collect,
+            p.CollectRequest: self.holds.collect,
         }
         self._worker_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
             p.Register: self._register,
@@ -185,14 +151,7 @@ class BrokerCore:
             elif now >= w.next_beat:
                 w.next_beat = now + w.heartbeat
                 self.out.workers.append((w.id, p.Heartbeat()))
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, waiter = heapq.heappop(self._deadlines)
-            if waiter.answered:
-                continue
-            if waiter.watch is not None:
-                self._ready_watches[(waiter.client, waiter.watch.name)] = waiter.watch
-            else:
-                self._ready_waiters.append(waiter)
+        self.holds.expire(now, self.config.result_ttl)
         while self._limits and self._limits[0][0] <= now:
             _, _, kind, job_id, attempt = heapq.heappop(self._limits)
             self._limit_due(kind, job_id, attempt, now)
@@ -201,25 +160,21 @@ class BrokerCore:
             _, job_id = self._done.popleft()
             job = self.jobs.get(job_id)
             if job is not None and job.status.done and now - job.finished_at > ttl:
-                self._forget(job)
-        for key, watch in list(self._watches.items()):
-            if watch.parked is None and now - watch.last_used > ttl:
-                self._drop_watch(key)
+                self.forget(job)
 
     def next_deadline(self, now: float) -> float:
         """When :meth:`tick` next has something to do (the core thread polls until then)."""
         soon = now + self.config.stall_threshold / 2
         if self.workers:
             soon = min(soon, min(w.next_beat for w in self.workers.values()))
-        if self._deadlines:
-            soon = min(soon, self._deadlines[0][0])
+        soon = self.holds.earliest(soon)
         if self._limits:
             soon = min(soon, self._limits[0][0])
         return max(soon, now + 0.001)
 
     def earliest_hold(self, default: float) -> float:
         """The deadline of the next held reply, or ``default`` if none is held."""
-        return self._deadlines[0][0] if self._deadlines else default
+        return self.holds.earliest(default)
 
     def flush(self) -> Outbox:
         """Everything to send after this pass: jobs batched per worker, held replies answered."""
@@ -231,16 +186,7 @@ class BrokerCore:
                 msg = self._jobs_message(worker, jobs)
                 if msg.jobs:
                     self.out.workers.append((worker.id, msg))
-        if self._ready_waiters:
-            waiters, self._ready_waiters = self._ready_waiters, []
-            for waiter in waiters:
-                if not waiter.answered:
-                    self._answer_progress(waiter)
-        if self._ready_watches:
-            watches, self._ready_watches = self._ready_watches, {}
-            for watch in watches.values():
-                if watch.parked is not None:
-                    self._answer_watch(watch)
+        self.holds.flush()
         out, self.out = self.out, Outbox()
         return out
 
@@ -297,7 +243,7 @@ class BrokerCore:
 
     # ================================================================ client requests
 
-    def _reply(self, client: bytes, rid: int, data: Any, frames: list[Any] | None = None) -> None:
+    def reply(self, client: bytes, rid: int, data: Any, frames: list[Any] | None = None) -> None:
         self.out.clients.append((client, p.Reply(rid, data, frames or ())))
 
     def _error(self, client: bytes, rid: int, code: str, message: str) -> None:
@@ -305,19 +251,19 @@ class BrokerCore:
 
     def _hello(self, client: bytes, msg: p.HelloRequest, now: float) -> None:
         data = {"host": self.host, "max_message_bytes": self.config.max_message_bytes}
-        self._reply(client, msg.rid, data)
+        self.reply(client, msg.rid, data)
 
     def _io_types(self, client: bytes, msg: p.IoTypesRequest, now: float) -> None:
         types = {w.reqs.io_type for w in self.workers.values()}
         if self.catalog is not None:
             types |= self.catalog.supported_io_types()
-        self._reply(client, msg.rid, sorted(t.to_wire() for t in types))
+        self.reply(client, msg.rid, sorted(t.to_wire() for t in types))
 
     def _can_mesh(self, client: bytes, msg: p.CanMeshRequest, now: float) -> None:
         ok = any(matches(msg.requirements, w.reqs) for w in self.workers.values()) or (
             self.catalog is not None and self.catalog.can_mesh(msg.requirements)
         )
-        self._reply(client, msg.rid, ok)
+        self.reply(client, msg.rid, ok)
 
     def _requirements(self, client: bytes, msg: p.RequirementsRequest, now: float) -> None:
         found: dict[JobRequirements, None] = {}
@@ -327,7 +273,7 @@ class BrokerCore:
         if self.catalog is not None:
             for reqs in self.catalog.retrieve_requirements(msg.io_type):
                 found[reqs] = None
-        self._reply(client, msg.rid, [r.to_wire() for r in found])
+        self.reply(client, msg.rid, [r.to_wire() for r in found])
 
     def _submit(self, client: bytes, msg: p.SubmitRequest, now: float) -> None:
         ids = [j.id for j in msg.jobs]
@@ -405,11 +351,11 @@ class BrokerCore:
         if follow is not None:
             # submit-and-wait: the answer is the job's first progress reply, result included
             release = bool(msg.options.get("release"))
-            self._progress(
+            self.holds.progress(
                 client, p.ProgressRequest(msg.rid, ids[0], 0, follow, True, release), now
             )
         else:
-            self._reply(client, msg.rid, len(ids))
+            self.reply(client, msg.rid, len(ids))
 
     def _status_row(self, job_id: str) -> list[Any]:
         job = self.jobs.get(job_id)
@@ -420,7 +366,7 @@ class BrokerCore:
         return [job_id, int(job.status), value, message, job.seq, job.reason, job.attempt]
 
     def _status(self, client: bytes, msg: p.StatusRequest, now: float) -> None:
-        self._reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
+        self.reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
 
     def _terminate(self, client: bytes, msg: p.TerminateRequest, now: float) -> None:
         cancels: dict[bytes, list[str]] = {}
@@ -440,61 +386,14 @@ class BrokerCore:
             self._finish(job, Status.TERMINATED, now, "terminated by a client")
         for wid, ids in cancels.items():
             self.out.workers.append((wid, p.Cancel(ids)))
-        self._reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
+        self.reply(client, msg.rid, [self._status_row(i) for i in msg.ids])
 
-    def _progress(self, client: bytes, msg: p.ProgressRequest, now: float) -> None:
-        waiter = _Waiter(
-            client,
-            msg.rid,
-            now,
-            msg.id,
-            msg.since,
-            msg.with_result,
-            msg.with_result and msg.release,
-        )
-        job = self.jobs.get(msg.id)
-        if job is None or job.status.done or job.seq > msg.since or not msg.wait > 0:
-            self._answer_progress(waiter)
-            return
-        waiter.deadline = now + min(msg.wait, self.config.max_wait)
-        self._progress_waiters.setdefault(msg.id, []).append(waiter)
-        heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
-
-    def _answer_progress(self, waiter: _Waiter) -> None:
-        waiter.answered = True
-        job = self.jobs.get(waiter.job_id)
-        if job is None:
-            self._reply(waiter.client, waiter.rid, {"status": int(Status.INVALID), "updates": []})
-            return
-        updates: list[Any] = []
-        dropped = 0
-        if job.progress:
-            first = job.progress[0][0]
-            start = max(0, waiter.since + 1 - first)
-            dropped = max(0, first - waiter.since - 1)
-            updates = [list(u) for u in job.progress[start : start + MAX_PER_REPLY]]
-        data: dict[str, Any] = {"status": int(job.status), "updates": updates}
-        if dropped:
-            data["dropped"] = dropped
-        frames: list[Any] = []
-        complete = not updates or updates[-1][0] == job.seq
-        if job.status.done and complete:
-            data["reason"] = job.reason
-            data["traceback"] = job.traceback
-            if waiter.with_result and job.status is Status.FINISHED:
-                data["result"] = p.inline(job.result, frames)
-                if job.result_files is not None:
-                    data["files"] = p.pack_files(job.result_files, frames)
-            if waiter.release:
-                self._forget(job)
-        self._reply(waiter.client, waiter.rid, data, frames)
-
-    def _forget(self, job: JobRecord) -> None:
+    def forget(self, job: JobRecord) -> None:
         """Drop a finished job now (its result was delivered to a client that released it)."""
         if self.jobs.pop(job.id, None) is not None and self.journal is not None:
             self.journal.forgotten.append(job.id)
 
-    def _result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
+    def result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
         rows: list[Any] = []
         frames: list[Any] = []
         for job_id in ids:
@@ -510,55 +409,8 @@ class BrokerCore:
         return rows, frames
 
     def _result(self, client: bytes, msg: p.ResultRequest, now: float) -> None:
-        rows, frames = self._result_rows(list(msg.ids))
-        self._reply(client, msg.rid, rows, frames)
-
-    def _collect(self, client: bytes, msg: p.CollectRequest, now: float) -> None:
-        key = (client, msg.watch)
-        watch = self._watches.get(key)
-        if watch is None:
-            watch = self._watches[key] = _Watch(client, msg.watch)
-        watch.last_used = now
-        watch.max = min(msg.max, MAX_PER_REPLY)
-        if watch.parked is not None:  # a new request supersedes a held one
-            watch.parked.answered = True
-            watch.parked = None
-        for job_id in msg.add:
-            job = self.jobs.get(job_id)
-            if job is None or job.status.done:
-                watch.done.append(job_id)
-            elif job_id not in watch.pending:
-                watch.pending.add(job_id)
-                self._watchers.setdefault(job_id, []).append(watch)
-        waiter = _Waiter(client, msg.rid, now + min(msg.wait, self.config.max_wait), watch=watch)
-        watch.parked = waiter
-        if watch.done or not watch.pending or not msg.wait > 0:
-            self._answer_watch(watch)
-        else:
-            heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
-
-    def _answer_watch(self, watch: _Watch) -> None:
-        waiter = watch.parked
-        assert waiter is not None  # internal invariant, not wire input
-        watch.parked = None
-        waiter.answered = True
-        ids = [watch.done.popleft() for _ in range(min(watch.max, len(watch.done)))]
-        rows, frames = self._result_rows(ids)
-        remaining = len(watch.pending) + len(watch.done)
-        self._reply(watch.client, waiter.rid, {"results": rows, "remaining": remaining}, frames)
-        if not remaining:
-            self._drop_watch((watch.client, watch.name))
-
-    def _drop_watch(self, key: tuple[bytes, str]) -> None:
-        watch = self._watches.pop(key, None)
-        if watch is None:
-            return
-        for job_id in watch.pending:
-            watchers = self._watchers.get(job_id)
-            if watchers is not None:
-                watchers.remove(watch)
-                if not watchers:
-                    del self._watchers[job_id]
+        rows, frames = self.result_rows(list(msg.ids))
+        self.reply(client, msg.rid, rows, frames)
 
     # ================================================================ worker messages
 
@@ -649,7 +501,7 @@ class BrokerCore:
                 del job.progress[: len(job.progress) - limit]
             if self.journal is not None:
                 self.journal.progress.append((job_id, job.seq, value, message))
-            self._wake(job)
+            self.holds.updated(job)
             if self.wants_event("job.progress"):
                 self._event("job.progress", job, value=value, message=message, seq=job.seq)
         if self._cancelled:
@@ -805,22 +657,10 @@ class BrokerCore:
         self._journal_status(job)
         self._done.append((now, job.id))
         self.counters[status.name.lower()] += 1
-        self._wake(job)
-        watchers = self._watchers.pop(job.id, None)
-        if watchers:
-            for watch in watchers:
-                watch.pending.discard(job.id)
-                watch.done.append(job.id)
-                if watch.parked is not None:
-                    self._ready_watches[(watch.client, watch.name)] = watch
+        self.holds.ended(job)
         topic = "job." + status.name.lower()
         if self.wants_event(topic):
             self._event(topic, job, reason=reason)
-
-    def _wake(self, job: JobRecord) -> None:
-        waiters = self._progress_waiters.pop(job.id, None)
-        if waiters:
-            self._ready_waiters.extend(waiters)
 
     def _jobs_message(self, worker: WorkerRecord, jobs: list[JobRecord]) -> p.Jobs:
         assigned = []

@@ -1,0 +1,222 @@
+"""Held replies: client requests the broker answers later, when there is news.
+
+A ``progress`` request with ``wait`` is held until its job has a new update or ends; a
+``collect`` request is held until a job on its client's watch list ends. Either is answered at
+its deadline at the latest. This is what lets a client follow every progress update, and
+gather thousands of results, without polling on a timer.
+
+Part of the pure broker rules (no sockets, ``now`` passed in): :class:`Holds` keeps the state
+and is driven by :class:`~remus.server.core.BrokerCore`, which owns the jobs and sends replies.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from remus import protocol as p
+from remus.server.records import JobRecord
+from remus.types import Status
+
+if TYPE_CHECKING:
+    from remus.server.core import BrokerCore
+
+#: the most progress updates or results one reply carries
+MAX_PER_REPLY = 10_000
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A held request: answered once, when it can be or at ``deadline``."""
+
+    client: bytes
+    rid: int
+    deadline: float
+    job_id: str = ""
+    since: int = 0
+    with_result: bool = False
+    release: bool = False
+    answered: bool = False
+    watch: _Watch | None = None
+
+
+@dataclass(slots=True)
+class _Watch:
+    """A client's as-completed watch list (see CollectRequest)."""
+
+    client: bytes
+    name: str
+    pending: set[str] = field(default_factory=set)
+    done: deque[str] = field(default_factory=deque)
+    parked: _Waiter | None = None
+    max: int = MAX_PER_REPLY
+    last_used: float = 0.0
+
+
+class Holds:
+    def __init__(self, core: BrokerCore) -> None:
+        self._core = core
+        self._progress_waiters: dict[str, list[_Waiter]] = {}
+        self._ready_waiters: list[_Waiter] = []
+        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._watches: dict[tuple[bytes, str], _Watch] = {}
+        self._watchers: dict[str, list[_Watch]] = {}
+        self._ready_watches: dict[tuple[bytes, str], _Watch] = {}
+
+    # -------------------------------------------------------------- requests
+
+    def progress(self, client: bytes, msg: p.ProgressRequest, now: float) -> None:
+        waiter = _Waiter(
+            client,
+            msg.rid,
+            now,
+            msg.id,
+            msg.since,
+            msg.with_result,
+            msg.with_result and msg.release,
+        )
+        job = self._core.jobs.get(msg.id)
+        if job is None or job.status.done or job.seq > msg.since or not msg.wait > 0:
+            self._answer_progress(waiter)
+            return
+        waiter.deadline = now + min(msg.wait, self._core.config.max_wait)
+        self._progress_waiters.setdefault(msg.id, []).append(waiter)
+        heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
+
+    def collect(self, client: bytes, msg: p.CollectRequest, now: float) -> None:
+        key = (client, msg.watch)
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(client, msg.watch)
+        watch.last_used = now
+        watch.max = min(msg.max, MAX_PER_REPLY)
+        if watch.parked is not None:  # a new request supersedes a held one
+            watch.parked.answered = True
+            watch.parked = None
+        jobs = self._core.jobs
+        for job_id in msg.add:
+            job = jobs.get(job_id)
+            if job is None or job.status.done:
+                watch.done.append(job_id)
+            elif job_id not in watch.pending:
+                watch.pending.add(job_id)
+                self._watchers.setdefault(job_id, []).append(watch)
+        deadline = now + min(msg.wait, self._core.config.max_wait)
+        waiter = _Waiter(client, msg.rid, deadline, watch=watch)
+        watch.parked = waiter
+        if watch.done or not watch.pending or not msg.wait > 0:
+            self._answer_watch(watch)
+        else:
+            heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
+
+    # -------------------------------------------------------------- news from the core
+
+    def updated(self, job: JobRecord) -> None:
+        """The job has a new progress update: its held progress requests can be answered."""
+        waiters = self._progress_waiters.pop(job.id, None)
+        if waiters:
+            self._ready_waiters.extend(waiters)
+
+    def ended(self, job: JobRecord) -> None:
+        """The job is over: answer its progress requests and move it to 'done' on watches."""
+        self.updated(job)
+        watchers = self._watchers.pop(job.id, None)
+        if watchers:
+            for watch in watchers:
+                watch.pending.discard(job.id)
+                watch.done.append(job.id)
+                if watch.parked is not None:
+                    self._ready_watches[(watch.client, watch.name)] = watch
+
+    # -------------------------------------------------------------- time and flushing
+
+    def expire(self, now: float, ttl: float) -> None:
+        """Held requests past their deadline are answered at the next flush; watch lists
+        unused for ``ttl`` are dropped."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, waiter = heapq.heappop(self._deadlines)
+            if waiter.answered:
+                continue
+            if waiter.watch is not None:
+                self._ready_watches[(waiter.client, waiter.watch.name)] = waiter.watch
+            else:
+                self._ready_waiters.append(waiter)
+        for key, watch in list(self._watches.items()):
+            if watch.parked is None and now - watch.last_used > ttl:
+                self._drop_watch(key)
+
+    def earliest(self, default: float) -> float:
+        """The deadline of the next held request, or ``default`` if none is held."""
+        return self._deadlines[0][0] if self._deadlines else default
+
+    def flush(self) -> None:
+        """Answer every held request that became answerable in this pass."""
+        if self._ready_waiters:
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                if not waiter.answered:
+                    self._answer_progress(waiter)
+        if self._ready_watches:
+            watches, self._ready_watches = self._ready_watches, {}
+            for watch in watches.values():
+                if watch.parked is not None:
+                    self._answer_watch(watch)
+
+    # -------------------------------------------------------------- answers
+
+    def _answer_progress(self, waiter: _Waiter) -> None:
+        waiter.answered = True
+        core = self._core
+        job = core.jobs.get(waiter.job_id)
+        if job is None:
+            core.reply(waiter.client, waiter.rid, {"status": int(Status.INVALID), "updates": []})
+            return
+        updates: list[Any] = []
+        dropped = 0
+        if job.progress:
+            first = job.progress[0][0]
+            start = max(0, waiter.since + 1 - first)
+            dropped = max(0, first - waiter.since - 1)
+            updates = [list(u) for u in job.progress[start : start + MAX_PER_REPLY]]
+        data: dict[str, Any] = {"status": int(job.status), "updates": updates}
+        if dropped:
+            data["dropped"] = dropped
+        frames: list[Any] = []
+        complete = not updates or updates[-1][0] == job.seq
+        if job.status.done and complete:
+            data["reason"] = job.reason
+            data["traceback"] = job.traceback
+            if waiter.with_result and job.status is Status.FINISHED:
+                data["result"] = p.inline(job.result, frames)
+                if job.result_files is not None:
+                    data["files"] = p.pack_files(job.result_files, frames)
+            if waiter.release:
+                core.forget(job)
+        core.reply(waiter.client, waiter.rid, data, frames)
+
+    def _answer_watch(self, watch: _Watch) -> None:
+        waiter = watch.parked
+        assert waiter is not None  # internal invariant, not wire input
+        watch.parked = None
+        waiter.answered = True
+        ids = [watch.done.popleft() for _ in range(min(watch.max, len(watch.done)))]
+        rows, frames = self._core.result_rows(ids)
+        remaining = len(watch.pending) + len(watch.done)
+        self._core.reply(
+            watch.client, waiter.rid, {"results": rows, "remaining": remaining}, frames
+        )
+        if not remaining:
+            self._drop_watch((watch.client, watch.name))
+
+    def _drop_watch(self, key: tuple[bytes, str]) -> None:
+        watch = self._watches.pop(key, None)
+        if watch is None:
+            return
+        for job_id in watch.pending:
+            watchers = self._watchers.get(job_id)
+            if watchers is not None:
+                watchers.remove(watch)
+                if not watchers:
+                    del self._watchers[job_id]
