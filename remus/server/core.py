@@ -231,8 +231,19 @@ class BrokerCore:
                 self._done.append((now, job.id))
                 continue
             if saved.status is Status.IN_PROGRESS:
-                job.attempt += 1
                 job.evidence = [f"attempt {saved.attempt}: the broker restarted while it ran"]
+                if not job.retries_left:
+                    job.status = Status.IN_PROGRESS  # it never went into the queue
+                    self._finish(
+                        job,
+                        Status.FAILED,
+                        now,
+                        f"no retry left (max_retries={job.limits[0]}): " + job.evidence[0],
+                    )
+                    continue
+                job.attempt += 1
+            if job.limits[2] is not None:  # the queue time limit starts again with the broker
+                self._limit(now + job.limits[2], "queue", job)
             self.matcher.enqueue(job)
             self._journal_status(job)
         log.info("restored %d jobs from the journal", len(jobs))
