@@ -259,6 +259,8 @@ class BasicClient:
                 continue
             silent = 0
             yield from self._yield_results(reply, errors, c.host, pending)
+            if pending and not reply.data["remaining"]:
+                watch = ""  # a broker that restarted never heard of this watch list: register again
             if pending and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"{len(pending)} jobs did not finish within {timeout:.3g} s",

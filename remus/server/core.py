@@ -48,6 +48,21 @@ class Outbox:
     kills: list[tuple[str, int]] = field(default_factory=list)
 
 
+#: a file job's files and args, journaled with its submit options
+FILES_OPTION = "_files"
+
+
+def _saved_files(fs: p.FileSet) -> dict[str, Any]:
+    """A job's file set as a self-contained msgpack-able value (inline bytes included)."""
+    files_ = [[e.path, e.mode, None if e.data is None else bytes(e.data)] for e in fs.files]
+    return {"files": files_, "args": list(fs.args), "host": fs.host}
+
+
+def _restored_files(saved: dict[str, Any]) -> p.FileSet:
+    entries = [p.FileEntry(path, mode, data) for path, mode, data in saved["files"]]
+    return p.FileSet(entries, saved["args"], saved["host"])
+
+
 class BrokerCore:
     def __init__(
         self,
@@ -153,8 +168,8 @@ class BrokerCore:
                 self.out.workers.append((w.id, p.Heartbeat()))
         self.holds.expire(now, self.config.result_ttl)
         while self._limits and self._limits[0][0] <= now:
-            _, _, kind, job_id, attempt = heapq.heappop(self._limits)
-            self._limit_due(kind, job_id, attempt, now)
+            _, _, kind, job_id, run = heapq.heappop(self._limits)
+            self._limit_due(kind, job_id, run, now)
         ttl = self.config.result_ttl
         while self._done and now - self._done[0][0] > ttl:
             _, job_id = self._done.popleft()
@@ -167,7 +182,7 @@ class BrokerCore:
         soon = now + self.config.stall_threshold / 2
         if self.workers:
             soon = min(soon, min(w.next_beat for w in self.workers.values()))
-        soon = self.holds.earliest(soon)
+        soon = min(soon, self.holds.earliest(soon))
         if self._limits:
             soon = min(soon, self._limits[0][0])
         return max(soon, now + 0.001)
@@ -211,6 +226,8 @@ class BrokerCore:
                 now,
             )
             opts = saved.options
+            if FILES_OPTION in opts:
+                job.files = _restored_files(opts[FILES_OPTION])
             job.limits = (
                 int(opts.get("max_retries", self.config.max_retries)),
                 opts.get("time_limit"),
@@ -349,8 +366,9 @@ class BrokerCore:
             job.limits = limits
             self.jobs[job.id] = job
             if journal is not None:
+                saved = opts if fs is None else {**opts, FILES_OPTION: _saved_files(fs)}
                 journal.submitted.append(
-                    (job.id, job.reqs.to_wire(), job.keys, values, job.order, wall, opts)
+                    (job.id, job.reqs.to_wire(), job.keys, values, job.order, wall, saved)
                 )
             if limits[2] is not None:
                 self._limit(now + limits[2], "queue", job)
@@ -497,6 +515,9 @@ class BrokerCore:
                     # contents can go now: a big input and its big result are not held together
                     job.blobs = job.files = None
                 self._journal_status(job)
+                job.runs += 1
+                if job.limits[1] is not None:  # the run time limit counts from here
+                    self._limit(now + job.limits[1], "run", job, job.runs)
                 self._event("job.started", job)
         limit = self.config.max_progress_history
         for job_id, value, message in msg.progress:
@@ -555,8 +576,19 @@ class BrokerCore:
     ) -> None:
         del self.workers[worker.id]
         self.matcher.remove_worker(worker)
-        for job in sorted((self.jobs[i] for i in worker.jobs), key=lambda j: j.order):
-            if job.status is Status.QUEUED:
+        held = sorted((self.jobs[i] for i in worker.jobs), key=lambda j: j.order)
+        # A worker that died without reporting any job started most likely died on the first
+        # one it took (a job that crashes its worker): that one counts an attempt, so a poison
+        # job fails after max_retries instead of taking down worker after worker.
+        suspect = (
+            held[0].id
+            if held and topic == "worker.lost" and all(j.status is Status.QUEUED for j in held)
+            else None
+        )
+        for job in held:
+            if job.id == suspect:
+                self._retry_or_fail(job, worker, reason + " before reporting the job started", now)
+            elif job.status is Status.QUEUED:
                 self._requeue(job)  # it never started: no harm in running it elsewhere
             elif not job.status.done:
                 self._retry_or_fail(job, worker, reason, now)
@@ -601,10 +633,10 @@ class BrokerCore:
             if worker.pid == pid and worker.host == host:
                 self._lose_worker(worker, now, f"worker {worker.name} process {how}")
 
-    def _limit(self, deadline: float, kind: str, job: JobRecord) -> None:
-        heapq.heappush(self._limits, (deadline, job.order, kind, job.id, job.attempt))
+    def _limit(self, deadline: float, kind: str, job: JobRecord, tag: int = 0) -> None:
+        heapq.heappush(self._limits, (deadline, job.order, kind, job.id, tag))
 
-    def _limit_due(self, kind: str, job_id: str, attempt: int, now: float) -> None:
+    def _limit_due(self, kind: str, job_id: str, run: int, now: float) -> None:
         job = self.jobs.get(job_id)
         if job is None or (job.status.done and kind != "kill"):
             return
@@ -619,7 +651,7 @@ class BrokerCore:
                 f"no worker for {reqs.io_type}{name}{tag} took it within its queue time limit "
                 f"of {job.limits[2]:g} s",
             )
-        elif kind == "run" and job.attempt == attempt and job.worker is not None:
+        elif kind == "run" and job.runs == run and job.worker is not None:
             worker = self.workers.get(job.worker)
             self._finish(job, Status.FAILED, now, f"time limit: ran over {job.limits[1]:g} s")
             if worker is not None:
@@ -688,8 +720,6 @@ class BrokerCore:
                     refused += 1
                     continue
             assigned.append(p.AssignedJob(job.id, job.reqs, job.keys, job.blobs or (), fs))
-            if job.limits[1] is not None:
-                self._limit(self._now + job.limits[1], "run", job)
             if wants:
                 self._event("job.assigned", job)
         if refused:

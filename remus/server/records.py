@@ -43,6 +43,7 @@ class JobRecord:
         "reqs",
         "result",
         "result_files",
+        "runs",
         "seq",
         "size",
         "status",
@@ -84,6 +85,8 @@ class JobRecord:
         self.traceback = ""
         self.finished_at = 0.0
         self.attempt = 1
+        #: how many times a worker reported starting it (each run has its own time limit)
+        self.runs = 0
         #: (max_retries, run time limit or None, queue time limit or None)
         self.limits: tuple[int, float | None, float | None] = (0, None, None)
         #: one line per attempt that ended with its worker lost, None until the first

@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """A real remus worker process for the end-to-end and robustness tests.
 
-    echo_worker.py ENDPOINT [--mode echo|hold] [--heartbeat S] [--input T] [--output T]
+    echo_worker.py ENDPOINT [--mode echo|hold|crash] [--heartbeat S] [--input T] [--output T]
                             [--name NAME]
 
 ``echo`` returns each job's ``data`` content with ``echo:`` in front. ``hold`` keeps every job
 it takes until the job is terminated or the broker tells the worker to exit, then returns
 ``held``; the tests kill it mid-job or stop the broker under it. Either way the process exits by
-itself once ``Worker.run`` returns (the broker said exit), with status 0.
+itself once ``Worker.run`` returns (the broker said exit), with status 0. ``crash`` SIGKILLs its
+own process as soon as it takes a job (a poison job that takes its worker down with it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 
@@ -23,7 +26,7 @@ from remus.worker import Job, Worker
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("endpoint")
-    parser.add_argument("--mode", choices=("echo", "hold"), default="echo")
+    parser.add_argument("--mode", choices=("echo", "hold", "crash"), default="echo")
     parser.add_argument("--heartbeat", type=float, default=0.2)
     parser.add_argument("--input", default="Text")
     parser.add_argument("--output", default="Echo")
@@ -44,7 +47,11 @@ def main() -> int:
                 time.sleep(0.01)
             return b"held"
 
-        w.run(echo if args.mode == "echo" else hold)
+        def crash(job: Job) -> bytes:
+            os.kill(os.getpid(), signal.SIGKILL)
+            return b"never"
+
+        w.run({"echo": echo, "hold": hold, "crash": crash}[args.mode])
     return 0
 
 
