@@ -32,6 +32,9 @@ from remus.worker.job import INVALID, Job
 
 log = logging.getLogger(__name__)
 
+#: a job with more content bytes than this reports "started" at once, not lazily
+BIG_INPUT = 1 << 20
+
 #: a handler returns the result's bytes (str: UTF-8; None: empty), or a list of files
 Handler = Callable[[Job], "bytes | bytearray | memoryview | str | list[Any] | None"]
 
@@ -109,9 +112,12 @@ class Worker:
             if job is None:  # shutdown
                 self._conn.inbox.put(None)  # for any other thread waiting
                 return INVALID
-            # "started" goes at once: a job whose worker dies right after taking it must count
-            # as an attempt (else a job that kills its worker would be requeued for ever)
-            self._conn.post("started", job.id)
+            # "started" rides along with the job's first progress or its result, or goes with
+            # the next heartbeat: a quick job costs one message, not two (a worker that dies
+            # before saying so has its oldest job counted as an attempt by the broker). A file
+            # job's or a big job's goes now, so the broker can let go of its input meanwhile.
+            big = sum(job.contents.size(k) for k in job.contents) > BIG_INPUT
+            self._conn.post("started", job.id, wake=big or job.wire_files is not None)
             if job.wire_files is None:
                 return job
             try:
