@@ -8,6 +8,8 @@ and the other rows still run. When remus does not import, the reference sides st
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -307,6 +309,30 @@ def many_workers(opts: Options, why: str | None) -> list[Row]:
     return rows
 
 
+def journal(opts: Options, why: str | None) -> list[Row]:
+    """What the durable journal costs: pipelined jobs/s with ``--journal`` against without."""
+    row = Row("pipelined, 2 workers, journal", "jobs/s", ref_label="no journal")
+    if why is not None:
+        return [row]
+
+    def run(path: str | None) -> Any:
+        return remus_bench.pipelined(
+            workers=2,
+            jobs=opts.jobs,
+            warmup=opts.warmup,
+            repeat=opts.repeat,
+            prefetch=opts.prefetch,
+            journal=path,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="remus-perf-") as tmp:
+        got = _measure(row, "remus --journal", lambda: run(os.path.join(tmp, "remus.db")))
+    ref = _measure(row, "remus", lambda: run(None))
+    row.remus = Stat.of(got["samples"]) if got else None
+    row.reference = Stat.of(ref["samples"]) if ref else None
+    return [row]
+
+
 CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "pipelined": pipelined,
     "roundtrip": round_trip,
@@ -314,4 +340,5 @@ CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "bulk": bulk,
     "queue": queue_depth,
     "workers": many_workers,
+    "journal": journal,
 }

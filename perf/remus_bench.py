@@ -46,7 +46,14 @@ def session(group: ProcGroup, *options: str) -> Iterator[tuple[Proc, Endpoints]]
     then let its workers leave (3 s)."""
     any_ep = "tcp://127.0.0.1:0"
     server = group.start(
-        "remus-server", SERVER_MODULE, "--client", any_ep, "--worker", any_ep, "--status", any_ep,
+        "remus-server",
+        SERVER_MODULE,
+        "--client",
+        any_ep,
+        "--worker",
+        any_ep,
+        "--status",
+        any_ep,
         *options,
     )
     eps = Endpoints(*server.expect(SERVER_RE, timeout=30).groups())
@@ -112,9 +119,12 @@ def pipelined(
     threads: int = 1,
     idle: float = 0.0,
     prefetch: int = 64,
+    journal: str | None = None,
 ) -> dict[str, Any]:
-    """Jobs/s of one pipelined client; with ``idle``, the broker's CPU % afterwards, idle."""
-    with ProcGroup() as group, session(group) as (server, eps):
+    """Jobs/s of one pipelined client; with ``idle``, the broker's CPU % afterwards, idle;
+    with ``journal``, the broker writes every pass to that SQLite file."""
+    options = ("--journal", journal) if journal else ()
+    with ProcGroup() as group, session(group, *options) as (server, eps):
         start_workers(
             group, eps.worker, "tiny", processes=workers, threads=threads, prefetch=prefetch
         )
