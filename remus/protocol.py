@@ -19,7 +19,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import msgpack
 
@@ -317,29 +317,27 @@ class Request(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class HelloRequest(Request):
-    """Who is the broker: its host id and message size limit (a client asks once, for files)."""
-
-    COMMAND = Command.HELLO
+class _RidOnly(Request):
+    """A request that carries nothing but its ``rid``."""
 
     def body(self) -> dict[str, Any]:
         return {"rid": self.rid}
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> HelloRequest:
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Self:
         return cls(_field(body, "rid", int))
 
 
 @dataclass(frozen=True, slots=True)
-class IoTypesRequest(Request):
+class HelloRequest(_RidOnly):
+    """Who is the broker: its host id and message size limit (a client asks once, for files)."""
+
+    COMMAND = Command.HELLO
+
+
+@dataclass(frozen=True, slots=True)
+class IoTypesRequest(_RidOnly):
     COMMAND = Command.IO_TYPES
-
-    def body(self) -> dict[str, Any]:
-        return {"rid": self.rid}
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> IoTypesRequest:
-        return cls(_field(body, "rid", int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,16 +499,8 @@ class ProgressRequest(Request):
 
 
 @dataclass(frozen=True, slots=True)
-class ResultRequest(Request):
+class ResultRequest(StatusRequest):
     COMMAND = Command.RESULT
-    ids: Sequence[str]
-
-    def body(self) -> dict[str, Any]:
-        return {"rid": self.rid, "ids": list(self.ids)}
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> ResultRequest:
-        return cls(_field(body, "rid", int), _str_list(body, "ids"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -710,27 +700,25 @@ class Report(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat(Message):
-    COMMAND = Command.HEARTBEAT
+class _Empty(Message):
+    """A message whose command says it all: an empty body."""
 
     def body(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Heartbeat:
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Self:
         return cls()
 
 
 @dataclass(frozen=True, slots=True)
-class Goodbye(Message):
+class Heartbeat(_Empty):
+    COMMAND = Command.HEARTBEAT
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(_Empty):
     COMMAND = Command.GOODBYE
-
-    def body(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Goodbye:
-        return cls()
 
 
 # broker -> worker ------------------------------------------------------------
