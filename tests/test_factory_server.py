@@ -545,3 +545,14 @@ def test_one_exit_event_per_spawned_process(
     feed.wait(lambda t, p: "reason" in p and p.get("pid") == pid)  # its goodbye, any topic
     exits = [p for t, p in feed.events if t == EXITED and p.get("pid") == pid]
     assert len(exits) == 1, exits
+
+
+def test_a_process_factory_with_an_inproc_worker_endpoint_is_refused(tmp_path: Path) -> None:
+    """Spawned processes could never reach an inproc:// endpoint: say so instead of
+    respawning workers that cannot connect, for ever."""
+    from remus.errors import ConfigError
+    from remus.server import Server, ServerPorts
+
+    ports = ServerPorts("tcp://127.0.0.1:0", "inproc://no-processes-here", "tcp://127.0.0.1:0")
+    with pytest.raises(ConfigError, match="ThreadWorkerFactory"):
+        Server(ports, factory=WorkerFactory([tmp_path], max_workers=1))

@@ -452,7 +452,7 @@ def test_suspended_broker_does_not_declare_healthy_workers_dead(
         awake = {Status.IN_PROGRESS} if finish == "after" else {Status.IN_PROGRESS, Status.FINISHED}
         assert c.job_status(job).status in awake
         # ... and the worker hears from it again (Worker has no public "connected" yet)
-        wait_for(w._conn.connected.is_set, timeout=5)
+        wait_for(lambda: w.connected, timeout=5)
     finally:
         release.set()
 

@@ -310,6 +310,9 @@ class WorkerFactory(WorkerFactoryBase):
     discarded and the tail of its stderr kept for the log. See ``docs/workers.md``.
     """
 
+    #: its workers are separate processes (they need a tcp:// or ipc:// worker endpoint)
+    spawns_processes = True
+
     def __init__(
         self,
         search_paths: Iterable[str | os.PathLike[str]] = (),

@@ -10,7 +10,7 @@ from typing import Any
 
 import zmq
 
-from remus.errors import RemusError
+from remus.errors import ConfigError, RemusError
 from remus.server.config import ServerConfig, ServerPorts
 from remus.server.core_thread import STOP, WORKER_ENDPOINT, CoreThread
 from remus.server.edge import EdgeThread
@@ -51,6 +51,14 @@ class Server:
         journal: str | os.PathLike[str] | None = None,
     ) -> None:
         self.requested_ports = ports or ServerPorts()
+        if getattr(factory, "spawns_processes", False) and self.requested_ports.worker.startswith(
+            "inproc://"
+        ):
+            raise ConfigError(
+                f"the worker factory starts separate processes, which cannot reach the worker "
+                f"endpoint {self.requested_ports.worker}: use tcp:// or ipc://, or a "
+                "ThreadWorkerFactory for workers inside this process"
+            )
         #: the SQLite journal file: jobs and results survive a restart (None: memory only)
         self.journal_path = journal
         self._journal: Journal | None = None

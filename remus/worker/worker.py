@@ -195,6 +195,11 @@ class Worker:
         return job.id in self._conn.cancelled
 
     @property
+    def connected(self) -> bool:
+        """True once the broker has answered, until it falls silent for three heartbeats."""
+        return self._conn.connected.is_set()
+
+    @property
     def should_terminate(self) -> bool:
         """True once the broker told this worker to exit (it is stopping)."""
         return self._conn.shutdown.is_set()
