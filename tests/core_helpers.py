@@ -216,6 +216,7 @@ class Core:
             merged.clients += out.clients
             merged.workers += out.workers
             merged.events += out.events
+            merged.kills += out.kills
         return merged
 
 

@@ -65,19 +65,7 @@ def submit(c: Core, *ids: str, **opts: Any) -> p.Message:
 
 
 def advance(c: Core, to: float, *, alive: Iterable[bytes] = (), step: float = 0.25) -> Outbox:
-    """Core.advance, keeping the kills too."""
-    alive = tuple(alive)
-    merged = Outbox()
-    while c.now < to:
-        c.now = min(to, c.now + step)
-        c.heartbeat(*alive)
-        c.core.tick(c.now)
-        out = c.flush()
-        merged.clients += out.clients
-        merged.workers += out.workers
-        merged.events += out.events
-        merged.kills += out.kills
-    return merged
+    return c.advance(to, alive=alive, step=step)
 
 
 def attempt(c: Core, job_id: str) -> int:
