@@ -1,17 +1,20 @@
 """remus: a job broker between clients and worker processes over ZeroMQ."""
 
 from remus.errors import (
+    BrokerStoppedError,
     BusyError,
     FileError,
     JobExpiredError,
     JobFailedError,
     JobNotFinishedError,
     JobTerminatedError,
+    NoWorkerError,
     ProtocolError,
     RemusError,
     ServerError,
     TimeoutError,
     UnknownJobError,
+    WrongEndpointError,
 )
 from remus.files import JobFileRequest, JobFileResult
 from remus.types import (
@@ -29,6 +32,7 @@ from remus.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokerStoppedError",
     "BusyError",
     "FileError",
     "FileHandle",
@@ -45,10 +49,12 @@ __all__ = [
     "JobStatus",
     "JobSubmission",
     "JobTerminatedError",
+    "NoWorkerError",
     "ProtocolError",
     "RemusError",
     "ServerError",
     "Status",
     "TimeoutError",
     "UnknownJobError",
+    "WrongEndpointError",
 ]

@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,10 @@ from remus.server.config import (
     ServerConfig,
     ServerPorts,
 )
+from remus.server.health import Backoff
+
+#: seconds a worker has to register under ``--check-workers DIR --start``
+START_TIMEOUT = 10.0
 
 log = logging.getLogger("remus")
 
@@ -51,9 +56,17 @@ def _server_parser(sub: Any) -> None:
     s.add_argument(
         "--max-workers",
         type=int,
-        default=1,
+        default=os.cpu_count() or 1,
         metavar="N",
-        help="spawned workers alive at once [%(default)s]",
+        help="spawned workers alive at once [the CPU count: %(default)s]",
+    )
+    s.add_argument(
+        "--quarantine-after",
+        type=int,
+        default=Backoff().quarantine_after,
+        metavar="N",
+        help="failed starts in a row (exits before registering) that quarantine a worker file "
+        "until SIGHUP or a restart; 0: never [%(default)s]",
     )
     s.add_argument(
         "--worker-arg",
@@ -68,6 +81,18 @@ def _server_parser(sub: Any) -> None:
         default=[],
         metavar="DIR",
         help="check the worker files in DIR, print a verdict for each, and exit",
+    )
+    s.add_argument(
+        "--start",
+        action="store_true",
+        help="with --check-workers: also start each worker once and report what it registers",
+    )
+    s.add_argument(
+        "--start-timeout",
+        type=float,
+        default=START_TIMEOUT,
+        metavar="S",
+        help="with --check-workers --start: seconds a worker has to register [%(default)s]",
     )
     s.add_argument(
         "--result-ttl",
@@ -90,6 +115,14 @@ def _server_parser(sub: Any) -> None:
         help="times a job whose worker is lost is run again before it fails [%(default)s]",
     )
     s.add_argument(
+        "--restart-grace",
+        type=float,
+        default=ServerConfig().restart_grace,
+        metavar="S",
+        help="after a restart with --journal, how long a job that was running waits for its "
+        "worker to come back with it before it runs elsewhere [%(default)s]",
+    )
+    s.add_argument(
         "--file-root",
         action="append",
         default=[],
@@ -97,6 +130,14 @@ def _server_parser(sub: Any) -> None:
         help="a folder whose files the broker may read (as its own user) to send them to a "
         "worker on another host than the client that named them; repeatable; none by "
         "default (docs/files.md)",
+    )
+    s.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, refuse new jobs and let running ones finish for up to S "
+        "seconds before stopping (a second signal stops at once) [%(default)s]",
     )
     s.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR [%(default)s]"
@@ -140,13 +181,25 @@ def _factory(args: argparse.Namespace) -> Any:
         return None
     from remus.server.factory import WorkerFactory
 
-    factory = WorkerFactory(args.workers, max_workers=args.max_workers)
+    backoff = Backoff(quarantine_after=args.quarantine_after)
+    factory = WorkerFactory(args.workers, max_workers=args.max_workers, backoff=backoff)
     for arg in args.worker_arg:
         factory.add_argument(arg)
     return factory
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.start and not args.check_workers:
+        print("remus server: --start goes with --check-workers DIR", file=sys.stderr)
+        return 2
+    if args.check_workers and args.start:
+        from remus.server.check import check_starts, format_start_report
+
+        checked = check_starts(
+            args.check_workers, timeout=args.start_timeout, arguments=args.worker_arg
+        )
+        print(format_start_report(checked))
+        return 0 if checked and all(c.ok for c in checked) else 1
     if args.check_workers:
         from remus.server.workerfile import check_worker_dirs, format_check_report
 
@@ -162,8 +215,10 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.max_workers < 0:
-        print("remus server: --max-workers must be 0 or more", file=sys.stderr)
+    if args.max_workers < 0 or args.quarantine_after < 0:
+        print(
+            "remus server: --max-workers and --quarantine-after must be 0 or more", file=sys.stderr
+        )
         return 2
     from remus.server.server import Server
 
@@ -179,11 +234,15 @@ def _serve(args: argparse.Namespace) -> int:
             result_ttl=args.result_ttl,
             file_roots=tuple(args.file_root),
             max_retries=args.max_retries,
+            restart_grace=args.restart_grace,
         )
         server = Server(ports, _factory(args), config=config, journal=args.journal)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        hup = threading.Event()  # lift every quarantine and rescan the worker files
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: hup.set())
         server.start()
     except (RemusError, ValueError, OSError) as e:
         print(f"remus server: {e}", file=sys.stderr)
@@ -194,8 +253,18 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                log.info("SIGHUP: lifting every quarantine and rescanning the worker files")
+                server.lift_quarantine()
+        if args.drain > 0:
+            log.info("draining for up to %g s (signal again to stop now)", args.drain)
+            stop.clear()
+            drained = threading.Thread(target=server.drain, args=(args.drain,), daemon=True)
+            drained.start()
+            while drained.is_alive() and not stop.wait(0.1):
+                pass
     finally:
         log.info("stopping")
         server.stop()

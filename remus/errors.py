@@ -32,6 +32,34 @@ class BusyError(ServerError):
         super().__init__(message, code="busy")
 
 
+class NoWorkerError(ServerError):
+    """No connected worker and no worker file can serve the job's requirements, so the broker
+    refused it at once instead of queueing it forever. ``requirements`` names what was asked
+    for, ``serves`` what the broker can serve. Submit with ``wait_for_worker=True`` to queue it
+    anyway (a worker that connects later will take it)."""
+
+    def __init__(self, message: str, *, requirements: str = "", serves: list[str] | None = None):
+        super().__init__(message, code="no-worker")
+        self.requirements = requirements
+        self.serves = list(serves or ())
+
+
+class BrokerStoppedError(ServerError):
+    """The broker stopped (or is stopping) while this call waited on it. A job it keeps in its
+    journal can be waited on again once it is back."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="broker-stopping")
+
+
+class WrongEndpointError(ServerError):
+    """This peer reached the wrong broker socket: a client at the worker endpoint, or a worker
+    at the client endpoint. The message says which socket it reached and where to connect."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="wrong-endpoint")
+
+
 class TimeoutError(RemusError, builtins.TimeoutError):
     """A peer did not answer in time. Also a builtin ``TimeoutError``."""
 
@@ -81,7 +109,8 @@ class JobTerminatedError(JobFailedError):
 
 
 class JobExpiredError(JobFailedError):
-    """The job's worker stopped heartbeating (or the job outlived a time limit)."""
+    """No worker took the job within its ``queue_time_limit``. (A job whose worker was lost,
+    or that ran over its ``time_limit``, is FAILED: :class:`JobFailedError`.)"""
 
 
 class WorkerFileError(RemusError):

@@ -56,6 +56,7 @@ class Command(bytes, enum.Enum):
     JOBS = b"jobs"
     CANCEL = b"cancel"
     SHUTDOWN = b"shutdown"
+    ACK = b"ack"
     # both ways
     ERROR = b"error"
 
@@ -83,7 +84,14 @@ WORKER_COMMANDS = frozenset(
 BROKER_TO_CLIENT = frozenset({Command.REPLY.value, Command.ERROR.value})
 BROKER_TO_WORKER = frozenset(
     c.value
-    for c in (Command.JOBS, Command.CANCEL, Command.HEARTBEAT, Command.SHUTDOWN, Command.ERROR)
+    for c in (
+        Command.JOBS,
+        Command.CANCEL,
+        Command.HEARTBEAT,
+        Command.SHUTDOWN,
+        Command.ACK,
+        Command.ERROR,
+    )
 )
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -135,6 +143,14 @@ def _str_list(body: dict[str, Any], key: str) -> list[str]:
 #: decoded requirements by their wire form: most traffic repeats a handful of them
 _REQS_CACHE: dict[tuple[Any, ...], JobRequirements] = {}
 _REQS_CACHE_MAX = 1024
+
+
+def _seq(body: dict[str, Any], key: str) -> int:
+    """A report sequence number: an int from 0 (none) up to 2**63 - 1."""
+    value = _field(body, key, int, 0)
+    if not 0 <= value < 1 << 63:
+        raise ProtocolError(f"field {key!r} must be 0 to 2**63-1, got {value}")
+    return value
 
 
 def _reqs(raw: Any) -> JobRequirements:
@@ -567,14 +583,22 @@ class Error(Message):
     rid: int
     code: str
     message: str
+    #: machine-readable details for some codes (``no-worker``: requirements, serves)
+    data: dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:
-        return {"rid": self.rid, "code": self.code, "message": self.message}
+        body = {"rid": self.rid, "code": self.code, "message": self.message}
+        if self.data:
+            body["data"] = self.data
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Error:
         return cls(
-            _field(body, "rid", int, -1), _field(body, "code", str), _field(body, "message", str)
+            _field(body, "rid", int, -1),
+            _field(body, "code", str),
+            _field(body, "message", str),
+            _field(body, "data", dict, None),
         )
 
 
@@ -632,6 +656,9 @@ class Report(Message):
     Applied in this order: ``started`` ids, ``progress`` ``[id, value, message]``, ``results``
     ``[id, bin or nil]`` (nil: the next blob) or ``[id, bin or nil, files]`` for a file result,
     ``failures`` ``[id, reason, traceback]``, then ``credit`` (how many more jobs it wants).
+
+    ``seq`` (> 0) numbers the reports the worker keeps until the broker acknowledges them
+    (``ack``; docs/protocol.md); 0 for a credit-only report, which nobody needs to keep.
     """
 
     COMMAND = Command.REPORT
@@ -640,9 +667,12 @@ class Report(Message):
     results: Sequence[tuple[str, Blob] | tuple[str, Blob, FileSet]] = ()
     failures: Sequence[tuple[str, str, str]] = ()
     credit: int = 0
+    seq: int = 0
 
     def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         body: dict[str, Any] = {}
+        if self.seq:
+            body["seq"] = self.seq
         frames: list[Blob] = []
         if self.started:
             body["started"] = list(self.started)
@@ -696,7 +726,7 @@ class Report(Message):
         if not 0 <= credit <= 1_000_000:
             raise ProtocolError(f"credit {credit} must be 0–1,000,000")
         started = _str_list(body, "started") if "started" in body else []
-        return cls(started, progress, results, failures, credit)
+        return cls(started, progress, results, failures, credit, _seq(body, "seq"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -735,10 +765,12 @@ class AssignedJob:
 
 @dataclass(frozen=True, slots=True)
 class Jobs(Message):
-    """Jobs for a worker, as many as it had credit for; contents as in SubmitRequest."""
+    """Jobs for a worker, as many as it had credit for; contents as in SubmitRequest.
+    ``ack`` (> 0) acknowledges the worker's reports up to that ``seq``, as :class:`Ack` does."""
 
     COMMAND = Command.JOBS
     jobs: Sequence[AssignedJob]
+    ack: int = 0
 
     def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         table, index = _table_of([j.requirements for j in self.jobs])
@@ -753,7 +785,10 @@ class Jobs(Message):
             )
             for j in self.jobs
         ]
-        return {"reqs": table, "jobs": jobs}, frames
+        body: dict[str, Any] = {"reqs": table, "jobs": jobs}
+        if self.ack:
+            body["ack"] = self.ack
+        return body, frames
 
     def body(self) -> dict[str, Any]:
         return self.parts()[0]
@@ -771,7 +806,7 @@ class Jobs(Message):
             fs = take_files(raw[3], frames, f"job {jid}") if len(raw) == 4 else None
             jobs.append(AssignedJob(jid, _pick(table, idx), keys, values, fs))
         _no_frames_left(frames, "jobs")
-        return cls(jobs)
+        return cls(jobs, _seq(body, "ack"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -802,6 +837,35 @@ class Shutdown(Message):
         return cls(_field(body, "reason", str, ""))
 
 
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """The broker has applied (and journaled) the worker's reports up to ``seq``: the worker
+    may forget them. ``dropped`` lists ``(id, why)`` for results and failures among them that
+    the broker refused because the job is no longer this worker's (terminated, over its time
+    limit, given to another worker, unknown)."""
+
+    COMMAND = Command.ACK
+    seq: int
+    dropped: Sequence[tuple[str, str]] = ()
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"seq": self.seq}
+        if self.dropped:
+            body["dropped"] = [list(d) for d in self.dropped]
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Ack:
+        dropped = []
+        for d in _field(body, "dropped", list, []):
+            if type(d) is not list or len(d) != 2 or any(type(x) is not str for x in d):
+                raise ProtocolError("each dropped entry must be [id, why] strings")
+            dropped.append((d[0], d[1]))
+        if "seq" not in body:
+            raise ProtocolError("missing field 'seq'")
+        return cls(_seq(body, "seq"), dropped)
+
+
 # ---------------------------------------------------------------------------- encode / decode
 
 MESSAGES: dict[bytes, type[Message]] = {
@@ -826,6 +890,7 @@ MESSAGES: dict[bytes, type[Message]] = {
         Jobs,
         Cancel,
         Shutdown,
+        Ack,
     )
 }
 

@@ -139,6 +139,13 @@ def matches(job: JobRequirements, worker: JobRequirements) -> bool:
     )
 
 
+def describe(reqs: JobRequirements) -> str:
+    """Requirements in words, for messages: ``Edges->Mesh2D named 'm' tagged {...}``."""
+    name = f" named {reqs.worker_name!r}" if reqs.worker_name else ""
+    tag = f" tagged {reqs.tag!r}" if reqs.tag is not None else ""
+    return f"{reqs.io_type}{name}{tag}"
+
+
 def tag_key(tag: Any) -> str | None:
     """A tag (any JSON-able value) as a canonical, hashable string; None stays None."""
     if tag is None:
@@ -185,29 +192,38 @@ class FileHandle:
 
 @dataclass(frozen=True, slots=True)
 class JobSubmission:
-    """Requirements plus named contents; ``"data"`` is the default key."""
+    """Requirements plus named contents; ``"data"`` is the default key. A str content is
+    sent as its UTF-8 bytes."""
 
     requirements: JobRequirements
     contents: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "requirements", JobRequirements.of(self.requirements))
+        if any(isinstance(v, str) for v in self.contents.values()):
+            text: Any = self.contents
+            object.__setattr__(
+                self,
+                "contents",
+                {k: v.encode() if isinstance(v, str) else v for k, v in text.items()},
+            )
         for key, value in self.contents.items():
             if not isinstance(key, str):
                 raise TypeError(f"content keys must be str, got {key!r}")
             if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise TypeError(
-                    f"content {key!r} must be bytes, got {type(value).__name__}; "
-                    "encode text with .encode() first"
-                )
+                raise TypeError(f"content {key!r} must be bytes or str, got {type(value).__name__}")
 
     @classmethod
     def of(
-        cls, requirements: IOType | JobRequirements, data: bytes | None = None, **contents: bytes
+        cls,
+        requirements: IOType | JobRequirements,
+        data: bytes | str | None = None,
+        **contents: bytes | str,
     ) -> JobSubmission:
         if data is not None:
             contents = {DEFAULT_KEY: data, **contents}
-        return cls(JobRequirements.of(requirements), contents)
+        raw: Any = contents  # str values become bytes in __post_init__
+        return cls(JobRequirements.of(requirements), raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +254,8 @@ class JobStatus:
     reason: str = ""
     #: 1 for the first run; more once the job was requeued after losing its worker
     attempt: int = 1
+    #: the worker that holds it (name@host:pid), "" while none does
+    worker: str = ""
 
     @property
     def done(self) -> bool:

@@ -97,8 +97,11 @@ def make_worker() -> Iterator[Callable[..., Worker]]:
         *,
         run: Any = None,
         heartbeat: float = 0.2,
+        connected: bool = True,
         **run_kwargs: Any,
     ) -> Worker:
+        """``connected``: return once the broker has answered its register (so a submit
+        right after finds it: the broker refuses jobs nobody serves)."""
         worker = Worker(requirements, endpoint, heartbeat_interval=heartbeat)
         thread = None
         if run is not None:
@@ -111,6 +114,8 @@ def make_worker() -> Iterator[Callable[..., Worker]]:
             )
             thread.start()
         made.append((worker, thread))
+        if connected:
+            wait_for(lambda: worker.connected, timeout=10.0)
         return worker
 
     yield make

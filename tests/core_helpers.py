@@ -66,7 +66,7 @@ class Core:
 
     def __init__(self, wants: Callable[[str], bool] | None = None, **config: Any) -> None:
         self.now = 0.0
-        config.setdefault("max_retries", 0)  # a lost worker's started job expires (issue 2)
+        config.setdefault("max_retries", 0)  # a lost worker's started job fails (issue 9)
         self.core = BrokerCore(ServerConfig(**config), now=self.now, wants_event=wants)
         self._rids = itertools.count(1)
         self._ids = itertools.count(1)
@@ -81,8 +81,9 @@ class Core:
         credit: int = 1,
         heartbeat: float = 1.0,
         held: Iterable[str] = (),
+        pid: int = 100,
     ) -> None:
-        msg = p.Register(JobRequirements.of(reqs), heartbeat, "host-a", 100, credit, list(held))
+        msg = p.Register(JobRequirements.of(reqs), heartbeat, "host-a", pid, credit, list(held))
         self.core.worker_message(wid, msg, self.now)
 
     def report(
@@ -124,9 +125,12 @@ class Core:
         client: bytes = CLIENT,
         data: p.Blob | None = None,
         contents: Mapping[str, p.Blob] | None = None,
+        opts: Mapping[str, Any] | None = None,
     ) -> p.Message:
         """Submit jobs (one request); returns the Reply or Error it got. Each job's contents
-        are ``contents`` if given, else ``{"data": data}``, else ``{"data": <its id>}``."""
+        are ``contents`` if given, else ``{"data": data}``, else ``{"data": <its id>}``.
+        ``opts`` are the submit options; by default ``wait_for_worker`` (most rules are about
+        queueing, whoever is connected), so pass ``opts={}`` to test the refusal."""
         jr = JobRequirements.of(reqs)
         ids = ids or (f"job-{next(self._ids)}",)
         jobs = []
@@ -135,12 +139,15 @@ class Core:
             if named is None:
                 named = {"data": i.encode() if data is None else data}
             jobs.append(p.SubmittedJob(i, jr, tuple(named), list(named.values())))
-        return self.ask(p.SubmitRequest(next(self._rids), jobs), client)
+        options = {"wait_for_worker": True} if opts is None else dict(opts)
+        return self.ask(p.SubmitRequest(next(self._rids), jobs, options), client)
 
     def follow(self, job_id: str, wait: float, data: bytes = b"x") -> int:
-        """Submit one job with the 'follow' option: its reply is a (held) progress reply."""
+        """Submit one job with the 'follow' option: its reply is a (held) progress reply. It
+        queues whoever is connected (``wait_for_worker``)."""
         job = p.SubmittedJob(job_id, JobRequirements(EDGES), ("data",), [data])
-        return self.send(p.SubmitRequest(next(self._rids), [job], {"follow": wait}))
+        opts = {"follow": wait, "wait_for_worker": True}
+        return self.send(p.SubmitRequest(next(self._rids), [job], opts))
 
     def receive(self, frames: list[Any], client: bytes = CLIENT) -> None:
         """A client message as the core thread hands it over: decoded from its frames."""
@@ -328,4 +335,7 @@ def run_a_little_of_everything(c: Core) -> Outbox:
     keep(c.advance(4.0, alive=[W1]))
     c.goodbye(W1)
     keep(c.flush())
+    opts = {"wait_for_worker": True, "queue_time_limit": 0.5}
+    c.submit("late", reqs=IOType("Nobody", "Serves"), opts=opts)  # expires: nobody took it
+    keep(c.advance(c.now + 1.0))
     return merged

@@ -59,7 +59,8 @@ def test_bare_io_type_job_goes_to_any_worker_of_that_io_type(c: Core) -> None:
     c.submit("j1", reqs=EDGES)
     out = c.flush()
     assert jobs_sent(out) == {W2: [["j1"]]}
-    assert c.status("j1") is Status.QUEUED  # assigned, but QUEUED until the worker reports
+    row = c.status_row("j1")  # in the worker's hands from dispatch on, whatever it reports
+    assert (Status(row[1]), row[7]) == (Status.IN_PROGRESS, "EdgeMesher@host-a:100")
 
 
 @pytest.mark.parametrize(
@@ -125,7 +126,8 @@ def test_credit_bounds_the_jobs_and_they_go_in_one_message(c: Core) -> None:
     out = c.flush()
     assert jobs_sent(out) == {W1: [["j1", "j2", "j3"]]}
     assert jobs_sent(c.flush()) == {}, "nothing more without more credit"
-    assert [c.status(f"j{i}") for i in range(1, 6)] == [Status.QUEUED] * 5
+    statuses = [c.status(f"j{i}") for i in range(1, 6)]
+    assert statuses == [Status.IN_PROGRESS] * 3 + [Status.QUEUED] * 2, "dispatched or not"
     c.report(W1, credit=1)
     assert jobs_sent(c.flush()) == {W1: [["j4"]]}
     c.report(W1, credit=5)
@@ -174,12 +176,15 @@ def test_round_robin_between_two_ready_workers(c: Core) -> None:
 # ============================================================================ lifecycle
 
 
-def test_started_makes_a_job_in_progress(c: Core) -> None:
+def test_started_is_recorded_on_a_job_in_progress_since_dispatch(c: Core) -> None:
     c.register(W1)
     c.submit("j1")
     c.flush()
+    assert c.status("j1") is Status.IN_PROGRESS
+    assert c.core.jobs["j1"].started is False
     c.report(W1, started=["j1"])
     assert c.status("j1") is Status.IN_PROGRESS
+    assert c.core.jobs["j1"].started is True
 
 
 def test_progress_gets_sequence_numbers_and_since_filters(c: Core) -> None:
@@ -249,7 +254,7 @@ def test_progress_request_with_wait_is_answered_at_its_deadline(c: Core) -> None
     assert replies(c.advance(1.75, alive=[W1])) == []
     (reply,) = replies(c.advance(2.25, alive=[W1]))
     assert reply.rid == rid
-    assert reply.data == {"status": Status.QUEUED, "updates": []}
+    assert reply.data == {"status": Status.IN_PROGRESS, "updates": []}, "dispatched to W1"
 
 
 def test_progress_wait_is_capped_by_max_wait(make_core: Callable[..., Core]) -> None:
@@ -314,10 +319,12 @@ def test_a_result_or_failure_from_another_worker_is_ignored(c: Core) -> None:
     c.submit("j1")
     c.flush()
     c.report(W2, started=["j1"], progress=[("j1", 5, "x")], failures=[("j1", "no", "")])
-    assert c.status("j1") is Status.QUEUED
+    assert c.status("j1") is Status.IN_PROGRESS, "still W1's"
+    assert c.core.jobs["j1"].started is False, "only its holder's word counts"
     assert c.progress("j1").data["updates"] == []
     c.report(W2, results={"j1": b"not mine"})
-    assert c.status("j1") is Status.QUEUED
+    assert c.status("j1") is Status.IN_PROGRESS
+    assert c.core.jobs["j1"].worker == W1
     assert c.core.counters["dropped_results"] == 1
 
 
@@ -328,7 +335,7 @@ def test_large_contents_cross_the_broker_as_the_very_frames_that_came_in(c: Core
     big, bigger = b"b" * FRAMED, b"B" * (3 * p.INLINE_MAX)
     contents = {"small": b"s", "big": big, "edge": b"e" * p.INLINE_MAX, "bigger": bigger}
     job = p.SubmittedJob("j1", JobRequirements(EDGES), tuple(contents), list(contents.values()))
-    frames = as_received(p.encode(p.SubmitRequest(c.rid(), [job])))
+    frames = as_received(p.encode(p.SubmitRequest(c.rid(), [job], {"wait_for_worker": True})))
     assert len(frames) == 5, "two contents over INLINE_MAX: two frames"
     c.receive(frames)
     c.register(W1)
@@ -461,6 +468,7 @@ def test_submit_with_follow_of_a_job_with_no_news_is_answered(c: Core, wait: flo
         assert replies(c.advance(wait - 0.25)) == []
     (reply,) = replies(c.advance(wait + 0.25))
     assert reply.rid == rid and reply.data == {"status": Status.QUEUED, "updates": []}
+    assert c.status_row("j1")[5].startswith("no connected worker serves Edges->Mesh2D")
 
 
 def test_a_refused_submit_with_follow_is_answered_once_with_the_error(c: Core) -> None:
@@ -535,7 +543,7 @@ def test_terminate_in_the_same_pass_pulls_a_queued_job(c: Core) -> None:
 # ============================================================================ lost workers
 
 
-def test_a_silent_worker_is_lost_started_jobs_expire_unstarted_ones_move(
+def test_a_silent_worker_is_lost_started_jobs_fail_unstarted_ones_move(
     make_core: Callable[..., Core],
 ) -> None:
     c = make_core(wants=lambda t: t.startswith("worker."))
@@ -543,15 +551,17 @@ def test_a_silent_worker_is_lost_started_jobs_expire_unstarted_ones_move(
     c.submit("started", "unstarted")
     assert jobs_sent(c.flush()) == {W1: [["started", "unstarted"]]}
     c.report(W1, started=["started"])
-    c.register(W2, credit=1, heartbeat=1.0)
+    c.register(W2, credit=1, heartbeat=1.0, pid=200)
     out = c.advance(2.75, alive=[W2])
     assert "worker.lost" not in topics(out), "three intervals have not passed yet"
     out = c.advance(3.5, alive=[W2])
     assert topics(out).count("worker.lost") == 1
-    assert c.status("started") is Status.EXPIRED
+    assert c.status("started") is Status.FAILED, "no retry left: FAILED, never EXPIRED"
     assert "stopped heartbeating" in c.status_row("started")[5]
-    assert c.status("unstarted") is Status.QUEUED
-    assert jobs_sent(out) == {W2: [["unstarted"]]}
+    assert c.status_row("started")[7] == "", "no worker holds it any more"
+    assert jobs_sent(out) == {W2: [["unstarted"]]}, "requeued, and W2 took it in that pass"
+    row = c.status_row("unstarted")
+    assert (Status(row[1]), row[6], row[7]) == (Status.IN_PROGRESS, 1, "worker@host-a:200")
     assert W1 not in c.core.workers
     c.report(W2, started=["unstarted"], results={"unstarted": b"ok"})
     assert c.status("unstarted") is Status.FINISHED
@@ -568,6 +578,7 @@ def test_any_message_keeps_a_worker_alive(c: Core) -> None:
 
 def test_the_broker_heartbeats_its_workers(c: Core) -> None:
     c.register(W1, heartbeat=1.0, credit=0)
+    c.flush()  # the answer to the registration itself is another rule
     out = c.advance(3.0, alive=[W1])
     assert 2 <= len(to_worker(out, W1, p.Heartbeat)) <= 3
 
@@ -588,7 +599,7 @@ def test_freebie_a_stalled_broker_blames_no_worker(make_core: Callable[..., Core
     assert "worker.lost" not in topics(out)
     out = c.advance(33.5)
     assert topics(out) == ["worker.lost"]
-    assert c.status("j1") is Status.EXPIRED
+    assert c.status("j1") is Status.FAILED
 
 
 def test_a_late_tick_below_the_stall_threshold_still_loses_silent_workers(
@@ -601,7 +612,7 @@ def test_a_late_tick_below_the_stall_threshold_still_loses_silent_workers(
     assert W1 not in c.core.workers
 
 
-def test_goodbye_requeues_unstarted_jobs_and_expires_started_ones(
+def test_goodbye_requeues_unstarted_jobs_and_fails_started_ones(
     make_core: Callable[..., Core],
 ) -> None:
     c = make_core(wants=lambda t: t == "worker.exited")
@@ -612,8 +623,9 @@ def test_goodbye_requeues_unstarted_jobs_and_expires_started_ones(
     c.goodbye(W1)
     out = c.flush()
     assert topics(out) == ["worker.exited"]
-    assert c.status("started") is Status.EXPIRED
-    assert c.status("unstarted") is Status.QUEUED
+    assert c.status("started") is Status.FAILED
+    assert c.status("unstarted") is Status.QUEUED, "dispatched, never started: back in the queue"
+    assert c.core.jobs["unstarted"].attempt == 1
     assert c.core.demand() == {JobRequirements(EDGES): 1}
     c.register(W2, credit=1)
     assert jobs_sent(c.flush()) == {W2: [["unstarted"]]}
@@ -669,6 +681,7 @@ def test_reregister_keeps_held_jobs_and_requeues_the_rest(c: Core) -> None:
     out = c.flush()
     assert jobs_sent(out) == {W2: [["lost-in-transit"]]}
     assert c.status("held-started") is Status.IN_PROGRESS
+    assert c.status("held-waiting") is Status.IN_PROGRESS, "W1 holds it: still in its hands"
     c.report(W1, started=["held-waiting"], results={"held-started": b"r"})
     assert c.status("held-waiting") is Status.IN_PROGRESS, "still W1's job"
     assert c.status("held-started") is Status.FINISHED
@@ -688,7 +701,7 @@ def test_reregister_with_other_requirements_is_a_new_worker(c: Core) -> None:
     c.flush()
     c.report(W1, started=["j1"])
     c.register(W1, VOLUME, credit=1)
-    assert c.status("j1") is Status.EXPIRED
+    assert c.status("j1") is Status.FAILED
     assert c.core.workers[W1].reqs == JobRequirements(VOLUME)
 
 
@@ -710,14 +723,15 @@ def test_reregister_in_the_same_pass_does_not_send_a_job_twice(c: Core) -> None:
     assert sorted(sent) == sorted(set(sent))
 
 
-def test_reregister_without_a_started_job_ends_that_job(c: Core) -> None:
+def test_reregister_without_a_started_job_fails_it_with_no_retry_left(c: Core) -> None:
     c.register(W1, credit=1)
     c.submit("j1")
     c.flush()
     c.report(W1, started=["j1"])
     c.register(W1, credit=1, held=[])
-    c.advance(100.0, alive=[W1])
-    assert c.status("j1") is not Status.IN_PROGRESS
+    assert c.status("j1") is Status.FAILED, "max_retries=0: FAILED, never EXPIRED"
+    assert "no longer held the job when it reconnected" in c.status_row("j1")[5]
+    assert jobs_sent(c.flush()) == {}, "a failed job is not sent again"
 
 
 # ============================================================================ memory bounds

@@ -91,6 +91,7 @@ SAMPLES: list[p.Message] = [
         ],
         failures=[("a-3", "it broke", "Traceback ...")],
         credit=2,
+        seq=7,
     ),
     p.Heartbeat(),
     p.Goodbye(),
@@ -100,10 +101,12 @@ SAMPLES: list[p.Message] = [
             p.AssignedJob("a-2", NAMED, ("data", "extra"), [BIG, b"three"]),
             p.AssignedJob("a-3", OTHER, (), []),
             p.AssignedJob("a-6", PLAIN, ("data",), [b"d"], FILES),
-        ]
+        ],
+        ack=6,
     ),
     p.Cancel(["a-1", "a-2"]),
     p.Shutdown("broker stopping"),
+    p.Ack(7, [("a-1", "the job is already TERMINATED: terminated by a client")]),
 ]
 
 #: the blob frames each bulk-carrying sample must encode to, in order (a job's contents, then
@@ -201,6 +204,8 @@ def test_every_message_round_trips(msg: p.Message) -> None:
         p.Jobs([]),
         p.Cancel([]),
         p.Shutdown(),
+        p.Ack(1),
+        p.Ack(2**63 - 1, []),
     ],
     ids=lambda m: type(m).__name__,
 )
@@ -505,6 +510,8 @@ def test_command_sets_split_the_sockets() -> None:
             assert cmd in p.CLIENT_COMMANDS and cmd not in p.WORKER_COMMANDS
     assert p.Command.REGISTER.value in p.WORKER_COMMANDS
     assert p.Command.JOBS.value in p.BROKER_TO_WORKER
+    assert p.Command.ACK.value in p.BROKER_TO_WORKER
+    assert p.Command.ACK.value not in p.WORKER_COMMANDS
     assert p.Command.REPLY.value in p.BROKER_TO_CLIENT
 
 
@@ -597,6 +604,7 @@ REQUIRED = {
     p.Register: ["reqs", "heartbeat", "host", "pid"],
     p.Jobs: ["reqs", "jobs"],
     p.Cancel: ["ids"],
+    p.Ack: ["seq"],
 }
 
 
@@ -709,6 +717,14 @@ WRONG_TYPES: list[tuple[type[p.Message], str, Any, str]] = [
     (p.Jobs, "jobs", [["a-1", 0, [["data", b"1"], ["data", b"2"]]]], "twice"),
     (p.Cancel, "ids", [1], "list of strings"),
     (p.Shutdown, "reason", 1, "'reason'"),
+    (p.Report, "seq", "7", "'seq'"),
+    (p.Report, "seq", 7.0, "'seq'"),
+    (p.Jobs, "ack", "6", "'ack'"),
+    (p.Ack, "seq", None, "'seq'"),
+    (p.Ack, "dropped", "a-1", "'dropped'"),
+    (p.Ack, "dropped", [["a-1"]], "[id, why]"),
+    (p.Ack, "dropped", [["a-1", 2]], "[id, why]"),
+    (p.Ack, "dropped", ["a-1"], "[id, why]"),
 ]
 
 # bool is an int to Python but not to msgpack: a peer that sends true for a count is broken.
@@ -722,6 +738,9 @@ BOOL_FOR_INT: list[tuple[type[p.Message], str]] = [
     (p.Register, "pid"),
     (p.Register, "credit"),
     (p.Report, "credit"),
+    (p.Report, "seq"),
+    (p.Jobs, "ack"),
+    (p.Ack, "seq"),
 ]
 
 # values out of the documented range
@@ -735,6 +754,10 @@ OUT_OF_RANGE: list[tuple[type[p.Message], str, Any, str]] = [
     (p.Register, "credit", -(2**63), "credit must not be negative"),
     (p.Report, "credit", -1, "credit -1"),
     (p.Report, "credit", 1_000_001, "credit 1000001"),
+    (p.Report, "seq", -1, "'seq' must be 0 to 2**63-1"),
+    (p.Report, "seq", 2**63, "'seq' must be 0 to 2**63-1"),
+    (p.Jobs, "ack", -1, "'ack' must be 0 to 2**63-1"),
+    (p.Ack, "seq", -5, "'seq' must be 0 to 2**63-1"),
 ]
 
 
@@ -1424,3 +1447,21 @@ else:
     @pytest.mark.skip(reason="hypothesis is not installed: pip install hypothesis")
     def test_property_decoder() -> None:
         """Stands in for the property tests so their absence shows in the summary."""
+
+
+# ---------------------------------------------------------------------------- acknowledged reports
+
+
+def test_seq_and_ack_are_left_out_of_the_body_when_zero() -> None:
+    assert "seq" not in body_of(p.Report(credit=1))
+    assert body_of(p.Report(started=["a"], seq=3))["seq"] == 3
+    assert "ack" not in body_of(p.Jobs([]))
+    assert body_of(p.Jobs([], ack=9))["ack"] == 9
+    assert body_of(p.Ack(4)) == {"seq": 4}
+
+
+def test_a_report_without_seq_decodes_as_zero_and_jobs_without_ack_as_zero() -> None:
+    report = p.decode(frames_of(b"report", {"credit": 2}))
+    assert isinstance(report, p.Report) and report.seq == 0 and report.credit == 2
+    jobs = p.decode(frames_of(b"jobs", {"reqs": [], "jobs": []}))
+    assert isinstance(jobs, p.Jobs) and jobs.ack == 0

@@ -2,9 +2,10 @@
 journal's batches, and what a broker restored from its journal does.
 
 Time is whatever the test says it is; the harness is tests/core_helpers.py. Its ``Core``
-defaults ``max_retries`` to 0 (issue 2's expiry), so every test here says how many retries it
-means. Workers register with their own pid here so that each attempt's evidence names a
-different worker.
+defaults ``max_retries`` to 0 (a lost worker's started job FAILS at once), so every test here
+says how many retries it means. Every submit here opts in to ``wait_for_worker``: these rules
+are about queueing, whoever is connected. Workers register with their own pid here so that each
+attempt's evidence names a different worker.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def register(
 
 
 def submit(c: Core, *ids: str, **opts: Any) -> p.Message:
-    """Submit jobs whose data is their id, with submit options (max_retries, time limits)."""
+    """Submit jobs whose data is their id, with submit options (max_retries, time limits);
+    ``wait_for_worker`` unless told otherwise."""
     jobs = [p.SubmittedJob(i, JobRequirements(EDGES), ("data",), [i.encode()]) for i in ids]
-    return c.ask(p.SubmitRequest(c.rid(), jobs, opts))
+    return c.ask(p.SubmitRequest(c.rid(), jobs, {"wait_for_worker": True, **opts}))
 
 
 def advance(c: Core, to: float, *, alive: Iterable[bytes] = (), step: float = 0.25) -> Outbox:
@@ -154,7 +156,7 @@ def test_max_retries_per_submission_overrides_the_config() -> None:
     c.report(W1, started=["retried", "default"])
     c.goodbye(W1)
     assert (c.status("retried"), attempt(c, "retried")) == (Status.QUEUED, 2)
-    assert c.status("default") is Status.EXPIRED  # max_retries=0: issue 2's expiry
+    assert c.status("default") is Status.FAILED  # max_retries=0: no retry, FAILED at once
 
     c = Core(max_retries=3)
     register(c, W1)
@@ -162,7 +164,7 @@ def test_max_retries_per_submission_overrides_the_config() -> None:
     c.flush()
     c.report(W1, started=["none"])
     c.goodbye(W1)
-    assert c.status("none") is Status.EXPIRED
+    assert c.status("none") is Status.FAILED
     assert "(max_retries=0)" in reason(c, "none")
 
 
@@ -279,10 +281,10 @@ def test_a_late_result_after_the_job_failed_is_dropped() -> None:
     c.flush()
     c.report(W1, started=["j"])
     advance(c, 3.5)
-    assert c.status("j") is Status.EXPIRED
+    assert c.status("j") is Status.FAILED
     register(c, W1, held=["j"])
     c.report(W1, results={"j": b"too late"})
-    assert c.status("j") is Status.EXPIRED
+    assert c.status("j") is Status.FAILED
     assert result_values(c.results("j")) == {"j": None}
     assert c.core.counters["dropped_results"] == 1
 
@@ -294,7 +296,7 @@ def test_queue_time_limit_expires_a_job_nobody_took_naming_its_requirements() ->
     c = Core()
     reqs = JobRequirements(EDGES, "Mesher", {"quality": "fine"})
     jobs = [p.SubmittedJob("late", reqs, ("data",), [b"x"])]
-    c.ask(p.SubmitRequest(c.rid(), jobs, {"queue_time_limit": 2.0}))
+    c.ask(p.SubmitRequest(c.rid(), jobs, {"queue_time_limit": 2.0, "wait_for_worker": True}))
     submit(c, "taken", queue_time_limit=2.0)
     register(c, W1)  # a plain worker: takes "taken", cannot take "late"
     c.flush()
@@ -302,11 +304,12 @@ def test_queue_time_limit_expires_a_job_nobody_took_naming_its_requirements() ->
     assert c.status("late") is Status.QUEUED
     advance(c, 2.25, alive=[W1])
     assert c.status("late") is Status.EXPIRED
+    what = "Edges->Mesh2D named 'Mesher' tagged {'quality': 'fine'}"
     assert reason(c, "late") == (
-        "no worker for Edges->Mesh2D named 'Mesher' tagged {'quality': 'fine'} took it within "
-        "its queue time limit of 2 s"
+        f"no worker for {what} took it within its queue time limit of 2 s "
+        f"(no connected worker serves {what}; waiting for one to connect)"
     )
-    assert c.status("taken") is Status.QUEUED, "assigned in time: W1 holds it"
+    assert c.status("taken") is Status.IN_PROGRESS, "assigned in time: W1 holds it"
     assert c.core.jobs["taken"].worker == W1
     assert c.core.demand() == {}, "an expired job is no demand"
 
@@ -364,7 +367,7 @@ def test_a_lost_worker_after_its_time_limit_is_not_killed() -> None:
     assert out.kills == [], "the broker no longer knows that worker"
 
 
-def test_time_limit_of_a_retried_job_counts_from_its_new_start() -> None:
+def test_time_limit_of_a_retried_job_counts_from_its_new_dispatch() -> None:
     c = Core(max_retries=1)
     register(c, W1)
     submit(c, "j", time_limit=5.0)
@@ -396,15 +399,23 @@ def test_time_limit_of_a_job_requeued_unstarted_counts_from_its_new_assignment()
     assert c.status("j") is Status.IN_PROGRESS, reason(c, "j")
 
 
-def test_a_prefetched_job_that_never_started_is_not_failed_for_running_too_long() -> None:
+def test_a_prefetched_job_counts_its_time_limit_from_dispatch() -> None:
+    """Issue 9 point 2: the limit counts from the moment the broker hands the job over, so a
+    job waiting in a prefetching worker's inbox counts too."""
     c = Core()
     register(c, W1, credit=2)  # a worker that prefetches
     submit(c, "long")
     submit(c, "next", time_limit=5.0)
     assert ids_sent(c.flush(), W1) == ["long", "next"]
     c.report(W1, started=["long"])
-    advance(c, 6.0, alive=[W1])  # "next" still waits in the worker's inbox
-    assert c.status("next") is Status.QUEUED, reason(c, "next")
+    out = advance(c, 4.75, alive=[W1])  # "next" still waits in the worker's inbox
+    assert c.status("next") is Status.IN_PROGRESS
+    assert to_worker(out, W1, p.Cancel) == []
+    out = advance(c, 5.0, alive=[W1])
+    assert c.status("next") is Status.FAILED
+    assert reason(c, "next") == "time limit: ran over 5 s"
+    assert [m.ids for m in to_worker(out, W1, p.Cancel)] == [["next"]]
+    assert c.status("long") is Status.IN_PROGRESS, "no limit of its own"
 
 
 # ============================================================================ the journal
@@ -418,20 +429,23 @@ def test_journal_batches_record_every_change_of_a_pass() -> None:
     submit(c, "j", max_retries=1)
     batch = core.take_journal()
     assert batch is not None
+    opts = {"wait_for_worker": True, "max_retries": 1}
     assert batch.submitted == [
-        ("j", JobRequirements(EDGES).to_wire(), ("data",), [b"j"], 1, 1000.0, {"max_retries": 1})
+        ("j", JobRequirements(EDGES).to_wire(), ("data",), [b"j"], 1, 1000.0, opts)
     ]
     assert batch.status == batch.results == batch.progress == batch.forgotten == []
     assert core.take_journal() is None, "a batch is handed over once"
 
     register(c, W1)
     assert ids_sent(c.flush(), W1) == ["j"]
-    assert core.take_journal() is None, "an assignment is not journaled (the job is queued)"
+    batch = core.take_journal()
+    assert batch is not None, "an assignment is journaled: the job is IN_PROGRESS on W1"
+    assert batch.status == [("j", int(Status.IN_PROGRESS), "", "", 1, name(W1))]
 
     c.report(W1, started=["j"], progress=[("j", 30, "a"), ("j", 60, "b")])
     batch = core.take_journal()
     assert batch is not None
-    assert batch.status == [("j", int(Status.IN_PROGRESS), "", "", 1, name(W1))]
+    assert batch.status == [], "started changes no status"
     assert batch.progress == [("j", 1, 30, "a"), ("j", 2, 60, "b")]
 
     c.goodbye(W1)
@@ -480,7 +494,8 @@ def test_a_journal_free_core_gathers_nothing() -> None:
 
 def crash_and_restore(c: Core, path: Path, **config: Any) -> Core:
     """Write what ``c`` journaled to ``path``, then build a fresh broker from that file (as a
-    broker started again on its journal does)."""
+    broker started again on its journal does). The restore tests here pass ``restart_grace=0``
+    (running jobs queue again at once); tests/test_acks.py tests the grace."""
     with Journal(path) as journal:
         batch = c.core.take_journal()
         if batch is not None:
@@ -509,7 +524,9 @@ def before_the_crash(**config: Any) -> Core:
 
 
 def test_restore_keeps_results_and_requeues_queued_and_running_jobs(tmp_path: Path) -> None:
-    c = crash_and_restore(before_the_crash(max_retries=2), tmp_path / "j.db", max_retries=2)
+    c = crash_and_restore(
+        before_the_crash(max_retries=2), tmp_path / "j.db", max_retries=2, restart_grace=0
+    )
 
     assert result_values(c.results("done")) == {"done": b"the result"}
     assert c.status_row("done")[:2] == ["done", Status.FINISHED]
@@ -562,7 +579,9 @@ def test_restore_keeps_failure_reasons(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_registers_holding_a_restored_job_gets_it_back(tmp_path: Path) -> None:
-    c = crash_and_restore(before_the_crash(max_retries=2), tmp_path / "j.db", max_retries=2)
+    c = crash_and_restore(
+        before_the_crash(max_retries=2), tmp_path / "j.db", max_retries=2, restart_grace=0
+    )
     c.core.take_journal()
 
     register(c, W1, credit=0, held=["running"])  # the worker kept working through the restart
@@ -582,7 +601,9 @@ def test_a_worker_that_registers_holding_a_restored_job_gets_it_back(tmp_path: P
 
 
 def test_a_worker_holding_a_job_that_ended_does_not_get_it(tmp_path: Path) -> None:
-    c = crash_and_restore(before_the_crash(max_retries=2), tmp_path / "j.db", max_retries=2)
+    c = crash_and_restore(
+        before_the_crash(max_retries=2), tmp_path / "j.db", max_retries=2, restart_grace=0
+    )
     register(c, W2, credit=1)
     assert ids_sent(c.flush(), W2) == ["running"]
     register(c, W1, credit=0, held=["running", "done", "unknown"])
@@ -592,7 +613,9 @@ def test_a_worker_holding_a_job_that_ended_does_not_get_it(tmp_path: Path) -> No
 
 
 def test_restore_fails_a_running_job_that_has_no_retry_left(tmp_path: Path) -> None:
-    c = crash_and_restore(before_the_crash(max_retries=0), tmp_path / "j.db", max_retries=0)
+    c = crash_and_restore(
+        before_the_crash(max_retries=0), tmp_path / "j.db", max_retries=0, restart_grace=0
+    )
     assert c.status("running") is Status.FAILED
     assert "the broker restarted while it ran" in reason(c, "running")
 
@@ -609,7 +632,7 @@ def test_restore_keeps_a_file_jobs_files_and_args(tmp_path: Path) -> None:
     c = journaled()
     fs = p.FileSet([p.FileEntry("in.txt", "rb", b"input bytes")], ["--fine"])
     job = p.SubmittedJob("f", JobRequirements(EDGES), files=fs)
-    c.ask(p.SubmitRequest(c.rid(), [job], {"host": HOST}))
+    c.ask(p.SubmitRequest(c.rid(), [job], {"host": HOST, "wait_for_worker": True}))
     c = crash_and_restore(c, tmp_path / "j.db")
     register(c, W1)
     (msg,) = to_worker(c.flush(), W1, p.Jobs)

@@ -66,6 +66,10 @@ class ServerConfig:
     max_retries: int = 2
     #: after a job's time limit, how long its worker gets to stop before a spawned one is killed
     kill_grace: float = 5.0
+    #: after a restart from the journal, how long a job that was running waits for the worker
+    #: that ran it to register again holding it (it then carries on, its attempt unchanged);
+    #: past this it is requeued counting an attempt, or FAILS with no retry left. 0: at once
+    restart_grace: float = 10.0
     #: how long stop() waits for workers to be told and for threads to finish
     stop_timeout: float = 5.0
     #: this broker's host id; "" detects it (REMUS_HOST_ID, else machine id and host name)
@@ -79,6 +83,8 @@ class ServerConfig:
         for name in ("result_ttl", "liveness_factor", "stall_threshold", "max_wait"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ServerConfig.{name} must be positive")
+        if self.restart_grace < 0:
+            raise ConfigError("ServerConfig.restart_grace must not be negative")
         if self.max_progress_history < 1:
             raise ConfigError("ServerConfig.max_progress_history must be at least 1")
         if isinstance(self.file_roots, str):

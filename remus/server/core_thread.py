@@ -22,15 +22,30 @@ from remus.log import TRACE
 from remus.server.config import ServerConfig
 from remus.server.core import BrokerCore, Outbox
 from remus.server.edge import DRAIN, STATISTICS, TERMINATE, pipe_parts_read
-from remus.server.factory import EXITED as REAPED
+from remus.server.factory_base import ASKED_TO_LEAVE, QUARANTINED, SPAWNED, WorkerSeen
+from remus.server.factory_base import EXITED as REAPED
 from remus.server.journal import Journal
+from remus.server.recovery import local_process_gone
 
 log = logging.getLogger(__name__)
 
 #: control message from the Server: stop the broker
 STOP = b"stop"
+#: control message from the Server: drain for up to the seconds that follow, then stop
+DRAIN_FOR = b"drain "
 #: control message that tells the core where workers connect (for the factory's spawns)
 WORKER_ENDPOINT = b"worker-endpoint "
+#: control message with the bound client and worker endpoints (space apart), for the words to
+#: a peer that reached the wrong one
+ENDPOINTS = b"endpoints "
+#: a peer at the wrong endpoint is logged at most once per this many seconds
+WRONG_ENDPOINT_LOG_EVERY = 60.0
+#: control message from the Server: lift the quarantine of the worker file that follows (of
+#: every file if nothing follows) and rescan the worker files
+LIFT_QUARANTINE = b"lift-quarantine "
+#: after a stop, how long requests from clients that were active just before are still
+#: answered (with the stopping error), so a client between two of its requests hears it too
+CLOSING = 0.25
 #: how often the factory is asked to reap and to start workers for waiting jobs
 FACTORY_PERIOD = 0.05
 
@@ -61,9 +76,14 @@ class CoreThread(threading.Thread):
         self._parts_sent: dict[Any, int] = {}
         self._status_bind = status
         self._worker_endpoint = ""
+        #: the bound client and worker endpoints, and when each misdirected peer was last logged
+        self._bound = {"client": "", "worker": ""}
+        self._misdirected: dict[bytes, float] = {}
         self._factory = factory
         self._journal = journal
         self._subscriptions: dict[bytes, int] = {}
+        #: when a client was last heard or answered (a stop answers late requests if recently)
+        self._last_client = -CLOSING
         self._wanted: dict[str, bool] = {}
         self.ready = threading.Event()
         self.status_endpoint = ""
@@ -134,7 +154,8 @@ class CoreThread(threading.Thread):
         )
         if self._journal is not None:
             try:
-                self.core.restore(self._journal.load(), time.monotonic())
+                gone = local_process_gone(self.core.host)  # no wait for a worker that died
+                self.core.restore(self._journal.load(), time.monotonic(), gone)
                 self._write_journal(self.core)
             except Exception as e:
                 self.error = e
@@ -149,9 +170,12 @@ class CoreThread(threading.Thread):
             log.exception("core thread failed; stopping the broker")
         finally:
             try:
+                recent = time.monotonic() - self._last_client < CLOSING
                 out = self.core.shutdown()
                 self._write_journal(self.core)
                 self._send(out, client, worker, status)
+                if recent:  # (not the stopping answers just sent: they end their waits)
+                    self._refuse_while_closing(client, self.core.stopping_error())
             except Exception:
                 log.exception("could not tell workers to stop")
             for edge, pipe, done in zip(edges, (client, worker), self._edges_finished, strict=True):
@@ -160,6 +184,17 @@ class CoreThread(threading.Thread):
                 self._factory.stop()
             for s in sockets:
                 s.close()
+
+    def _refuse_while_closing(self, client: zmq.Socket[Any], error: tuple[str, str]) -> None:
+        """For CLOSING seconds, answer every client request with the stopping error."""
+        code, words = error
+        deadline = time.monotonic() + CLOSING
+        while (left := deadline - time.monotonic()) > 0:
+            if not client.poll(max(1, int(left * 1000))):
+                continue
+            frames = client.recv_multipart()
+            rid = p.request_id(frames[1:]) if len(frames) >= 4 else -1
+            self._forward(client, [frames[0], *p.encode(p.Error(rid, code, words))])
 
     def _stop_edge(self, edge: zmq.Socket[Any], parts: int, done: threading.Event) -> None:
         """Terminate an edge once it has read all ``parts`` we sent it (or the stop timeout)."""
@@ -194,9 +229,12 @@ class CoreThread(threading.Thread):
         now = time.monotonic()
         tick_due = now
         factory_due = now
+        drain_until: float | None = None
         while True:
-            timeout = max(0.0, min(tick_due, factory_due if self._factory else tick_due) - now)
-            ready = dict(poller.poll(int(timeout * 1000)))
+            due = min(tick_due, factory_due if self._factory else tick_due)
+            if drain_until is not None:
+                due = min(due, now + 0.05)  # look again soon: the last running job may be done
+            ready = dict(poller.poll(int(max(0.0, due - now) * 1000)))
             now = time.monotonic()
             if control in ready:
                 order = control.recv()
@@ -204,7 +242,23 @@ class CoreThread(threading.Thread):
                     return
                 if order.startswith(WORKER_ENDPOINT):
                     self._worker_endpoint = order[len(WORKER_ENDPOINT) :].decode()
+                elif order.startswith(ENDPOINTS):
+                    bound = order[len(ENDPOINTS) :].decode().split(" ")
+                    self._bound = dict(zip(("client", "worker"), bound, strict=False))
+                elif order.startswith(LIFT_QUARANTINE):
+                    self._lift_quarantine(order[len(LIFT_QUARANTINE) :].decode())
+                elif order.startswith(DRAIN_FOR):
+                    drain_until = now + float(order[len(DRAIN_FOR) :])
+                    core.drain()
+            if drain_until is not None and (core.running_count() == 0 or now >= drain_until):
+                left = core.running_count()
+                if left:
+                    log.warning("drain time is up with %d jobs still running", left)
+                else:
+                    log.info("drained: no job is running")
+                return
             if client in ready:
+                self._last_client = now
                 self._drain(client, p.CLIENT_COMMANDS, core.client_message, now, tracing)
             if worker in ready:
                 self._drain(worker, p.WORKER_COMMANDS, core.worker_message, now, tracing)
@@ -253,9 +307,21 @@ class CoreThread(threading.Thread):
                 msg = p.decode(frames[1:], allowed)
             except Exception as e:  # ProtocolError, or a decoder bug: either way, not fatal
                 code = e.code if isinstance(e, ProtocolError) else "bad-message"
-                log.warning("rejected a message from %s: %s", identity.hex(), e)
+                text = str(e)
+                wrong = self._wrong_endpoint(frames, allowed) if code == "unknown-command" else ""
+                if wrong:
+                    code, text = "wrong-endpoint", wrong
+                    if now - self._misdirected.get(identity, -WRONG_ENDPOINT_LOG_EVERY) >= (
+                        WRONG_ENDPOINT_LOG_EVERY
+                    ):
+                        if len(self._misdirected) > 10_000:
+                            self._misdirected.clear()
+                        self._misdirected[identity] = now
+                        log.warning("peer %s at the wrong endpoint: %s", identity.hex(), wrong)
+                else:
+                    log.warning("rejected a message from %s: %s", identity.hex(), e)
                 rid = p.request_id(frames[1:]) if len(frames) >= 4 else -1
-                self._forward(pipe, [identity, *p.encode(p.Error(rid, code, str(e)))])
+                self._forward(pipe, [identity, *p.encode(p.Error(rid, code, text))])
                 continue
             if tracing:
                 log.log(TRACE, "core <- %s %s", identity.hex(), type(msg).__name__)
@@ -272,6 +338,24 @@ class CoreThread(threading.Thread):
                     )
                     self._forward(pipe, [identity, *p.encode(err)])
 
+    def _wrong_endpoint(self, frames: list[Any], allowed: frozenset[bytes]) -> str:
+        """The words for a peer at the wrong socket: a client's command on the worker pipe, or
+        a worker's on the client pipe ("" if the command is no one's)."""
+        command = bytes(frames[2])
+        here, there, peers = (
+            ("worker", "client", "clients")
+            if allowed is p.WORKER_COMMANDS
+            else ("client", "worker", "workers")
+        )
+        if command not in (p.CLIENT_COMMANDS if here == "worker" else p.WORKER_COMMANDS):
+            return ""
+        at = self._bound.get(here, "")
+        to = self._bound.get(there) or "(see the broker's log)"
+        return (
+            f"this is the broker's {here} endpoint{' ' + at if at else ''}; {peers} connect to "
+            f"its {there} endpoint {to}"
+        )
+
     def _forward(self, pipe: zmq.Socket[Any], frames: list[Any]) -> None:
         pipe.send_multipart(frames, copy=False)
         self._parts_sent[pipe] += len(frames)
@@ -279,6 +363,8 @@ class CoreThread(threading.Thread):
     def _send(
         self, out: Outbox, client: zmq.Socket[Any], worker: zmq.Socket[Any], status: zmq.Socket[Any]
     ) -> None:
+        if out.clients:
+            self._last_client = time.monotonic()
         for identity, msg in out.clients:
             self._forward(client, [identity, *p.encode(msg)])
         for identity, msg in out.workers:
@@ -300,20 +386,51 @@ class CoreThread(threading.Thread):
 
     def _run_factory(self, core: BrokerCore, now: float) -> None:
         factory = self._factory
+        processes = getattr(factory, "spawns_processes", False)
         try:
-            for event in factory.reap(now):
-                core.add_event(event.topic, event.payload)
-                if event.topic == REAPED and not event.payload.get("stopped_by_broker"):
-                    sig = event.payload.get("signal")
-                    how = (
-                        f"was killed by {sig}"
-                        if sig
-                        else f"exited with code {event.payload.get('returncode')}"
-                    )
-                    core.process_exited(core.host, event.payload["pid"], how, now)
+            if processes:
+                seen = {
+                    pid: WorkerSeen(reqs, idle, finished)
+                    for pid, (reqs, idle, finished) in core.spawns.view().items()
+                }
+                self._factory_events(core, factory.observe(seen, now), processes, now)
+            self._factory_events(core, factory.reap(now), processes, now)
             demand = core.demand()
             if demand:
-                for event in factory.create_workers(demand, self._worker_endpoint, now):
-                    core.add_event(event.topic, event.payload)
+                events = factory.create_workers(demand, self._worker_endpoint, now)
+                self._factory_events(core, events, processes, now)
         except Exception:
             log.exception("worker factory failed")
+
+    def _factory_events(
+        self, core: BrokerCore, events: list[Any], processes: bool, now: float
+    ) -> None:
+        """Publish what the factory did, and act on what concerns the core."""
+        for event in events:
+            payload = event.payload
+            core.add_event(event.topic, payload)
+            if event.topic == QUARANTINED and event.requirements is not None:
+                core.spawns.quarantined(event.requirements, payload["reason"], now)
+            elif not processes:
+                continue  # thread workers share the broker's pid: the rest is for processes
+            elif event.topic == SPAWNED:
+                core.spawns.started(payload["pid"])
+            elif event.topic == ASKED_TO_LEAVE:
+                core.spawns.ask_to_leave(payload["pid"], payload["reason"], now)
+            elif event.topic == REAPED:
+                core.spawns.reaped(payload["pid"])
+                sig = payload.get("signal")
+                how = f"was killed by {sig}" if sig else f"exited with code {payload['returncode']}"
+                if payload.get("stopped_by_broker"):
+                    how += " (stopped by the broker)"
+                core.process_exited(core.host, payload["pid"], how, now)
+
+    def _lift_quarantine(self, path: str) -> None:
+        factory = self._factory
+        if factory is None:
+            return
+        try:
+            factory.lift_quarantine(path or None)
+            factory.rescan()
+        except Exception:
+            log.exception("could not lift the quarantine of worker files")

@@ -164,6 +164,23 @@ class Holds:
                 if watch.parked is not None:
                     self._answer_watch(watch)
 
+    def stopping(self, code: str, message: str) -> int:
+        """The broker is stopping: answer every held request now with an error (``code``), so
+        no client learns it from a timeout. Returns how many were answered."""
+        held = [w for ws in self._progress_waiters.values() for w in ws]
+        held += [w.parked for w in self._watches.values() if w.parked is not None]
+        self._progress_waiters.clear()
+        count = 0
+        for waiter in held:
+            if waiter.answered:
+                continue
+            waiter.answered = True
+            if waiter.watch is not None:
+                waiter.watch.parked = None
+            self._core.out.clients.append((waiter.client, p.Error(waiter.rid, code, message)))
+            count += 1
+        return count
+
     # -------------------------------------------------------------- answers
 
     def _answer_progress(self, waiter: _Waiter) -> None:

@@ -30,6 +30,7 @@ class JobRecord:
     __slots__ = (
         "attempt",
         "blobs",
+        "error_retries",
         "evidence",
         "files",
         "finished_at",
@@ -37,6 +38,7 @@ class JobRecord:
         "key",
         "keys",
         "limits",
+        "losses",
         "order",
         "progress",
         "reason",
@@ -46,6 +48,7 @@ class JobRecord:
         "runs",
         "seq",
         "size",
+        "started",
         "status",
         "submitted_at",
         "traceback",
@@ -73,6 +76,8 @@ class JobRecord:
         self.submitted_at = now
         self.status = Status.QUEUED
         self.worker: bytes | None = None
+        #: the holding worker said it took the job up (status is IN_PROGRESS from dispatch on)
+        self.started = False
         #: progress history: [(seq, value, message)], None until the first update
         self.progress: list[tuple[int, int | None, str]] | None = None
         self.seq = 0
@@ -85,16 +90,21 @@ class JobRecord:
         self.traceback = ""
         self.finished_at = 0.0
         self.attempt = 1
-        #: how many times a worker reported starting it (each run has its own time limit)
+        #: how many times it was handed to a worker (each run has its own time limit)
         self.runs = 0
         #: (max_retries, run time limit or None, queue time limit or None)
         self.limits: tuple[int, float | None, float | None] = (0, None, None)
-        #: one line per attempt that ended with its worker lost, None until the first
+        #: one line per attempt that ended badly (worker lost, handler raised), None until then
         self.evidence: list[str] | None = None
+        #: runs left after a handler raised (the submission's ``retries_on_error``)
+        self.error_retries = 0
+        #: times it ran again because its worker was lost (or the broker restarted under it)
+        self.losses = 0
 
     @property
     def retries_left(self) -> bool:
-        return self.attempt <= self.limits[0]
+        """May it run again after losing its worker (``max_retries`` counts only those)?"""
+        return self.losses < self.limits[0]
 
     def last_progress(self) -> tuple[int, int | None, str] | None:
         return self.progress[-1] if self.progress else None
@@ -105,7 +115,9 @@ class JobRecord:
 
 class WorkerRecord:
     __slots__ = (
+        "acked",
         "credit",
+        "dropped",
         "heartbeat",
         "host",
         "id",
@@ -140,6 +152,10 @@ class WorkerRecord:
         self.outgoing: list[JobRecord] = []
         self.last_seen = now
         self.next_beat = now + heartbeat
+        #: the highest report ``seq`` applied from this worker (acknowledged at flush)
+        self.acked = 0
+        #: (job id, why) of results and failures refused since the last ack, None if none
+        self.dropped: list[tuple[str, str]] | None = None
 
     @property
     def name(self) -> str:
@@ -147,3 +163,17 @@ class WorkerRecord:
 
     def __repr__(self) -> str:
         return f"<WorkerRecord {self.name} credit={self.credit} jobs={len(self.jobs)}>"
+
+
+class SpawnRecord:
+    """What the broker saw of one process its factory started on its own host."""
+
+    __slots__ = ("finished", "reqs", "worker")
+
+    def __init__(self) -> None:
+        #: what it registered with (None until it registers)
+        self.reqs: JobRequirements | None = None
+        #: its worker id once registered
+        self.worker: bytes | None = None
+        #: jobs it finished
+        self.finished = 0

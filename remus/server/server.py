@@ -12,7 +12,14 @@ import zmq
 
 from remus.errors import ConfigError, RemusError
 from remus.server.config import ServerConfig, ServerPorts
-from remus.server.core_thread import STOP, WORKER_ENDPOINT, CoreThread
+from remus.server.core_thread import (
+    DRAIN_FOR,
+    ENDPOINTS,
+    LIFT_QUARANTINE,
+    STOP,
+    WORKER_ENDPOINT,
+    CoreThread,
+)
 from remus.server.edge import EdgeThread
 from remus.server.journal import Journal
 
@@ -143,6 +150,7 @@ class Server:
                     self.status = "failed"
                     raise RemusError(f"the broker could not start: {edge.error or 'timed out'}")
             self._control.send(WORKER_ENDPOINT + _reachable(edges[1].endpoint).encode())
+            self._control.send(ENDPOINTS + f"{edges[0].endpoint} {edges[1].endpoint}".encode())
             self.ports = ServerPorts(edges[0].endpoint, edges[1].endpoint, core.status_endpoint)
             self.status = "running"
             log.info(
@@ -163,9 +171,34 @@ class Server:
             self._stop_locked(timeout)
             log.info("remus broker stopped")
 
+    def drain(self, seconds: float) -> None:
+        """Stop taking new jobs, let running ones finish for up to ``seconds``, then stop
+        (queued jobs stay queued: with a journal they run after a restart)."""
+        with self._lock:
+            if self.status != "running":
+                return
+            assert self._control is not None and self._core is not None
+            self._control.send(DRAIN_FOR + str(max(0.0, float(seconds))).encode())
+            core = self._core
+        core.join(seconds + self.config.stop_timeout + 5)  # stop() from another thread cuts it
+        self.stop()
+
+    def lift_quarantine(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Let a quarantined worker file (None: every one) start workers again, and rescan the
+        worker files (what SIGHUP does to ``remus server``). Done by the core thread, which
+        owns the factory; returns at once."""
+        with self._lock:
+            if self.status != "running" or self._control is None:
+                return
+            where = b"" if path is None else os.path.abspath(os.fspath(path)).encode()
+            self._control.send(LIFT_QUARANTINE + where)
+
     def _stop_locked(self, timeout: float | None) -> None:
         assert self._control is not None
-        self._control.send(STOP)
+        try:
+            self._control.send(STOP, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the core thread already ended (drained): nobody to tell
         limit = timeout if timeout is not None else self.config.stop_timeout + 5
         for thread in self._threads:
             thread.join(limit)

@@ -1,0 +1,202 @@
+"""Client requests: the answers the broker gives to what clients ask.
+
+Part of the pure broker rules (no sockets, ``now`` passed in): each method takes one decoded
+request from :class:`~remus.server.core.BrokerCore`'s dispatch table and puts its answer in the
+core's outbox. The core owns the state; this module owns the questions (what can you serve,
+take these jobs, where is this job, stop it, give me its result). Held requests (``progress``,
+``collect``) live in :mod:`remus.server.holds`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from remus import files
+from remus import protocol as p
+from remus.errors import FileError
+from remus.server.limits import QUEUE
+from remus.server.records import JobRecord, job_key
+from remus.server.recovery import FILES_OPTION, saved_files
+from remus.types import JobRequirements, Status, matches
+
+if TYPE_CHECKING:
+    from remus.server.core import BrokerCore
+
+
+class Requests:
+    def __init__(self, core: BrokerCore) -> None:
+        self._core = core
+
+    def hello(self, client: bytes, msg: p.HelloRequest, now: float) -> None:
+        core = self._core
+        data = {"host": core.host, "max_message_bytes": core.config.max_message_bytes}
+        core.reply(client, msg.rid, data)
+
+    def io_types(self, client: bytes, msg: p.IoTypesRequest, now: float) -> None:
+        core = self._core
+        types = {w.reqs.io_type for w in core.workers.values()}
+        if core.catalog is not None:
+            types |= core.catalog.supported_io_types()
+        core.reply(client, msg.rid, sorted(t.to_wire() for t in types))
+
+    def can_mesh(self, client: bytes, msg: p.CanMeshRequest, now: float) -> None:
+        core = self._core
+        ok = any(matches(msg.requirements, w.reqs) for w in core.workers.values()) or (
+            core.catalog is not None and core.catalog.can_mesh(msg.requirements)
+        )
+        core.reply(client, msg.rid, ok)
+
+    def requirements(self, client: bytes, msg: p.RequirementsRequest, now: float) -> None:
+        core = self._core
+        found: dict[JobRequirements, None] = {}
+        for w in core.workers.values():
+            if w.reqs.io_type == msg.io_type:
+                found[w.reqs] = None
+        if core.catalog is not None:
+            for reqs in core.catalog.retrieve_requirements(msg.io_type):
+                found[reqs] = None
+        core.reply(client, msg.rid, [r.to_wire() for r in found])
+
+    def submit(self, client: bytes, msg: p.SubmitRequest, now: float) -> None:
+        core = self._core
+        ids = [j.id for j in msg.jobs]
+        if len(set(ids)) != len(ids) or any(i in core.jobs for i in ids):
+            dup = next(i for i in ids if i in core.jobs or ids.count(i) > 1)
+            core.error(client, msg.rid, "duplicate-id", f"job id {dup} is already in use")
+            return
+        if core.draining:
+            code = "broker-stopping-journaled" if core.journal is not None else "broker-stopping"
+            core.error(
+                client,
+                msg.rid,
+                code,
+                "the broker is draining before it stops: "
+                "it takes no new job; submit again once it is back",
+            )
+            return
+        if not msg.options.get("wait_for_worker"):
+            unserved = core.serving.unserved(msg.jobs)
+            if unserved is not None:
+                core.out.clients.append((client, core.serving.no_worker(msg.rid, unserved)))
+                return
+        origin = msg.options.get("host")
+        origin = origin if type(origin) is str else ""
+        try:
+            file_sets = [
+                None if j.files is None else files.accept_files(j.files, origin, core.host)
+                for j in msg.jobs
+            ]
+        except FileError as e:
+            core.error(client, msg.rid, "bad-files", str(e))
+            return
+        size = sum(len(v) for j in msg.jobs for v in j.values)
+        size += sum(files.inline_size(fs) for fs in file_sets if fs is not None)
+        cfg = core.config
+        if core.matcher.queued + len(ids) > cfg.max_queued_jobs:
+            core.error(
+                client,
+                msg.rid,
+                "busy",
+                f"the queue is full ({core.matcher.queued} jobs waiting, limit "
+                f"{cfg.max_queued_jobs}); retry later or raise max_queued_jobs",
+            )
+            return
+        if core.matcher.queued_bytes + size > cfg.max_queued_bytes:
+            core.error(
+                client,
+                msg.rid,
+                "busy",
+                f"queued job contents would exceed {cfg.max_queued_bytes} bytes; retry later",
+            )
+            return
+        wants = core.wants_event("job.queued")
+        keys_cache = core.keys_cache
+        opts = msg.options
+        limits = (
+            int(opts.get("max_retries", cfg.max_retries)),
+            opts.get("time_limit"),
+            opts.get("queue_time_limit"),
+        )
+        error_retries = opts.get("retries_on_error", 0)
+        error_retries = error_retries if type(error_retries) is int and error_retries > 0 else 0
+        journal = core.journal
+        wall = core._wall() if journal is not None else 0.0
+        for sub, fs in zip(msg.jobs, file_sets, strict=True):
+            values = list(sub.values)
+            core.order += 1
+            job = JobRecord(
+                sub.id,
+                sub.requirements,
+                job_key(sub.requirements),
+                keys_cache.setdefault(sub.keys, sub.keys),
+                values,
+                sum(len(v) for v in values) + (files.inline_size(fs) if fs is not None else 0),
+                core.order,
+                now,
+            )
+            job.files = fs
+            job.limits = limits
+            job.error_retries = error_retries
+            core.jobs[job.id] = job
+            if journal is not None:
+                saved = opts if fs is None else {**opts, FILES_OPTION: saved_files(fs)}
+                journal.submitted.append(
+                    (job.id, job.reqs.to_wire(), job.keys, values, job.order, wall, saved)
+                )
+            if limits[2] is not None:
+                core.limits.add(now + limits[2], QUEUE, job)
+            core.matcher.enqueue(job)
+            if wants:
+                core._event("job.queued", job)
+        core.counters["submitted"] += len(ids)
+        follow = msg.options.get("follow")
+        if follow is not None:
+            # submit-and-wait: the answer is the job's first progress reply, result included
+            release = bool(msg.options.get("release"))
+            core.holds.progress(
+                client, p.ProgressRequest(msg.rid, ids[0], 0, follow, True, release), now
+            )
+        else:
+            core.reply(client, msg.rid, len(ids))
+
+    def status_row(self, job_id: str) -> list[Any]:
+        core = self._core
+        job = core.jobs.get(job_id)
+        if job is None:
+            return [job_id, int(Status.INVALID), None, "", 0, "", 0, ""]
+        last = job.last_progress()
+        value, message = (last[1], last[2]) if last else (None, "")
+        reason = core.serving.queued_reason(job) if job.status is Status.QUEUED else job.reason
+        holder = None if job.worker is None or job.status.done else core.workers.get(job.worker)
+        worker = holder.name if holder is not None else ""
+        return [job_id, int(job.status), value, message, job.seq, reason, job.attempt, worker]
+
+    def status(self, client: bytes, msg: p.StatusRequest, now: float) -> None:
+        core = self._core
+        core.reply(client, msg.rid, [self.status_row(i) for i in msg.ids])
+
+    def terminate(self, client: bytes, msg: p.TerminateRequest, now: float) -> None:
+        core = self._core
+        cancels: dict[bytes, list[str]] = {}
+        for job_id in msg.ids:
+            job = core.jobs.get(job_id)
+            if job is None or job.status.done:
+                continue
+            holder = None if job.worker is None or job.status.done else core.workers.get(job.worker)
+            if holder is not None and job in holder.outgoing:
+                # assigned in this very pass and not sent yet: take it back, return the credit
+                holder.outgoing.remove(job)
+                core.finish(job, Status.TERMINATED, now, "terminated by a client")
+                core.matcher.add_credit(holder, 1)
+                continue
+            if holder is not None:
+                cancels.setdefault(holder.id, []).append(job_id)
+            core.finish(job, Status.TERMINATED, now, "terminated by a client")
+        for wid, ids in cancels.items():
+            core.out.workers.append((wid, p.Cancel(ids)))
+        core.reply(client, msg.rid, [self.status_row(i) for i in msg.ids])
+
+    def result(self, client: bytes, msg: p.ResultRequest, now: float) -> None:
+        core = self._core
+        rows, frames = core.result_rows(list(msg.ids))
+        core.reply(client, msg.rid, rows, frames)
