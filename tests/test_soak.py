@@ -3,6 +3,12 @@ SIGKILLs a random worker every few hundred milliseconds and the broker itself is
 started again on its journal. At the end every job is FINISHED exactly once with the right
 result, or FAILED with the evidence after max_retries; none is lost, none is reported twice.
 
+Beside the spawned workers (which die with the broker), ``EXTERNAL`` workers started by the test
+outlive each broker kill: the test waits until one of them has finished a job while no broker
+runs, so results are in flight across every restart. Each of them hands its results in after
+it registers again (issue 9 point 1): no job ever runs twice on them, and they log no result
+that no broker took.
+
 The short form runs with the suite; the long one (2,000 jobs, two broker restarts) is marked
 slow: ``make test-slow``. ``pytest -s`` shows the counts.
 
@@ -43,6 +49,8 @@ FACTORY_WORKER = str(WORKERS / "factory_worker.py")
 SOAK_BROKER = str(WORKERS / "soak_broker.py")
 EDGES = IOType("Edges", "Mesh2D")
 MAX_RETRIES = 5
+#: workers the test starts itself, which outlive broker kills (and chaos leaves alone)
+EXTERNAL = 2
 
 MakeProcess = Callable[..., subprocess.Popen[str]]
 
@@ -141,6 +149,26 @@ class Broker:
         self.log.close()
 
 
+def finished_runs(folder: Path) -> Counter[str]:
+    """How many times each job's handler ran to the end on the workers that record into
+    ``folder`` (and its subfolders)."""
+    runs: Counter[str] = Counter()
+    for f in folder.rglob("*.runs"):
+        runs.update(f.read_text().split())
+    return runs
+
+
+def results_while_down(folder: Path, before: int, timeout: float = 5.0) -> int:
+    """Wait (up to ``timeout``) until an external worker finishes a job while no broker runs;
+    how many did by then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        made = sum(finished_runs(folder).values()) - before
+        if made or time.monotonic() >= deadline:
+            return made
+        time.sleep(0.02)
+
+
 def children(parent: int) -> list[int]:
     """The pids of ``parent``'s factory workers (its children running factory_worker.py)."""
     found = []
@@ -235,17 +263,53 @@ def soak(plan: Plan, tmp_path: Path, make_process: MakeProcess, make_client: Any
     deadline = started + plan.deadline
     broker = Broker(make_process, tmp_path, plan)
     broker.workers.mkdir()
-    write_worker_file(
+    worker_file = write_worker_file(
         broker.workers,
         "edges.rw",
         ExecutableName=FACTORY_WORKER,
-        Arguments=["--rw", "@SELF@", "--delay", str(plan.delay), "--idle", "30"],
+        Arguments=[
+            "--rw",
+            "@SELF@",
+            "--delay",
+            str(plan.delay),
+            "--idle",
+            "30",
+            "--runs",
+            str(tmp_path / "runs" / "spawned"),
+        ],
     )
+    runs = tmp_path / "runs"
+    (runs / "spawned").mkdir(parents=True)
+    (runs / "external").mkdir()
+    #: jobs an external worker finished while no broker ran, and their run counts by then
+    in_flight: dict[str, int] = {}
     chaos = Chaos(broker)
     feed = None
+    external: list[tuple[subprocess.Popen[str], Path]] = []
     try:
         ports = broker.start()
         feed = TerminalEvents(ports.status)
+        for i in range(EXTERNAL):
+            err = tmp_path / f"external-{i}.err"
+            with err.open("w") as stderr:
+                proc = make_process(
+                    [
+                        FACTORY_WORKER,
+                        ports.worker,
+                        "--rw",
+                        str(worker_file),
+                        "--delay",
+                        str(plan.delay),
+                        "--idle",
+                        str(plan.deadline),
+                        "--runs",
+                        str(runs / "external"),
+                        "--heartbeat",
+                        "1.0",
+                    ],
+                    stderr=stderr,
+                )
+            external.append((proc, err))
         c = make_client(ports.client, basic=True, timeout=5.0)
         jobs = c.submit_many(
             (JobSubmission.of(EDGES, b"soak-%d" % i) for i in range(plan.jobs)),
@@ -268,7 +332,12 @@ def soak(plan: Plan, tmp_path: Path, make_process: MakeProcess, make_client: Any
                 feed.drain()
                 if restart_after and len(outcome) >= restart_after[0]:
                     restart_after.pop(0)
+                    before = finished_runs(runs / "external")
                     broker.kill()
+                    results_while_down(runs / "external", sum(before.values()))
+                    now_done = finished_runs(runs)
+                    for job_id in finished_runs(runs / "external") - before:
+                        in_flight[job_id] = now_done[job_id]
                     broker.start()
                     # A generator paused across a restart never yields again (the xfail test
                     # in test_reliability.py): ask a new one for the rest.
@@ -301,13 +370,28 @@ def soak(plan: Plan, tmp_path: Path, make_process: MakeProcess, make_client: Any
         assert not twice, f"jobs that ended twice: {twice}"
         assert set(feed.seen) <= set(expected)
         most = max(s.attempt for s in statuses.values())
+        external_runs = finished_runs(runs / "external")
+        again = {job_id: n for job_id, n in external_runs.items() if n > 1}
+        assert not again, f"jobs run twice on the external workers (a result thrown away): {again}"
+        for job_id in external_runs:
+            assert statuses[job_id].status is Status.FINISHED, statuses[job_id]
+        assert len(in_flight) >= plan.restarts, "no result was made while the broker was down"
+        # a result made while no broker ran was taken when it came back: nobody ran it again
+        all_runs = finished_runs(runs)
+        rerun = {j: (n, all_runs[j]) for j, n in in_flight.items() if all_runs[j] != n}
+        assert not rerun, f"results made while the broker was down were thrown away: {rerun}"
         print(
             f"\nsoak: {plan.jobs} jobs in {elapsed:.1f} s: finished={finished} failed={failed} "
             f"attempts>1={retried} (most attempts: {most}); {chaos.kills} workers SIGKILLed, "
-            f"broker restarted {broker.starts - 1} times; {sum(feed.topics.values())} end "
-            f"events seen, none twice"
+            f"broker restarted {broker.starts - 1} times with {len(in_flight)} results in flight; "
+            f"{sum(external_runs.values())} jobs done by external workers, none twice; "
+            f"{sum(feed.topics.values())} end events seen, none twice"
         )
         assert broker.stop() == 0
+        for proc, err in external:
+            assert proc.wait(15) == 0, f"an external worker failed; see {err}"
+            text = err.read_text()
+            assert "no broker took" not in text and "dropped its result" not in text, text
         broker.log.flush()
         log = Path(broker.log.name).read_text()
         assert "Traceback" not in log, f"the broker logged an exception; see {broker.log.name}"

@@ -7,10 +7,18 @@ that finishes many small jobs quickly sends few messages.
 
 It heartbeats every interval. If the broker stays silent for ``LIVENESS`` intervals the worker
 says so once and registers again, on the same socket: ZeroMQ reconnects TCP by itself, and
-everything queued meanwhile (a finished job's result included) is delivered in order when the
-broker answers again. A broker that was only suspended sees the result, then the re-register;
-a broker that restarted answers the first message with ``unknown-worker`` and the worker
-registers again with the jobs it still holds.
+everything queued meanwhile is delivered in order when the broker answers again. A broker that
+restarted answers the first message with ``unknown-worker`` and the worker registers again with
+the jobs it still holds.
+
+Nothing the worker must not lose is thrown away on the way (docs/protocol.md, "Acknowledged
+reports"): each report that carries a start, progress, a result or a failure is numbered
+(``seq``) and kept until the broker acknowledges it; a job whose result or failure is not
+acknowledged yet is still listed as held. After every re-register, and when a silent broker
+answers again, the unacknowledged reports are sent again, in order. A result no broker will
+ever take is logged as a WARNING that names its job: one the broker refused (the job was
+terminated, ran over its time limit, went to another worker), or one still unacknowledged when
+the worker closes (after waiting up to ``CLOSE_WAIT`` seconds for the ack).
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import zmq
 
 from remus import protocol as p
-from remus.errors import ProtocolError
+from remus.errors import ProtocolError, WrongEndpointError
 from remus.hostid import host_id
 from remus.types import JobRequirements
 from remus.worker.job import Contents, Job
@@ -36,6 +45,8 @@ log = logging.getLogger(__name__)
 #: broker silence, in heartbeat intervals, after which the worker reconnects
 LIVENESS = 3.0
 SMALL = 4096
+#: on close, how long to wait for the broker to acknowledge the last reports
+CLOSE_WAIT = 2.0
 
 
 class Connection(threading.Thread):
@@ -60,6 +71,8 @@ class Connection(threading.Thread):
         self._signalled = False
         self.cancelled: set[str] = set()
         self.shutdown = threading.Event()
+        #: why this connection stopped by itself, if for an error (e.g. a wrong endpoint)
+        self.error: Exception | None = None
         self.connected = threading.Event()
         #: jobs asked for by the user side (written there) and jobs received (written here)
         self.requested = 0
@@ -68,6 +81,12 @@ class Connection(threading.Thread):
         #: credit this thread has actually sent (what a re-register must restate)
         self._credit_sent = 0
         self.reconnects = 0
+        #: reports sent and not acknowledged yet, oldest first
+        self._unacked: deque[p.Report] = deque()
+        self._seq = 0
+        self._registered_at = -1e9
+        #: a silent broker answered again: resend the unacknowledged reports
+        self._resend_due = False
 
     # -------------------------------------------------------------- user side (any thread)
 
@@ -86,8 +105,31 @@ class Connection(threading.Thread):
         if self.is_alive():
             self.post("stop")
             self.join(timeout)
+        if not self.is_alive():
+            self._warn_unacknowledged()
         self._wake_r.close()
         self._wake_w.close()
+
+    def _warn_unacknowledged(self) -> None:
+        """The thread is gone: name each job whose result or failure no broker took."""
+        lost: dict[str, str] = {}
+        for report in self._unacked:
+            lost.update((r[0], "result") for r in report.results)
+            lost.update((f[0], "failure") for f in report.failures)
+        while True:  # posted after the thread stopped (the broker told it to exit)
+            try:
+                item = self.outbox.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] in ("result", "failure"):
+                lost[item[1]] = item[0]
+        for job_id, what in lost.items():
+            log.warning(
+                "no broker took the %s of job %s: the worker closed before a broker "
+                "acknowledged it",
+                what,
+                job_id,
+            )
 
     # -------------------------------------------------------------- thread body
 
@@ -108,7 +150,7 @@ class Connection(threading.Thread):
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = 0
         sock.connect(self.endpoint)
-        self._send(sock, self._register())
+        self._reregister(sock, resend=False)
         return sock
 
     def _send(self, sock: zmq.Socket[Any], msg: p.Message) -> None:
@@ -118,6 +160,33 @@ class Connection(threading.Thread):
             sock.send_multipart(p.encode(msg), zmq.NOBLOCK, copy=False)
         except zmq.Again:
             log.debug("no broker to send %s to", type(msg).__name__)
+
+    def _reregister(self, sock: zmq.Socket[Any], *, resend: bool) -> None:
+        """Register (again), then, if ``resend``, send every unacknowledged report again."""
+        self._send(sock, self._register())
+        self._registered_at = time.monotonic()
+        if resend:
+            self._resend(sock)
+
+    def _resend(self, sock: zmq.Socket[Any]) -> None:
+        """Send the unacknowledged reports again, in order, without their credit: the
+        register sent before restated it."""
+        self._resend_due = False
+        for r in self._unacked:
+            self._send(sock, p.Report(r.started, r.progress, r.results, r.failures, 0, r.seq))
+
+    def _acked(self, seq: int, dropped: Any = ()) -> None:
+        """The broker applied our reports up to ``seq``: forget them, and the jobs they end."""
+        unacked = self._unacked
+        while unacked and unacked[0].seq <= seq:
+            report = unacked.popleft()
+            for r in report.results:
+                self._held.discard(r[0])
+            for f in report.failures:
+                self._held.discard(f[0])
+        for job_id, why in dropped:
+            self._held.discard(job_id)
+            log.warning("job %s: the broker dropped its result: %s", job_id, why)
 
     def _register(self) -> p.Register:
         outstanding = max(0, self._credit_sent - self.received)
@@ -138,29 +207,40 @@ class Connection(threading.Thread):
         last_heard = now
         next_beat = now + self.heartbeat
         silent = False
+        #: set once the user side asked to stop: wait until then for the last acks
+        closing: float | None = None
         while True:
-            timeout = max(0.0, min(next_beat, last_heard + self.heartbeat * LIVENESS) - now)
-            ready = dict(poller.poll(int(timeout * 1000)))
+            due = min(next_beat, last_heard + self.heartbeat * LIVENESS)
+            if closing is not None:
+                due = min(due, closing)
+            ready = dict(poller.poll(int(max(0.0, due - now) * 1000)))
             now = time.monotonic()
             if self._wake_r.fileno() in ready or self._wake_r in ready:
-                if self._flush_outbox(sock):
-                    self._send(sock, p.Goodbye())
-                    return
+                if self._flush_outbox(sock) and closing is None:
+                    closing = now + CLOSE_WAIT
                 next_beat = now + self.heartbeat
             if sock in ready:
                 if silent:
                     log.info("broker at %s answers again", self.endpoint)
                     silent = False
+                    self._resend_due = True
                 last_heard = now
+                stop = False
                 while True:
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    stop = self._handle(sock, frames)
+                    # after a shutdown, read on what already arrived: the acks among it
+                    stop = self._handle(sock, frames) or stop
                     del frames  # a big job's frames now belong to its Job alone
-                    if stop:
-                        return
+                if stop:
+                    return
+                if self._resend_due:
+                    self._resend(sock)
+            if closing is not None and (not self._unacked or now >= closing):
+                self._send(sock, p.Goodbye())
+                return
             if now - last_heard > self.heartbeat * LIVENESS:
                 if not silent:
                     log.warning(
@@ -170,16 +250,16 @@ class Connection(threading.Thread):
                     )
                 silent = True
                 self.connected.clear()
-                self._send(sock, self._register())
+                # the reports go again once the broker answers: not once per silent period
+                self._reregister(sock, resend=False)
                 self.reconnects += 1
                 last_heard = now
                 next_beat = now + self.heartbeat
             elif now >= next_beat:
                 if self.outbox.empty():
                     self._send(sock, p.Heartbeat())
-                elif self._flush_outbox(sock):  # lazy items waiting: they are the heartbeat
-                    self._send(sock, p.Goodbye())
-                    return
+                elif self._flush_outbox(sock) and closing is None:
+                    closing = now + CLOSE_WAIT  # lazy items waiting: they are the heartbeat
                 next_beat = now + self.heartbeat
 
     def _handle(self, sock: zmq.Socket[Any], frames: list[Any]) -> bool:
@@ -191,6 +271,8 @@ class Connection(threading.Thread):
             return False
         self.connected.set()
         if isinstance(msg, p.Jobs):
+            if msg.ack:
+                self._acked(msg.ack)
             for assigned in msg.jobs:
                 contents = Contents(dict(zip(assigned.keys, assigned.values, strict=True)))
                 self._held.add(assigned.id)
@@ -198,6 +280,8 @@ class Connection(threading.Thread):
                     Job(assigned.id, assigned.requirements, contents, wire_files=assigned.files)
                 )
             self.received += len(msg.jobs)
+        elif isinstance(msg, p.Ack):
+            self._acked(msg.seq, msg.dropped)
         elif isinstance(msg, p.Cancel):
             self.cancelled.update(msg.ids)
         elif isinstance(msg, p.Shutdown):
@@ -207,8 +291,21 @@ class Connection(threading.Thread):
             return True
         elif isinstance(msg, p.Error):
             if msg.code == "unknown-worker":
-                # the broker restarted or forgot us: register again, keeping what we hold
-                self._send(sock, self._register())
+                # the broker restarted or forgot us: register again, keeping what we hold, and
+                # hand in again what it has not acknowledged. Every message sent before the
+                # register gets this answer: one re-register per heartbeat interval (at most a
+                # second) is enough.
+                if time.monotonic() - self._registered_at >= min(self.heartbeat, 1.0):
+                    self._reregister(sock, resend=True)
+            elif msg.code == "wrong-endpoint":
+                # a client endpoint, not a worker one: nothing will ever work here (each message
+                # sent before this answer gets one too: say it once)
+                if self.error is None:
+                    log.error("worker stops: the broker at %s says %s", self.endpoint, msg.message)
+                    self.error = WrongEndpointError(msg.message)
+                self.shutdown.set()
+                self.inbox.put(None)
+                return True
             else:
                 log.warning("the broker refused a message: %s (%s)", msg.message, msg.code)
         return False
@@ -240,17 +337,20 @@ class Connection(threading.Thread):
                 started.append(item[1])
             elif kind == "progress":
                 progress.append(item[1:])
-            elif kind == "result":  # (id, data) or (id, data, files)
+            elif kind == "result":  # (id, data) or (id, data, files); held until acknowledged
                 results.append(item[1:])
-                self._held.discard(item[1])
             elif kind == "failure":
                 failures.append(item[1:])
-                self._held.discard(item[1])
             elif kind == "credit":
                 credit += item[1]
             elif kind == "stop":
                 stop = True
         self._credit_sent += credit
-        if started or progress or results or failures or credit:
-            self._send(sock, p.Report(started, progress, results, failures, credit))
+        if started or progress or results or failures:
+            self._seq += 1  # kept until acknowledged
+            report = p.Report(started, progress, results, failures, credit, self._seq)
+            self._unacked.append(report)
+            self._send(sock, report)
+        elif credit:
+            self._send(sock, p.Report(credit=credit))
         return stop

@@ -201,8 +201,15 @@ class Worker:
 
     @property
     def should_terminate(self) -> bool:
-        """True once the broker told this worker to exit (it is stopping)."""
+        """True once the broker told this worker to exit (it is stopping), or the worker
+        stopped by itself for an :attr:`error`."""
         return self._conn.shutdown.is_set()
+
+    @property
+    def error(self) -> Exception | None:
+        """Why the worker stopped by itself, if it did: a WrongEndpointError when its endpoint
+        is a broker's client endpoint. A worker program should then exit non-zero."""
+        return self._conn.error
 
     # -------------------------------------------------------------- the common case
 
@@ -252,12 +259,18 @@ class Worker:
         try:
             result = handler(job)
         except Exception as e:
-            log.info("job %s failed: %s: %s", job.id, type(e).__name__, e)
+            log.warning("job %s failed: %s: %s", job.id, type(e).__name__, e)
             self.send_failure(job, f"{type(e).__name__}: {e}", traceback.format_exc())
             return
         if self.job_should_be_terminated(job):
+            # the broker has already closed this job: no broker will take its result
+            log.warning(
+                "job %s was cancelled while it ran (terminated, or over its time limit): "
+                "its result is dropped",
+                job.id,
+            )
             self._end(job)
-            return  # the broker has already closed this job; a result would be dropped
+            return
         if isinstance(result, (list, tuple)):
             try:
                 self.return_result(job, files=result)

@@ -2,7 +2,7 @@
 """A real remus worker for the broker-level factory tests, started by a worker file.
 
     factory_worker.py ENDPOINT [anything ...] --rw WORKER_FILE [--mode MODE] [--max-jobs N]
-                      [--idle S] [--delay S] [--record DIR]
+                      [--idle S] [--delay S] [--record DIR] [--runs DIR] [--heartbeat S]
 
 As a Remus worker would, it reads what it serves (InputType, OutputType, WorkerName, Tag) from
 its own worker file, which the file passes in with ``"Arguments": ["--rw", "@SELF@"]``. Options
@@ -17,7 +17,9 @@ Modes (what each job does):
   hold      sends progress, then holds the job until the file named by $FW_RELEASE exists.
   stubborn  ignores SIGTERM and the broker's exit order, and never finishes its job.
 
-``--record DIR`` writes ``DIR/<pid>.json`` (argv and pid) at start.
+``--record DIR`` writes ``DIR/<pid>.json`` (argv and pid) at start. ``--runs DIR`` appends
+the id of each echo job whose handler ran to the end to ``DIR/<pid>.runs``, one line each.
+``--heartbeat S`` is the worker's heartbeat interval (default 0.2 s).
 """
 
 from __future__ import annotations
@@ -86,9 +88,11 @@ def main() -> int:
         return 2
     max_jobs = option("--max-jobs")
     delay = float(option("--delay", "0") or 0)
+    runs = option("--runs")
+    heartbeat = float(option("--heartbeat", "0.2") or 0.2)
     started = time.monotonic()
 
-    with Worker(requirements_from(worker_file), sys.argv[1], heartbeat_interval=0.2) as w:
+    with Worker(requirements_from(worker_file), sys.argv[1], heartbeat_interval=heartbeat) as w:
 
         def handle(job: Job) -> Any:
             if mode == "check":
@@ -110,6 +114,9 @@ def main() -> int:
                     time.sleep(0.05)  # deaf to the broker: only SIGKILL ends this
                 return b"gave up"
             time.sleep(delay)
+            if runs:
+                with open(os.path.join(runs, f"{os.getpid()}.runs"), "a") as f:
+                    f.write(job.id + "\n")
             return b"echo:" + job["data"]
 
         w.run(
