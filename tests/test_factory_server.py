@@ -73,7 +73,8 @@ class Feed:
         while not any(t == "job.queued" for t, _ in self.events):
             if time.monotonic() > deadline:
                 raise AssertionError("the status subscription never became live")
-            primers.append(client.submit_job(JobSubmission.of(IOType("Prime", "Nothing"))))
+            primer = JobSubmission.of(IOType("Prime", "Nothing"))
+            primers.append(client.submit_job(primer, wait_for_worker=True))
             self.read(0.05)
         for job in primers:
             client.terminate(job)

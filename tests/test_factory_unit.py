@@ -26,6 +26,7 @@ from remus.server.factory import (
     FactoryEvent,
     WorkerFactory,
     WorkerFactoryBase,
+    WorkerSeen,
     _StderrTail,
     plan_spawns,
     worker_environment,
@@ -34,6 +35,8 @@ from remus.server.thread_factory import ThreadWorkerFactory
 from remus.types import IOType, JobRequirements
 
 EDGES = IOType("Edges", "Mesh2D")
+#: what a probe worker file declares (its WorkerName defaults to the executable's name)
+PROBE_REQS = JobRequirements(EDGES, "probe")
 ENDPOINT = "tcp://127.0.0.1:1"  # only passed on; the probe never connects
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="process groups and signals")
 
@@ -184,7 +187,10 @@ def test_max_workers_one_waits_for_the_first_to_exit(tmp_path: Path, make_factor
     probe_file(tmp_path, PROBE_MODE="until-file", PROBE_RELEASE=str(release))
     factory = make_factory(tmp_path, max_workers=1)
     demand = {JobRequirements(EDGES): 3}
-    assert topics(factory.create_workers(demand, ENDPOINT, now=0.0)) == [SPAWNED]
+    [spawned] = factory.create_workers(demand, ENDPOINT, now=0.0)
+    assert spawned.topic == SPAWNED
+    # it registered as its file declares (else its exit would be a failed start)
+    factory.observe({spawned.payload["pid"]: WorkerSeen(PROBE_REQS)}, now=0.5)
     assert factory.create_workers(demand, ENDPOINT, now=1.0) == []
     assert factory.alive_count() == 1
     release.touch()

@@ -3,263 +3,90 @@
 The core thread owns a factory and calls it with the time passed in:
 
 * ``supported_io_types()``, ``can_mesh(reqs)``, ``retrieve_requirements(io_type)``: what the
-  factory could start, answered beside the connected workers;
+  factory could start, answered beside the connected workers; ``explain(reqs)``: in words,
+  what it is doing about a job that waits;
+* ``observe(seen, now)``: what the broker knows of the processes the factory started (which
+  registered, with what, which are idle, how many jobs each finished);
 * ``create_workers(demand, worker_endpoint, now)``: ``demand`` says, per job requirements, how
   many queued jobs no connected worker can take right now; the factory starts what it may;
 * ``reap(now)`` every pass, ``stop(grace)`` once at shutdown.
 
-Each call returns :class:`FactoryEvent` values for the status channel. :class:`WorkerFactory`
-starts executables described by worker files (:mod:`remus.server.workerfile`);
+Each call returns :class:`FactoryEvent` values for the status channel; the core thread also acts
+on two of them: ``worker.quarantined`` (fail the jobs only that worker file could run) and
+``worker.asked_to_leave`` (tell that worker to exit). :class:`WorkerFactory` starts executables
+described by worker files (:mod:`remus.server.workerfile`);
 :class:`~remus.server.thread_factory.ThreadWorkerFactory` runs handlers on threads.
 """
 
 from __future__ import annotations
 
-import abc
-import contextlib
-import ctypes
 import logging
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from remus.errors import ConfigError, WorkerFileError
+from remus.errors import WorkerFileError
+from remus.server.factory_base import (
+    ASKED_TO_LEAVE,
+    EXITED,
+    QUARANTINED,
+    SPAWN_FAILED,
+    SPAWNED,
+    FactoryEvent,
+    WorkerFactoryBase,
+    WorkerSeen,
+    declares,
+    describe_requirements,
+    plan_spawns,
+)
+from remus.server.health import (
+    DEFAULT_BACKOFF,
+    Backoff,
+    Health,
+    StartFailure,
+    last_lines,
+    peak_rss_bytes,
+)
+from remus.server.processes import (
+    STDERR_TAIL_BYTES,
+    StderrTail,
+    collect,
+    is_running,
+    signal_group,
+    signal_name,
+    start_process,
+    worker_environment,
+)
 from remus.server.workerfile import WorkerFile, scan
-from remus.types import IOType, JobRequirements, matches
+from remus.types import JobRequirements, matches
 
 log = logging.getLogger(__name__)
 
-SPAWNED = "worker.spawned"
-EXITED = "worker.reaped"
-SPAWN_FAILED = "worker.spawn_failed"
-STDERR_TAIL_BYTES = 4096
-_STDERR_TRIM_AT = 1 << 20
-_PR_SET_PDEATHSIG = 1
-_UNLIMITED = 1 << 30
+#: seconds a worker asked to leave has before its process group is killed
+LEAVE_GRACE = 5.0
 
-
-@dataclass(frozen=True, slots=True)
-class FactoryEvent:
-    """Something a factory did, for the log and the status channel; ``payload`` is msgpack-able."""
-
-    topic: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """How long to wait before starting again a worker file whose processes keep failing.
-
-    A process that exits non-zero (or by a signal) within ``quick_exit`` seconds of its start is
-    a failure. After ``n`` failures in a row the next start waits ``initial * factor**(n-1)``
-    seconds, at most ``cap``, and only one process of that file runs until one succeeds.
-    """
-
-    initial: float = 1.0
-    factor: float = 2.0
-    cap: float = 30.0
-    quick_exit: float = 5.0
-
-    def delay(self, failures: int) -> float:
-        if failures <= 0:
-            return 0.0
-        return min(self.cap, self.initial * self.factor ** (failures - 1))
-
-
-DEFAULT_BACKOFF = Backoff()
-
-
-class WorkerFactoryBase(abc.ABC):
-    """What the server needs of a factory. Subclass it for a custom way of starting workers.
-
-    A subclass says what it could start (:meth:`offers`), starts workers
-    (:meth:`create_workers`), and counts them (:meth:`alive_count`); it may override
-    :meth:`reap` and :meth:`stop` when its workers need reaping or stopping.
-    """
-
-    def __init__(self, *, max_workers: int = 1) -> None:
-        if not isinstance(max_workers, int) or max_workers < 0:
-            raise ConfigError(f"max_workers must be an integer >= 0, got {max_workers!r}")
-        self.max_workers = max_workers
-        self.arguments: list[str] = []
-
-    @abc.abstractmethod
-    def offers(self) -> list[JobRequirements]:
-        """The requirements of every kind of worker this factory can start."""
-
-    @abc.abstractmethod
-    def create_workers(
-        self, demand: Mapping[JobRequirements, int], worker_endpoint: str, now: float
-    ) -> list[FactoryEvent]:
-        """Start workers for the demand, within ``max_workers``; return what happened."""
-
-    @abc.abstractmethod
-    def alive_count(self) -> int:
-        """How many workers this factory started are still alive."""
-
-    def supported_io_types(self) -> set[IOType]:
-        return {reqs.io_type for reqs in self.offers()}
-
-    def can_mesh(self, reqs: JobRequirements) -> bool:
-        """True if some worker this factory can start would take a job with ``reqs``."""
-        return any(matches(reqs, offer) for offer in self.offers())
-
-    def retrieve_requirements(self, io_type: IOType) -> list[JobRequirements]:
-        found: list[JobRequirements] = []
-        for offer in self.offers():
-            if offer.io_type == io_type and offer not in found:
-                found.append(offer)
-        return found
-
-    def add_argument(self, arg: str) -> None:
-        """Pass ``arg`` to every worker started from now on, before its own arguments."""
-        if not isinstance(arg, str):
-            raise TypeError(f"worker arguments are strings, got {arg!r}")
-        self.arguments.append(arg)
-
-    def add_search_path(self, path: str | os.PathLike[str]) -> None:
-        raise ConfigError(f"{type(self).__name__} does not read worker files")
-
-    def rescan(self) -> None:
-        """Look again for what the factory can start (worker files); nothing to do by default."""
-        return None
-
-    def reap(self, now: float) -> list[FactoryEvent]:
-        """Collect workers that ended, without blocking; nothing to do by default."""
-        return []
-
-    def stop(self, grace: float = 2.0) -> None:
-        """Stop every worker this factory started; nothing to do by default."""
-        return None
-
-
-def plan_spawns(
-    demand: Mapping[JobRequirements, int],
-    offers: Sequence[JobRequirements],
-    alive: Sequence[int],
-    limits: Sequence[int],
-    capacity: int,
-) -> list[int]:
-    """Which offers to start a worker of, one index per worker, in start order.
-
-    Each demand entry goes to the first matching offer that may start now (``limits[i] > 0``),
-    else to its first match. An offer is wanted up to its share of the demand counting its
-    ``alive`` workers; starts go round-robin between offers, so one busy io type does not take
-    every slot, and stop at ``capacity`` (free slots under ``max_workers``).
-    """
-    wanted = [0] * len(offers)
-    for reqs, count in demand.items():
-        if count <= 0:
-            continue
-        candidates = [i for i, offer in enumerate(offers) if matches(reqs, offer)]
-        if candidates:
-            ready = [i for i in candidates if limits[i] > 0]
-            wanted[(ready or candidates)[0]] += count
-    starts: list[int] = []
-    extra = [0] * len(offers)
-    while len(starts) < capacity:
-        before = len(starts)
-        for i in range(len(offers)):
-            if len(starts) < capacity and extra[i] < limits[i] and alive[i] + extra[i] < wanted[i]:
-                extra[i] += 1
-                starts.append(i)
-        if len(starts) == before:
-            break
-    return starts
-
-
-class _StderrTail:
-    """A worker's stderr in an unlinked temp file that we read the last bytes of.
-
-    A file never blocks the writer (a pipe would, once full, if the core is slow to read it).
-    The child appends (O_APPEND), so when the file passes 1 MiB we keep its tail in memory and
-    truncate it; lines written during that instant may be lost, which is fine for a log tail.
-    """
-
-    def __init__(self, limit: int = STDERR_TAIL_BYTES) -> None:
-        self.limit = limit
-        self._carry = b""
-        self._fd, name = tempfile.mkstemp(prefix="remus-worker-", suffix=".stderr")
-        try:
-            self.child_fd: int | None = os.open(name, os.O_WRONLY | os.O_APPEND)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-
-    def child_started(self) -> None:
-        if self.child_fd is not None:
-            os.close(self.child_fd)
-            self.child_fd = None
-
-    def _read(self) -> tuple[bytes, bool]:
-        size = os.fstat(self._fd).st_size
-        start = max(0, size - self.limit)
-        data = self._carry + os.pread(self._fd, size - start, start)
-        return data[-self.limit :], bool(self._carry) or start > 0
-
-    def trim(self) -> None:
-        if os.fstat(self._fd).st_size > _STDERR_TRIM_AT:
-            self._carry, _ = self._read()
-            os.ftruncate(self._fd, 0)
-
-    def text(self) -> str:
-        data, cut = self._read()
-        if cut and b"\n" in data:
-            data = data[data.index(b"\n") + 1 :]
-        return data.decode("utf-8", "replace")
-
-    def close(self) -> None:
-        self.child_started()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _parent_death_preexec() -> Callable[[], None] | None:
-    """On Linux, a preexec_fn asking the kernel to SIGKILL the child if the broker dies.
-
-    The signal fires when the *thread* that started the child exits, so the factory must be
-    driven by a thread that outlives its workers (the core thread, which calls :meth:`stop`).
-    Elsewhere, or if libc cannot be loaded, workers only have their process group.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    sigkill = int(signal.SIGKILL)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
-        if os.getppid() != parent:  # the broker died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-def worker_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """The broker's environment plus ``extra``, with the broker's Python first on PATH.
-
-    So a ``#!/usr/bin/env python3`` worker runs with the interpreter (and the installed remus)
-    of the broker. The broker's own ``os.environ`` is never modified.
-    """
-    env = dict(os.environ)
-    env.update(extra)
-    bindir = os.path.dirname(sys.executable)
-    parts = [p for p in env.get("PATH", "").split(os.pathsep) if p]
-    if bindir and (not parts or parts[0] != bindir):
-        env["PATH"] = os.pathsep.join([bindir, *parts])
-    return env
+_StderrTail = StderrTail  # the old private name, for the tests
+__all__ = [
+    "ASKED_TO_LEAVE",
+    "DEFAULT_BACKOFF",
+    "EXITED",
+    "QUARANTINED",
+    "SPAWNED",
+    "SPAWN_FAILED",
+    "STDERR_TAIL_BYTES",
+    "Backoff",
+    "FactoryEvent",
+    "Health",
+    "WorkerFactory",
+    "WorkerFactoryBase",
+    "WorkerSeen",
+    "plan_spawns",
+    "worker_environment",
+]
 
 
 @dataclass(eq=False)
@@ -267,39 +94,25 @@ class _Child:
     proc: subprocess.Popen[bytes]
     worker_file: WorkerFile
     started: float
-    stderr: _StderrTail
+    stderr: StderrTail
+    #: the broker stopped, killed or asked it to leave: its exit is never a crash
     stopping: bool = False
+    #: when a worker asked to leave is killed if it is still there
+    leave_by: float | None = None
+    registered: bool = False
+    idle: bool = False
+    finished: int = 0
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
-class Health:
-    """Back-off bookkeeping per kind of worker (a worker file's path, a handler's requirements)."""
-
-    def __init__(self, backoff: Backoff) -> None:
-        self.backoff = backoff
-        self._failures: dict[Any, int] = {}
-        self._not_before: dict[Any, float] = {}
-
-    def limit(self, key: Any, alive: int, now: float) -> int:
-        """How many workers of this kind may start now: all, none (backing off) or one."""
-        if not self._failures.get(key):
-            return _UNLIMITED
-        if now < self._not_before.get(key, 0.0):
-            return 0
-        return 0 if alive else 1  # on probation: one at a time until one succeeds
-
-    def failed(self, key: Any, now: float) -> float:
-        """Count a failure; returns the delay before the next start."""
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
-        retry_in = self.backoff.delay(failures)
-        self._not_before[key] = now + retry_in
-        return retry_in
-
-    def exited(self, key: Any, failed: bool, runtime: float, now: float) -> float | None:
-        """Count an exit: a failure within ``quick_exit`` s backs off; anything else resets."""
-        if failed and runtime < self.backoff.quick_exit:
-            return self.failed(key, now)
-        self._failures.pop(key, None)
-        return None
+    def state(self) -> str:
+        if self.stopping:
+            return "leaving"
+        if not self.registered:
+            return "starting"
+        return "idle" if self.idle else "busy"
 
 
 class WorkerFactory(WorkerFactoryBase):
@@ -307,7 +120,9 @@ class WorkerFactory(WorkerFactoryBase):
 
     A worker is started as ``ExecutableName <worker endpoint> [factory arguments] [Arguments]``
     in its own process group, with the file's ``Environment`` added to the broker's, its stdout
-    discarded and the tail of its stderr kept for the log. See ``docs/workers.md``.
+    discarded and the tail of its stderr kept for the log. ``max_workers`` defaults to the CPU
+    count. A file whose program keeps failing to start is backed off, then quarantined
+    (``backoff``). See ``docs/workers.md``.
     """
 
     #: its workers are separate processes (they need a tcp:// or ipc:// worker endpoint)
@@ -317,11 +132,13 @@ class WorkerFactory(WorkerFactoryBase):
         self,
         search_paths: Iterable[str | os.PathLike[str]] = (),
         *,
-        max_workers: int = 1,
+        max_workers: int | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
+        leave_grace: float = LEAVE_GRACE,
     ) -> None:
-        super().__init__(max_workers=max_workers)
+        super().__init__(max_workers=(os.cpu_count() or 1) if max_workers is None else max_workers)
         self.backoff = backoff
+        self.leave_grace = leave_grace
         self.search_paths: list[str] = [os.path.abspath(os.fspath(p)) for p in search_paths]
         self.worker_files: list[WorkerFile] = []
         self.errors: list[WorkerFileError] = []
@@ -335,6 +152,7 @@ class WorkerFactory(WorkerFactoryBase):
         return (
             f"<WorkerFactory files={len(self.worker_files)} alive={len(self._children)}"
             f"/{self.max_workers} spawned={self.spawned_total}"
+            f" quarantined={len(self._health.quarantined)}"
             f"{' stopped' if self._stopped else ''}>"
         )
 
@@ -353,13 +171,94 @@ class WorkerFactory(WorkerFactoryBase):
         for err in self.errors:
             log.warning("skipping worker file %s", err)
 
+    def _usable(self) -> list[WorkerFile]:
+        return [wf for wf in self.worker_files if wf.path not in self._health.quarantined]
+
     def offers(self) -> list[JobRequirements]:
-        return [wf.requirements for wf in self.worker_files]
+        """The requirements of every worker file that is not quarantined."""
+        return [wf.requirements for wf in self._usable()]
+
+    def quarantined(self) -> dict[str, str]:
+        """Quarantined worker files and why."""
+        return {path: q.reason for path, q in self._health.quarantined.items()}
+
+    def lift_quarantine(self, path: str | None = None) -> list[str]:
+        """Let a quarantined worker file (None: every one) start workers again, with a clean
+        record. Call it from the thread that drives the factory (``Server.lift_quarantine``
+        and SIGHUP on ``remus server`` do); returns the paths lifted."""
+        lifted = self._health.lift(None if path is None else os.path.abspath(path))
+        for p in lifted:
+            log.warning("worker file %s: quarantine lifted", p)
+        return lifted
+
+    # -- what the broker saw -----------------------------------------------------------------
+
+    def observe(self, seen: Mapping[int, WorkerSeen], now: float) -> list[FactoryEvent]:
+        """Note which workers registered (and with what), which are idle, which are healthy.
+
+        A worker that registered other requirements than its file declares is asked to leave
+        and its file quarantined."""
+        events: list[FactoryEvent] = []
+        for child in list(self._children.values()):
+            s = seen.get(child.pid)
+            if s is None or s.requirements is None:
+                continue
+            wf = child.worker_file
+            child.idle, child.finished = s.idle, s.finished
+            if child.stopping:
+                child.registered = True
+                continue
+            if not declares(wf.requirements, s.requirements):
+                events.extend(self._mismatch(child, s.requirements, now))
+                continue
+            if not child.registered:
+                child.registered = True
+                self._health.registered(wf.path)
+            if s.finished or now - child.started >= self.backoff.healthy_after:
+                self._health.healthy(wf.path)
+        return events
+
+    def _mismatch(self, child: _Child, got: JobRequirements, now: float) -> list[FactoryEvent]:
+        wf = child.worker_file
+        reason = (
+            f"its worker (pid {child.pid}) registered {describe_requirements(got)}, but "
+            f"the file declares {describe_requirements(wf.requirements)}"
+        )
+        log.error("worker file %s: %s; stopping it and quarantining the file", wf.path, reason)
+        return [self._ask_to_leave(child, reason, now), self._quarantine(wf, reason, now, [])]
+
+    def _ask_to_leave(self, child: _Child, reason: str, now: float) -> FactoryEvent:
+        child.stopping = True
+        child.leave_by = now + self.leave_grace
+        return FactoryEvent(
+            ASKED_TO_LEAVE, {**self._base(child.worker_file), "pid": child.pid, "reason": reason}
+        )
+
+    def _quarantine(
+        self, wf: WorkerFile, why: str, now: float, starts: list[StartFailure]
+    ) -> FactoryEvent:
+        reason = f"worker file {wf.path} is quarantined: {why}"
+        if starts:
+            reason += ": " + "; ".join(
+                f"[{i}] pid {s.pid}: {s.describe()}" for i, s in enumerate(starts, 1)
+            )
+        self._health.quarantine(wf.path, reason, now, starts)
+        log.error(
+            "%s\nno more workers start from it until the quarantine is lifted "
+            "(SIGHUP to remus server, or a restart)",
+            reason,
+        )
+        payload = {
+            **self._base(wf),
+            "reason": reason,
+            "starts": [s.to_wire() for s in starts],
+        }
+        return FactoryEvent(QUARANTINED, payload, wf.requirements)
 
     # -- starting ----------------------------------------------------------------------------
 
     def alive_count(self) -> int:
-        return sum(1 for c in self._children.values() if c.proc.poll() is None)
+        return sum(1 for c in self._children.values() if is_running(c.proc))
 
     def create_workers(
         self, demand: Mapping[JobRequirements, int], worker_endpoint: str, now: float
@@ -367,41 +266,65 @@ class WorkerFactory(WorkerFactoryBase):
         events = self.reap(now)
         if self._stopped or not demand or self.max_workers <= 0:
             return events
-        files = self.worker_files
+        files = self._usable()
         alive = [self._alive_of(wf) for wf in files]
         limits = [self._health.limit(wf.path, n, now) for wf, n in zip(files, alive, strict=True)]
-        capacity = self.max_workers - len(self._children)
-        for index in plan_spawns(demand, self.offers(), alive, limits, capacity):
-            events.append(self._spawn(files[index], worker_endpoint, now))
+        capacity = max(0, self.max_workers - len(self._children))
+        idle = [c for c in self._children.values() if c.registered and c.idle and not c.stopping]
+        offers = [wf.requirements for wf in files]
+        plan = plan_spawns(demand, offers, alive, limits, capacity + len(idle))
+        for index in plan[:capacity]:
+            events.extend(self._spawn(files[index], worker_endpoint, now))
+        events.extend(self._evict(idle, [files[i] for i in plan[capacity:]], now))
+        return events
+
+    def _evict(
+        self, idle: list[_Child], waiting: list[WorkerFile], now: float
+    ) -> list[FactoryEvent]:
+        """Ask idle workers of other files to leave, one per start that waits for a slot
+        (counting those already leaving), so that one file's idle workers never starve
+        another file's jobs."""
+        leaving = sum(1 for c in self._children.values() if c.stopping)
+        need = len(waiting) - leaving
+        paths = {wf.path for wf in waiting}
+        events = []
+        for child in sorted(idle, key=lambda c: c.started):
+            if need <= 0:
+                break
+            if child.worker_file.path in paths:
+                continue
+            reason = (
+                f"its slot is needed: max_workers={self.max_workers} reached and jobs wait for "
+                f"{waiting[0].path}"
+            )
+            log.info(
+                "asking idle worker pid %d (%s) to leave: %s",
+                child.pid,
+                child.worker_file.path,
+                reason,
+            )
+            events.append(self._ask_to_leave(child, reason, now))
+            need -= 1
         return events
 
     def _alive_of(self, wf: WorkerFile) -> int:
         return sum(1 for c in self._children.values() if c.worker_file.path == wf.path)
 
-    def _spawn(self, wf: WorkerFile, endpoint: str, now: float) -> FactoryEvent:
-        argv = [wf.executable, endpoint, *self.arguments, *wf.arguments]
-        base = {
+    @staticmethod
+    def _base(wf: WorkerFile) -> dict[str, Any]:
+        return {
             "worker_name": wf.worker_name,
             "io_type": wf.io_type.to_wire(),
             "worker_file": wf.path,
         }
-        tail = None
+
+    def _spawn(self, wf: WorkerFile, endpoint: str, now: float) -> list[FactoryEvent]:
+        argv = [wf.executable, endpoint, *self.arguments, *wf.arguments]
         try:
-            tail = _StderrTail()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=tail.child_fd,
-                env=worker_environment(wf.environment),
-                close_fds=True,
-                process_group=0,
-                preexec_fn=_parent_death_preexec(),  # only calls prctl
-            )
+            proc, tail = start_process(argv, wf.environment)
         except (OSError, subprocess.SubprocessError) as e:
-            if tail is not None:
-                tail.close()
-            retry_in = self._health.failed(wf.path, now)
+            failure = StartFailure(0, 0.0, error=str(e))
+            retry_in = self._health.failed(wf.path, now, failure)
             log.warning(
                 "cannot start worker %r from %s: %s; next try in %.1f s",
                 wf.worker_name,
@@ -409,105 +332,175 @@ class WorkerFactory(WorkerFactoryBase):
                 e,
                 retry_in,
             )
-            return FactoryEvent(SPAWN_FAILED, {**base, "error": str(e), "retry_in": retry_in})
-        tail.child_started()
+            event = FactoryEvent(
+                SPAWN_FAILED, {**self._base(wf), "error": str(e), "retry_in": retry_in}
+            )
+            return [event, *self._maybe_quarantine(wf, now)]
         self._children[proc.pid] = _Child(proc, wf, now, tail)
         self.spawned_total += 1
         log.info("started worker %r (pid %d): %s", wf.worker_name, proc.pid, " ".join(argv))
-        return FactoryEvent(SPAWNED, {**base, "pid": proc.pid, "argv": argv})
+        return [FactoryEvent(SPAWNED, {**self._base(wf), "pid": proc.pid, "argv": argv})]
+
+    def _maybe_quarantine(self, wf: WorkerFile, now: float) -> list[FactoryEvent]:
+        starts = self._health.due_quarantine(wf.path)
+        if starts is None:
+            return []
+        why = f"{len(starts)} failed starts in a row (each ended before it registered)"
+        return [self._quarantine(wf, why, now, starts)]
 
     # -- reaping and stopping ----------------------------------------------------------------
 
     def reap(self, now: float) -> list[FactoryEvent]:
         events = []
         for pid, child in list(self._children.items()):
-            code = child.proc.poll()
-            if code is None:
+            done = collect(child.proc)
+            if done is None:
+                if child.leave_by is not None and now >= child.leave_by:
+                    log.warning(
+                        "worker pid %d (%s) was asked to leave %.1f s ago and is still there; "
+                        "killing it",
+                        pid,
+                        child.worker_file.path,
+                        self.leave_grace,
+                    )
+                    child.leave_by = None
+                    signal_group(child.proc, signal.SIGKILL)
                 child.stderr.trim()
                 continue
             del self._children[pid]
-            events.append(self._exited(child, code, now))
+            events.extend(self._exited(child, done[0], peak_rss_bytes(done[1]), now))
         return events
 
-    def _exited(self, child: _Child, code: int, now: float) -> FactoryEvent:
+    def _exited(self, child: _Child, code: int, rss: int, now: float) -> list[FactoryEvent]:
         wf = child.worker_file
         runtime = max(0.0, now - child.started)
         tail = child.stderr.text()
         child.stderr.close()
-        signame = None
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                signame = signal.Signals(-code).name
+        signame = signal_name(code)
         retry_in = None
-        if not child.stopping:
-            retry_in = self._health.exited(wf.path, code != 0, runtime, now)
-        how = f"signal {signame or -code}" if code < 0 else f"code {code}"
+        more: list[FactoryEvent] = []
+        healthy = runtime >= self.backoff.healthy_after
+        if child.stopping:
+            pass  # the broker stopped it: never a crash
+        elif not child.registered and not healthy:
+            failure = StartFailure(child.pid, runtime, code, signame, rss, last_lines(tail))
+            retry_in = self._health.failed(wf.path, now, failure)
+            more = self._maybe_quarantine(wf, now)
+            if more:
+                retry_in = None
+        elif code != 0 and not healthy and not child.finished:
+            retry_in = self._health.failed(wf.path, now)  # registered, then crashed
+        else:
+            self._health.healthy(wf.path)
+        how = f"signal {signame}" if code < 0 else f"code {code}"
         if code != 0 and not child.stopping:
             retry = f"; next start in {retry_in:.1f} s" if retry_in else ""
+            before = "" if child.registered else " before registering"
             log.warning(
-                "worker %r (pid %d, %s) exited with %s after %.1f s%s; stderr tail:\n%s",
+                "worker %r (pid %d, %s) exited with %s after %.1f s%s%s; stderr tail:\n%s",
                 wf.worker_name,
-                child.proc.pid,
+                child.pid,
                 wf.path,
                 how,
                 runtime,
+                before,
                 retry,
                 tail.rstrip() or "(empty)",
             )
         else:
-            log.info("worker %r (pid %d) exited with %s", wf.worker_name, child.proc.pid, how)
-        return FactoryEvent(
-            EXITED,
-            {
-                "pid": child.proc.pid,
-                "returncode": code,
-                "signal": signame,
-                "worker_name": wf.worker_name,
-                "io_type": wf.io_type.to_wire(),
-                "worker_file": wf.path,
-                "runtime": round(runtime, 3),
-                "stderr_tail": tail,
-                "stopped_by_broker": child.stopping,
-                "retry_in": retry_in,
-            },
-        )
+            log.info("worker %r (pid %d) exited with %s", wf.worker_name, child.pid, how)
+        payload = {
+            **self._base(wf),
+            "pid": child.pid,
+            "returncode": code,
+            "signal": signame,
+            "runtime": round(runtime, 3),
+            "peak_rss": rss,
+            "stderr_tail": tail,
+            "registered": child.registered,
+            "stopped_by_broker": child.stopping,
+            "retry_in": retry_in,
+        }
+        return [FactoryEvent(EXITED, payload), *more]
 
     def kill(self, pid: int) -> bool:
         """SIGKILL one spawned worker (its process group), e.g. one that ignored a time limit.
-        Returns False for a pid this factory did not spawn."""
+        Its exit is never counted as a crash. Returns False for a pid this factory did not
+        spawn."""
         child = self._children.get(pid)
-        if child is None or child.proc.poll() is not None:
+        if child is None or not is_running(child.proc):
             return False
         log.warning("killing worker %r (pid %d)", child.worker_file.worker_name, pid)
-        _signal_group(child.proc, signal.SIGKILL)
+        child.stopping = True
+        signal_group(child.proc, signal.SIGKILL)
         return True
 
     def stop(self, grace: float = 2.0) -> None:
         """SIGTERM every worker's process group, SIGKILL what is left after ``grace`` s, reap."""
         self._stopped = True
-        running = [c for c in self._children.values() if c.proc.poll() is None]
+        running = [c for c in self._children.values() if is_running(c.proc)]
         for child in running:
             child.stopping = True
-            _signal_group(child.proc, signal.SIGTERM)
+            signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            while is_running(child.proc) and time.monotonic() < deadline:
+                time.sleep(0.01)
         for child in running:  # the group may hold the worker's own children
-            _signal_group(child.proc, signal.SIGKILL)
+            signal_group(child.proc, signal.SIGKILL)
         for child in running:
             try:
                 child.proc.wait(timeout=5.0)
             except subprocess.TimeoutExpired:
-                log.error("worker pid %d did not die after SIGKILL", child.proc.pid)
+                log.error("worker pid %d did not die after SIGKILL", child.pid)
         self.reap(time.monotonic())
 
+    # -- in words ----------------------------------------------------------------------------
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    except (PermissionError, AttributeError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
+    def explain(self, reqs: JobRequirements, now: float | None = None) -> str | None:
+        """What the factory is doing about a queued job with ``reqs``, or None if no worker
+        file (quarantined or not) would serve it."""
+        now = time.monotonic() if now is None else now
+        files = [wf for wf in self.worker_files if matches(reqs, wf.requirements)]
+        if not files:
+            return None
+        usable = [wf for wf in files if wf.path not in self._health.quarantined]
+        if not usable:
+            return "; ".join(self._health.quarantined[wf.path].reason for wf in files)
+        for wf in usable:
+            starting = [
+                c.pid
+                for c in self._children.values()
+                if c.worker_file.path == wf.path and c.state() == "starting"
+            ]
+            if starting:
+                pids = ", ".join(str(pid) for pid in starting)
+                return f"starting a worker from {wf.path} (pid {pids})"
+        for wf in usable:
+            off = self._health.backing_off(wf.path, now)
+            if off is not None and off[1] > 0:
+                failures, retry_in, last = off
+                text = (
+                    f"worker file {wf.path} is backing off after {failures} failed "
+                    f"start{'s' if failures != 1 else ''} (next start in {retry_in:.1f} s)"
+                )
+                if last is not None:
+                    text += f": last: {last.describe(lines=1)}"
+                return text
+        if self.max_workers <= 0:
+            return "max_workers=0: the broker starts no worker"
+        if len(self._children) >= self.max_workers:
+            held = ", ".join(
+                f"{c.worker_file.worker_name or c.worker_file.path} (pid {c.pid}, {c.state()})"
+                for c in sorted(self._children.values(), key=lambda c: c.started)
+            )
+            return f"max_workers={self.max_workers} reached, held by: {held}"
+        paths = {wf.path for wf in usable}
+        running = [
+            c for c in self._children.values() if c.worker_file.path in paths and not c.stopping
+        ]
+        if running:
+            held = ", ".join(f"pid {c.pid}, {c.state()}" for c in running)
+            path = running[0].worker_file.path
+            return f"waiting for the worker already started from {path} ({held})"
+        return f"a worker from {usable[0].path} will be started"

@@ -17,17 +17,15 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from remus.server.factory import (
-    DEFAULT_BACKOFF,
+from remus.server.factory_base import (
     EXITED,
     SPAWNED,
-    Backoff,
     FactoryEvent,
-    Health,
     WorkerFactoryBase,
     plan_spawns,
 )
-from remus.types import JobRequirements
+from remus.server.health import DEFAULT_BACKOFF, Backoff, Health
+from remus.types import JobRequirements, matches
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +89,26 @@ class ThreadWorkerFactory(WorkerFactoryBase):
         for index in plan_spawns(demand, offers, alive, limits, capacity):
             events.append(self._start(offers[index], worker_endpoint, now))
         return events
+
+    def explain(self, reqs: JobRequirements, now: float | None = None) -> str | None:
+        """What the factory does about a queued job with ``reqs``; None if no handler fits."""
+        now = time.monotonic() if now is None else now
+        offers = [r for r in self.handlers if matches(reqs, r)]
+        if not offers:
+            return None
+        for offer in offers:
+            off = self._health.backing_off(offer, now)
+            if off is not None and off[1] > 0:
+                return (
+                    f"thread workers for {offer.io_type} are backing off after {off[0]} "
+                    f"failures (next start in {off[1]:.1f} s)"
+                )
+        if self.max_workers <= 0:
+            return "max_workers=0: the broker starts no worker"
+        if len(self._slots) >= self.max_workers:
+            names = ", ".join(s.thread.name for s in self._slots)
+            return f"max_workers={self.max_workers} reached, held by: {names}"
+        return f"a thread worker for {offers[0].io_type} will be started"
 
     def _start(self, reqs: JobRequirements, endpoint: str, now: float) -> FactoryEvent:
         self.started_total += 1
