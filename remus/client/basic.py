@@ -16,8 +16,8 @@ news, so every progress update arrives, in order, as soon as it happens.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -34,23 +34,54 @@ from remus.client.client import (
     limits,
     results_of,
 )
-from remus.errors import TimeoutError
+from remus.client.patience import Patience
+from remus.errors import RemusError
 from remus.files import JobFileRequest
 from remus.server.config import DEFAULT_CLIENT
-from remus.types import IOType, Job, JobProgress, JobRequirements, JobResult, JobSubmission, Status
+from remus.types import (
+    FileHandle,
+    IOType,
+    Job,
+    JobProgress,
+    JobRequirements,
+    JobResult,
+    JobSubmission,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 
-#: the longest single hold asked of the broker while waiting (each hold is one request)
-HOLD = 5.0
-#: how many client timeouts in a row a wait rides out (a broker restarting) before it gives up
-RESUME_TRIES = 3
-
 ProgressCallback = Callable[[JobProgress], Any]
+#: contents of a job: bytes, or str (sent as UTF-8)
+Content = bytes | str
+
+
+class _Known:
+    """What a wait last heard of its job, for the message of an error that ends the wait."""
+
+    def __init__(self) -> None:
+        self.status: Status | None = None
+        self.progress: JobProgress | None = None
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return "no answer about it yet"
+        text = self.status.name
+        if self.progress is not None:
+            value = "" if self.progress.value is None else f" {self.progress.value}%"
+            text += f",{value} {self.progress.message!r}".rstrip()
+        return text
 
 
 class BasicClient:
-    """Submit, follow, wait, collect. ``timeout`` bounds each call to the broker."""
+    """Submit, follow, wait, collect.
+
+    ``timeout`` (seconds, default 10) is how long the broker may stay silent: every call raises
+    TimeoutError within it plus one second when the broker is dead, stopped or suspended (see
+    ``remus.client.patience``). Waits also take their own ``timeout``, a hard deadline for the
+    whole call. A broker that stops while a wait is under way answers at once: the wait raises
+    BrokerStoppedError, or, when the broker's journal keeps the job, waits for it to come back.
+    """
 
     def __init__(
         self,
@@ -70,26 +101,34 @@ class BasicClient:
     def submit(
         self,
         what: IOType | JobRequirements,
-        data: bytes | None = None,
+        data: Content | None = None,
         *,
         files: Iterable[files.PathLike] | None = None,
         args: Iterable[str] | None = None,
         max_retries: int | None = None,
         time_limit: float | None = None,
         queue_time_limit: float | None = None,
-        **contents: bytes,
+        wait_for_worker: bool = False,
+        retries_on_error: int | None = None,
+        timeout: float | None = None,
+        **contents: Content,
     ) -> Job:
-        """Queue a job for any worker that serves ``what``; ``data`` is its main content.
+        """Queue a job for any worker that serves ``what``; ``data`` is its main content
+        (bytes, or str sent as UTF-8).
 
-        With ``files`` (paths or FileHandles) and ``args`` it is a JobFileRequest instead:
-        the worker gets each file as a local path (docs/files.md). ``max_retries``,
-        ``time_limit`` and ``queue_time_limit`` are per-job limits (see ``remus.client.limits``).
+        With ``files`` (a list of paths or FileHandles) and ``args`` it is a JobFileRequest
+        instead: the worker gets each file as a local path (docs/files.md). ``max_retries``,
+        ``time_limit``, ``queue_time_limit``, ``wait_for_worker`` and ``retries_on_error`` are
+        per-job options (see ``remus.client.limits``); ``timeout`` bounds this call.
         """
         return self.client.submit_job(
             _submission(what, data, files, args, contents),
             max_retries=max_retries,
             time_limit=time_limit,
             queue_time_limit=queue_time_limit,
+            wait_for_worker=wait_for_worker,
+            retries_on_error=retries_on_error,
+            timeout=timeout,
         )
 
     def wait(
@@ -101,14 +140,17 @@ class BasicClient:
         """Wait for the job's result, calling ``on_progress`` once for every update, in order.
 
         Raises JobFailedError (JobTerminatedError, JobExpiredError) if it ends without one,
-        TimeoutError if ``timeout`` seconds pass first (the job keeps running).
+        TimeoutError if ``timeout`` seconds pass first (the job keeps running) or the broker
+        stays silent past the client's timeout, BrokerStoppedError if the broker stops.
         """
-        return self._follow(None, job.id, timeout, on_progress)
+        known = _Known()
+        wait = Patience(self.client, timeout, f"job {job.id}", lambda: str(known))
+        return self._follow(wait, None, job.id, known, on_progress)
 
     def run(
         self,
         what: IOType | JobRequirements,
-        data: bytes | None = None,
+        data: Content | None = None,
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
@@ -117,102 +159,112 @@ class BasicClient:
         max_retries: int | None = None,
         time_limit: float | None = None,
         queue_time_limit: float | None = None,
+        wait_for_worker: bool = False,
+        retries_on_error: int | None = None,
         release: bool = False,
-        **contents: bytes,
+        **contents: Content,
     ) -> JobResult:
         """Submit and wait, in one round trip: the wait is sent right behind the submission.
-        ``files`` and ``args`` make it a JobFileRequest, limits as in :meth:`submit`.
+        ``files`` and ``args`` make it a JobFileRequest, options as in :meth:`submit`;
+        ``timeout`` bounds the whole call, errors as in :meth:`wait`.
 
         ``release=True`` lets the broker forget the job as soon as its result is on its way
         here (its status then reads INVALID): for big one-shot results the broker need not
         keep for ``result_ttl``."""
         sub = _submission(what, data, files, args, contents)
         c = self.client
-        entry = c.entry(sub)
+        known = _Known()
+        wait = Patience(c, timeout, "the job", lambda: str(known))
+        entry = c.entry(sub, timeout=wait.left())
+        wait.subject = f"job {entry.id}"
         # follow: the broker answers the submit like a held progress request, result included,
         # so a quick job costs one message each way
-        hold = HOLD if timeout is None else min(HOLD, timeout)
+        hold = wait.hold()
         opts = {
             "follow": hold,
             "release": release,
             "host": c.host,
-            **limits(max_retries, time_limit, queue_time_limit),
+            **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
         }
         rid = c.send(p.SubmitRequest, [entry], opts)
+        wait.sent(rid, hold)
         job_id = entry.id
         del entry  # inlined file bytes are ZeroMQ's now: freed once sent, not held for the wait
-        return self._follow(rid, job_id, timeout, on_progress, hold, release=release)
+        return self._follow(wait, rid, job_id, known, on_progress, release=release)
 
     def _follow(
         self,
+        wait: Patience,
         rid: int | None,
         job_id: str,
-        timeout: float | None,
+        known: _Known,
         on_progress: ProgressCallback | None,
-        hold: float = 0.0,
         *,
         release: bool = False,
     ) -> JobResult:
-        """Follow a job to its end. ``rid``: a progress request (or following submit) already
-        sent with ``hold``; None to start with a fresh progress request."""
+        """Follow a job to its end. ``rid``: a following submit already sent (and told to
+        ``wait``); None to start with a progress request."""
         c = self.client
-        deadline = None if timeout is None else time.monotonic() + timeout
         since = 0
-        silent = 0
-        while True:
+
+        def ask(hold: float) -> int:
+            return c.send(p.ProgressRequest, job_id, since, hold, True, release)
+
+        def probe() -> int:
+            return ask(0.0)
+
+        try:
             if rid is None:
-                left = HOLD if deadline is None else deadline - time.monotonic()
-                hold = max(0.0, min(HOLD, left))
-                rid = c.send(p.ProgressRequest, job_id, since, hold, True, release)
-            try:
-                reply = c.receive(rid, c.timeout + hold)
-            except TimeoutError:
-                # A broker that restarts (from its journal) comes back on the same endpoint and
-                # still knows the job: ask again, a few times, before giving up on it.
-                silent += 1
-                if silent > RESUME_TRIES or (deadline is not None and time.monotonic() >= deadline):
-                    raise
-                log.warning("broker at %s silent; asking again about job %s", c.endpoint, job_id)
-                rid = None
-                continue
-            rid = None
-            silent = 0
-            data = reply.data
-            if data.get("dropped"):
-                log.warning(
-                    "job %s: %d progress updates were dropped by the broker's history bound",
-                    job_id,
-                    data["dropped"],
-                )
-            for seq, value, message in data["updates"]:
-                since = seq
-                if on_progress is not None:
-                    on_progress(JobProgress(value, message, seq))
-            status = Status(data["status"])
-            if status.done and "reason" in data:
-                if status is Status.FINISHED:
-                    if "result" in data:
-                        blobs = iter(reply.frames)
-                        result = as_bytes(p.take(data["result"], blobs, job_id))
-                        if "files" in data:
-                            fs = p.take_files(data["files"], blobs, f"result of {job_id}")
-                            return files.result_from_wire(job_id, result, fs, c.host)
-                        return JobResult(job_id, result)
-                    return c.retrieve_result(job_id)
-                raise job_error(job_id, status, data.get("reason", ""), data.get("traceback", ""))
-            if status is Status.INVALID:
-                raise job_error(job_id, status, "")
-            if deadline is not None and time.monotonic() >= deadline and not data["updates"]:
-                raise TimeoutError(
-                    f"job {job_id} did not finish within {timeout:.3g} s (it is {status.name})",
-                    endpoint=c.endpoint,
-                )
+                hold = wait.hold()
+                wait.sent(ask(hold), hold)
+            while True:
+                reply = wait.next_reply(probe)
+                data = reply.data
+                if data.get("dropped"):
+                    log.warning(
+                        "job %s: %d progress updates were dropped by the broker's history bound",
+                        job_id,
+                        data["dropped"],
+                    )
+                for seq, value, message in data["updates"]:
+                    if seq <= since:
+                        continue  # an answer to an older request of this wait
+                    since = seq
+                    known.progress = JobProgress(value, message, seq)
+                    if on_progress is not None:
+                        on_progress(known.progress)
+                status = known.status = Status(data["status"])
+                if status.done and "reason" in data:
+                    if status is Status.FINISHED:
+                        if "result" in data:
+                            blobs = iter(reply.frames)
+                            result = as_bytes(p.take(data["result"], blobs, job_id))
+                            if "files" in data:
+                                fs = p.take_files(data["files"], blobs, f"result of {job_id}")
+                                return files.result_from_wire(job_id, result, fs, c.host)
+                            return JobResult(job_id, result)
+                        return c.retrieve_result(job_id, timeout=wait.left())
+                    raise job_error(
+                        job_id, status, data.get("reason", ""), data.get("traceback", "")
+                    )
+                if status is Status.INVALID:
+                    raise job_error(job_id, status, "")
+                if wait.past_deadline:
+                    raise wait.expired()
+                if not wait.held():
+                    hold = wait.hold()
+                    wait.sent(ask(hold), hold)
+        finally:
+            wait.close()
 
     # -------------------------------------------------------------- many jobs
 
-    def submit_many(self, submissions: Iterable[Submission], **limits: Any) -> list[Job]:
-        """Queue many jobs in batches, without a round trip per job (limits as in submit)."""
-        return self.client.submit_jobs(submissions, **limits)
+    def submit_many(
+        self, submissions: Iterable[Submission], *, timeout: float | None = None, **limits: Any
+    ) -> list[Job]:
+        """Queue many jobs in batches, without a round trip per job (options as in submit;
+        ``timeout`` bounds the whole call)."""
+        return self.client.submit_jobs(submissions, timeout=timeout, **limits)
 
     def as_completed(
         self,
@@ -225,47 +277,57 @@ class BasicClient:
 
         A job that fails raises its JobFailedError (``errors="raise"``) or is yielded as that
         exception (``errors="yield"``) so the rest can still be collected. Results come in
-        batches: one request brings every result ready by then.
+        batches: one request brings every result ready by then. ``timeout`` bounds the whole
+        iteration (from the first ``next``); errors as in :meth:`wait`.
         """
         c = self.client
         pending = dict.fromkeys(j.id for j in jobs)  # in submission order, not yet yielded
-        deadline = None if timeout is None else time.monotonic() + timeout
+        total = len(pending)
+
+        def state() -> str:
+            ids = ", ".join(list(pending)[:3]) + (", ..." if len(pending) > 3 else "")
+            return f"{len(pending)} of {total} not finished ({ids})"
+
+        wait = Patience(c, timeout, f"{total} job{'s' * (total != 1)}", state, plural=True)
         watch = ""
-        silent = 0
-        while pending:
-            try:
+
+        def ask(add: list[str], hold: float) -> int:
+            return c.send(p.CollectRequest, watch, add, hold)
+
+        try:
+            while pending:
                 if not watch:
                     # register the watch list in chunks, collecting what is already done
                     watch = secrets.token_hex(6)
                     ids = list(pending)
                     for start in range(0, len(ids), BATCH_JOBS * 10):
                         chunk = ids[start : start + BATCH_JOBS * 10]
-                        reply = c.call(p.CollectRequest, watch, chunk, 0.0)
+                        wait.sent(ask(chunk, 0.0), 0.0)
+                        reply = wait.next_reply(lambda: ask(chunk, 0.0))  # noqa: B023
                         yield from self._yield_results(reply, errors, c.host, pending)
                     continue
-                left = HOLD if deadline is None else deadline - time.monotonic()
-                hold = max(0.0, min(HOLD, left))
-                reply = c.call(p.CollectRequest, watch, (), hold, timeout=c.timeout + hold)
-            except TimeoutError:
-                # a restarted broker lost the watch list (but, with a journal, not the jobs):
-                # ask again a few times, registering the jobs still pending anew
-                silent += 1
-                if silent > RESUME_TRIES or (deadline is not None and time.monotonic() >= deadline):
-                    raise
-                log.warning(
-                    "broker at %s silent; asking again for %d results", c.endpoint, len(pending)
-                )
-                watch = ""
-                continue
-            silent = 0
-            yield from self._yield_results(reply, errors, c.host, pending)
-            if pending and not reply.data["remaining"]:
-                watch = ""  # a broker that restarted never heard of this watch list: register again
-            if pending and deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{len(pending)} jobs did not finish within {timeout:.3g} s",
-                    endpoint=c.endpoint,
-                )
+                if not wait.held():
+                    hold = wait.hold()
+                    wait.sent(ask([], hold), hold)
+                reply = wait.next_reply(lambda: ask([], 0.0))
+                yield from self._yield_results(reply, errors, c.host, pending)
+                if pending and not reply.data["remaining"]:
+                    watch = ""  # a broker that restarted never heard of this watch list
+                if pending and wait.past_deadline:
+                    raise self._late(wait, pending)
+        finally:
+            wait.close()
+
+    def _late(self, wait: Patience, pending: dict[str, None]) -> RemusError:
+        """The error for jobs not finished by the deadline, with what the broker says of the
+        first few (asked briefly: the broker answered just now)."""
+        error = wait.expired()
+        try:
+            some = self.client.job_statuses(list(pending)[:5], timeout=min(0.3, wait.silence))
+        except RemusError:
+            return error
+        words = "; ".join(str(s) for s in some) + ("; ..." if len(pending) > 5 else "")
+        return type(error)(f"{error} [{words}]", endpoint=error.endpoint)
 
     @staticmethod
     def _yield_results(
@@ -299,15 +361,20 @@ class BasicClient:
 
 def _submission(
     what: IOType | JobRequirements,
-    data: bytes | None,
+    data: Content | None,
     file_list: Iterable[files.PathLike] | None,
     args: Iterable[str] | None,
-    contents: dict[str, bytes],
+    contents: dict[str, Content],
 ) -> Submission:
     if file_list is None and args is None:
         return JobSubmission.of(what, data, **contents)
     if data is not None or contents:
         raise TypeError("a job takes data and contents, or files and args, not both")
+    if isinstance(file_list, (str, bytes, os.PathLike, FileHandle)):
+        raise TypeError(
+            f"files must be a list of paths or FileHandles, not one {type(file_list).__name__}: "
+            f"write files=[{file_list!r}]"
+        )
     return JobFileRequest(
         JobRequirements.of(what),
         [files.handle(f) for f in file_list or ()],

@@ -12,7 +12,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import zmq
@@ -20,16 +20,19 @@ import zmq
 from remus import files
 from remus import protocol as p
 from remus.errors import (
+    BrokerStoppedError,
     BusyError,
     FileError,
     JobExpiredError,
     JobFailedError,
     JobNotFinishedError,
     JobTerminatedError,
+    NoWorkerError,
     ProtocolError,
     ServerError,
     TimeoutError,
     UnknownJobError,
+    WrongEndpointError,
 )
 from remus.files import JobFileRequest
 from remus.hostid import host_id
@@ -54,8 +57,46 @@ BATCH_BYTES = 32 * 1024 * 1024
 #: submit batches in flight at once
 WINDOW = 8
 
+#: a reply held for a call with a timeout is due this much (at most half the timeout) before it
+REPLY_MARGIN = 0.25
+
 #: what submit_job and submit_jobs take
 Submission = JobSubmission | JobFileRequest
+
+
+def _no_worker(msg: p.Error) -> ServerError:
+    data = msg.data or {}
+    reqs = data.get("requirements")
+    serves = data.get("serves")
+    return NoWorkerError(
+        msg.message,
+        requirements=reqs if isinstance(reqs, str) else "",
+        serves=[s for s in serves if isinstance(s, str)] if isinstance(serves, list) else None,
+    )
+
+
+def _stopped(msg: p.Error) -> ServerError:
+    error = BrokerStoppedError(msg.message)
+    error.code = msg.code  # "broker-stopping" or "broker-stopping-journaled"
+    return error
+
+
+#: error code from the broker -> the exception raised for it (any other code: ServerError)
+ERRORS: dict[str, Callable[[p.Error], ServerError]] = {
+    "busy": lambda msg: BusyError(msg.message),
+    "no-worker": _no_worker,
+    "broker-stopping": _stopped,
+    "broker-stopping-journaled": _stopped,
+    "wrong-endpoint": lambda msg: WrongEndpointError(msg.message),
+}
+#: the code of a stopping broker whose journal keeps the job (a wait may ride out the restart)
+JOURNALED = "broker-stopping-journaled"
+
+
+def server_error(msg: p.Error) -> ServerError:
+    """The exception that stands for an error message from the broker."""
+    make = ERRORS.get(msg.code)
+    return make(msg) if make is not None else ServerError(msg.message, code=msg.code)
 
 
 def job_error(job_id: str, status: Status, reason: str, traceback: str = "") -> Exception:
@@ -73,20 +114,26 @@ def job_error(job_id: str, status: Status, reason: str, traceback: str = "") -> 
 
 def _status(row: list[Any]) -> JobStatus:
     job_id, status, value, message, seq, reason, attempt = row[:7]
+    worker = row[7] if len(row) > 7 and isinstance(row[7], str) else ""
     progress = JobProgress(value, message, seq) if seq else None
-    return JobStatus(job_id, Status(status), progress, reason, attempt or 1)
+    return JobStatus(job_id, Status(status), progress, reason, attempt or 1, worker)
 
 
 def limits(
     max_retries: int | None = None,
     time_limit: float | None = None,
     queue_time_limit: float | None = None,
+    wait_for_worker: bool = False,
+    retries_on_error: int | None = None,
 ) -> dict[str, Any]:
     """Submit options for per-job limits (None: the broker's default or no limit).
 
     ``max_retries``: times the job runs again if its worker is lost (then FAILED with the
     evidence); ``time_limit``: seconds it may run once a worker has it (then FAILED, "time
-    limit"); ``queue_time_limit``: seconds it may wait for a worker (then EXPIRED)."""
+    limit"); ``queue_time_limit``: seconds it may wait for a worker (then EXPIRED);
+    ``wait_for_worker``: queue the job even if no connected worker and no worker file can serve
+    it yet (otherwise the broker refuses it with NoWorkerError); ``retries_on_error``: times the
+    job runs again when its handler raised (default 0)."""
     opts: dict[str, Any] = {}
     if max_retries is not None:
         opts["max_retries"] = int(max_retries)
@@ -94,11 +141,31 @@ def limits(
         opts["time_limit"] = float(time_limit)
     if queue_time_limit is not None:
         opts["queue_time_limit"] = float(queue_time_limit)
+    if wait_for_worker:
+        opts["wait_for_worker"] = True
+    if retries_on_error is not None:
+        opts["retries_on_error"] = int(retries_on_error)
     return opts
 
 
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is not None and not timeout > 0:
+        raise ValueError("timeout must be positive")
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (None: no deadline, the client's timeout applies)."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 class Client:
-    """Talks to a broker's client endpoint. ``timeout`` (seconds) bounds every call."""
+    """Talks to a broker's client endpoint.
+
+    ``timeout`` (seconds) is how long the broker may take to answer: a call whose answer does
+    not come within it raises TimeoutError naming the endpoint. Every method also takes a
+    per-call ``timeout=`` that replaces it for that call (for ``submit_jobs``: the whole call).
+    """
 
     def __init__(
         self,
@@ -144,79 +211,97 @@ class Client:
         return rid
 
     def receive(self, rid: int, timeout: float | None = None) -> p.Reply:
-        """The reply to request ``rid``; raises the broker's refusal as an exception."""
-        assert self._sock is not None
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        try:
-            while rid not in self._early:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
-                    raise TimeoutError(
-                        f"the broker at {self.endpoint} did not answer within "
-                        f"{self.timeout if timeout is None else timeout:.3g} s; is it running?",
-                        endpoint=self.endpoint,
-                    )
-                frames = self._sock.recv_multipart(copy=False)
-                try:
-                    msg = p.decode(frames, p.BROKER_TO_CLIENT)
-                except ProtocolError as e:
-                    log.warning("dropped an unreadable message from the broker: %s", e)
-                    continue
-                got = getattr(msg, "rid", -1)
-                if got in self._pending:
-                    self._early[got] = msg
-                elif got == -1 and isinstance(msg, p.Error):
-                    raise ServerError(msg.message, code=msg.code)
-                # else: the late reply to a request that already timed out
-            msg = self._early.pop(rid)
-        finally:
-            if rid not in self._early:
-                self._pending.discard(rid)
-        if isinstance(msg, p.Error):
-            if msg.code == "busy":
-                raise BusyError(msg.message)
-            raise ServerError(msg.message, code=msg.code)
-        assert isinstance(msg, p.Reply)
-        return msg
+        """The reply to request ``rid``, waiting up to ``timeout`` seconds (None: the client's
+        timeout); raises the broker's refusal as an exception (see ERRORS)."""
+        wait = self.timeout if timeout is None else timeout
+        got = self.reply_to_any((rid,), time.monotonic() + wait)
+        if got is None:
+            self.forget((rid,))
+            raise TimeoutError(
+                f"the broker at {self.endpoint} did not answer within {wait:.3g} s; is it running?",
+                endpoint=self.endpoint,
+            )
+        return got[1]
+
+    def reply_to_any(self, rids: Collection[int], deadline: float) -> tuple[int, p.Reply] | None:
+        """The first reply to any of ``rids`` (sent, not yet answered) that arrives before the
+        monotonic ``deadline``, as (rid, reply); None if none does. An error reply is raised as
+        its exception (see ERRORS); its rid is then answered."""
+        if self._sock is None:
+            raise RuntimeError("this Client is closed")
+        while True:
+            for rid in rids:
+                if rid in self._early:
+                    msg = self._early.pop(rid)
+                    self._pending.discard(rid)
+                    if isinstance(msg, p.Reply):
+                        return rid, msg
+                    if isinstance(msg, p.Error):
+                        raise server_error(msg)
+                    raise ProtocolError(f"unexpected {type(msg).__name__} from the broker")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not self._sock.poll(max(1, int(remaining * 1000))):
+                continue
+            frames = self._sock.recv_multipart(copy=False)
+            try:
+                msg = p.decode(frames, p.BROKER_TO_CLIENT)
+            except ProtocolError as e:
+                log.warning("dropped an unreadable message from the broker: %s", e)
+                continue
+            got = getattr(msg, "rid", -1)
+            if got in self._pending:
+                self._early[got] = msg
+            elif got == -1 and isinstance(msg, p.Error):
+                raise server_error(msg)
+            # else: the late reply to a request given up on
+
+    def forget(self, rids: Iterable[int]) -> None:
+        """Give up on these requests: a late reply to one is dropped when it comes."""
+        for rid in rids:
+            self._pending.discard(rid)
+            self._early.pop(rid, None)
 
     def call(self, make: Any, *args: Any, timeout: float | None = None) -> p.Reply:
         return self.receive(self.send(make, *args), timeout)
 
     # -------------------------------------------------------------- what the broker offers
 
-    def broker_info(self) -> dict[str, Any]:
+    def broker_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The broker's ``host`` id and ``max_message_bytes``: asked once, on the first file
         request (one round trip), then kept."""
         if self._broker is None:
-            data = self.call(p.HelloRequest).data
+            data = self.call(p.HelloRequest, timeout=timeout).data
             if not isinstance(data, dict) or type(data.get("host")) is not str:
                 raise ProtocolError(f"the broker's hello reply is malformed: {data!r}")
             self._broker = data
         return self._broker
 
-    def supported_io_types(self) -> set[IOType]:
+    def supported_io_types(self, *, timeout: float | None = None) -> set[IOType]:
         """Every io type a connected worker or the broker's factory can serve."""
-        return {IOType.from_wire(t) for t in self.call(p.IoTypesRequest).data}
+        return {IOType.from_wire(t) for t in self.call(p.IoTypesRequest, timeout=timeout).data}
 
-    def can_mesh(self, what: IOType | JobRequirements) -> bool:
+    def can_mesh(self, what: IOType | JobRequirements, *, timeout: float | None = None) -> bool:
         """Whether a job with these requirements could run (a worker or a worker file for it)."""
-        return bool(self.call(p.CanMeshRequest, JobRequirements.of(what)).data)
+        return bool(self.call(p.CanMeshRequest, JobRequirements.of(what), timeout=timeout).data)
 
-    def retrieve_requirements(self, io_type: IOType) -> list[JobRequirements]:
+    def retrieve_requirements(
+        self, io_type: IOType, *, timeout: float | None = None
+    ) -> list[JobRequirements]:
         """The requirements of every worker (connected or in the factory) for ``io_type``."""
-        return [
-            JobRequirements.from_wire(r) for r in self.call(p.RequirementsRequest, io_type).data
-        ]
+        reply = self.call(p.RequirementsRequest, io_type, timeout=timeout)
+        return [JobRequirements.from_wire(r) for r in reply.data]
 
     # -------------------------------------------------------------- jobs
 
-    def entry(self, sub: Submission) -> p.SubmittedJob:
+    def entry(self, sub: Submission, *, timeout: float | None = None) -> p.SubmittedJob:
         """The wire form of a submission, with a fresh job id. A file request's files are
         read here when the broker is on another host (FileError if one cannot be)."""
         if isinstance(sub, JobFileRequest):
             fs = p.FileSet((), sub.args)
             if sub.files:
-                broker = self.broker_info()
+                broker = self.broker_info(timeout=timeout)
                 # room for the message's body besides the file bytes
                 limit = int(broker.get("max_message_bytes", files.MAX_FILE_BYTES)) - 64 * 1024
                 inline = broker["host"] != self.host
@@ -227,10 +312,13 @@ class Client:
             self.new_job_id(), sub.requirements, tuple(contents), list(contents.values())
         )
 
-    def submit_job(self, submission: Submission, **limits: Any) -> Job:
+    def submit_job(
+        self, submission: Submission, *, timeout: float | None = None, **limits: Any
+    ) -> Job:
         """Queue one job (a JobSubmission or a JobFileRequest); returns it once the broker
-        has accepted it. A file that cannot be read raises FileError before anything is sent."""
-        return self.submit_jobs([submission], **limits)[0]
+        has accepted it. A file that cannot be read raises FileError before anything is sent.
+        ``limits`` as in :meth:`submit_jobs`."""
+        return self.submit_jobs([submission], timeout=timeout, **limits)[0]
 
     def submit_jobs(
         self,
@@ -239,77 +327,111 @@ class Client:
         max_retries: int | None = None,
         time_limit: float | None = None,
         queue_time_limit: float | None = None,
+        wait_for_worker: bool = False,
+        retries_on_error: int | None = None,
+        timeout: float | None = None,
     ) -> list[Job]:
         """Queue many jobs, in batches, several batches in flight: no round trip per job.
 
+        The options are per-job limits (see ``remus.client.limits``). A job no connected worker
+        and no worker file can serve is refused with NoWorkerError unless ``wait_for_worker``.
+        ``timeout`` bounds the whole call (None: the client's timeout for each batch's answer).
         A file that cannot be read raises FileError; batches sent before it stay queued."""
+        deadline = _deadline(timeout)
         jobs: list[Job] = []
         in_flight: list[int] = []
         batch: list[p.SubmittedJob] = []
         size = 0
-        opts = {"host": self.host, **limits(max_retries, time_limit, queue_time_limit)}
+        opts = {
+            "host": self.host,
+            **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
+        }
 
         def flush() -> None:
             nonlocal batch, size
             if len(in_flight) >= WINDOW:
-                self.receive(in_flight.pop(0))
+                self.receive(in_flight.pop(0), _left(deadline))
             jobs.extend(Job(e.id, e.requirements) for e in batch)
             in_flight.append(self.send(p.SubmitRequest, batch, opts))
             batch, size = [], 0
 
-        for sub in submissions:
-            if not isinstance(sub, (JobSubmission, JobFileRequest)):
-                raise TypeError(
-                    "submit_jobs takes JobSubmission or JobFileRequest objects, "
-                    f"got {type(sub).__name__}"
-                )
-            entry = self.entry(sub)
-            entry_size = sum(len(v) for v in entry.values)
-            if entry.files is not None:
-                entry_size += files.inline_size(entry.files)
-            if batch and size + entry_size > BATCH_BYTES:
-                flush()  # a big job travels on its own, not on top of a full batch
-            batch.append(entry)
-            size += entry_size
-            if len(batch) >= BATCH_JOBS or size >= BATCH_BYTES:
+        try:
+            for sub in submissions:
+                if not isinstance(sub, (JobSubmission, JobFileRequest)):
+                    raise TypeError(
+                        "submit_jobs takes JobSubmission or JobFileRequest objects, "
+                        f"got {type(sub).__name__}"
+                    )
+                entry = self.entry(sub, timeout=_left(deadline))
+                entry_size = sum(len(v) for v in entry.values)
+                if entry.files is not None:
+                    entry_size += files.inline_size(entry.files)
+                if batch and size + entry_size > BATCH_BYTES:
+                    flush()  # a big job travels on its own, not on top of a full batch
+                batch.append(entry)
+                size += entry_size
+                if len(batch) >= BATCH_JOBS or size >= BATCH_BYTES:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
-        for rid in in_flight:
-            self.receive(rid)
+            while in_flight:
+                self.receive(in_flight.pop(0), _left(deadline))
+        except TimeoutError:
+            if timeout is None:
+                raise
+            raise TimeoutError(
+                f"the broker at {self.endpoint} did not accept the jobs within {timeout:.3g} s; "
+                "is it running?",
+                endpoint=self.endpoint,
+            ) from None
+        finally:
+            self.forget(in_flight)  # after an error: late answers to the other batches dropped
         return jobs
 
-    def job_status(self, job: Job | str) -> JobStatus:
+    def job_status(self, job: Job | str, *, timeout: float | None = None) -> JobStatus:
         """Where the job is; an unknown id has status INVALID."""
-        return _status(self.call(p.StatusRequest, [_id(job)]).data[0])
+        return _status(self.call(p.StatusRequest, [_id(job)], timeout=timeout).data[0])
 
-    def job_statuses(self, jobs: Iterable[Job | str]) -> list[JobStatus]:
-        return [_status(row) for row in self.call(p.StatusRequest, [_id(j) for j in jobs]).data]
+    def job_statuses(
+        self, jobs: Iterable[Job | str], *, timeout: float | None = None
+    ) -> list[JobStatus]:
+        reply = self.call(p.StatusRequest, [_id(j) for j in jobs], timeout=timeout)
+        return [_status(row) for row in reply.data]
 
     def job_progress(
-        self, job: Job | str, since: int = 0, *, wait: float = 0.0
+        self,
+        job: Job | str,
+        since: int = 0,
+        *,
+        wait: float = 0.0,
+        timeout: float | None = None,
     ) -> list[JobProgress]:
         """Every progress update after number ``since``, in order.
 
-        With ``wait``, the broker holds the answer until there is something new or the job ends.
-        """
-        reply = self.call(
-            p.ProgressRequest, _id(job), since, wait, False, timeout=self.timeout + wait
-        )
+        With ``wait``, the broker holds the answer until there is something new or the job ends
+        (at most ``wait`` s). ``timeout`` bounds the whole call, the hold included (None: the
+        client's timeout after the hold)."""
+        if timeout is None:
+            budget = self.timeout + wait
+        else:
+            budget = timeout
+            wait = min(wait, max(0.0, timeout - min(REPLY_MARGIN, timeout / 2)))
+        reply = self.call(p.ProgressRequest, _id(job), since, wait, False, timeout=budget)
         return [JobProgress(v, m, s) for s, v, m in reply.data["updates"]]
 
-    def retrieve_result(self, job: Job | str) -> JobResult:
+    def retrieve_result(self, job: Job | str, *, timeout: float | None = None) -> JobResult:
         """The job's result. Raises JobFailedError (and subclasses), JobNotFinishedError or
         UnknownJobError when there is none."""
-        (result,) = results_of(self.call(p.ResultRequest, [_id(job)]), host=self.host)
+        reply = self.call(p.ResultRequest, [_id(job)], timeout=timeout)
+        (result,) = results_of(reply, host=self.host)
         if isinstance(result, Exception):
             raise result
         return result
 
-    def terminate(self, job: Job | str) -> JobStatus:
+    def terminate(self, job: Job | str, *, timeout: float | None = None) -> JobStatus:
         """Stop a job: a queued job never runs, a running one's worker is told to stop and its
         late result is dropped. Terminating a finished job changes nothing."""
-        return _status(self.call(p.TerminateRequest, [_id(job)]).data[0])
+        return _status(self.call(p.TerminateRequest, [_id(job)], timeout=timeout).data[0])
 
     # -------------------------------------------------------------- lifetime
 

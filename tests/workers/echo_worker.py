@@ -7,7 +7,8 @@
 ``echo`` returns each job's ``data`` content with ``echo:`` in front. ``hold`` keeps every job
 it takes until the job is terminated or the broker tells the worker to exit, then returns
 ``held``; the tests kill it mid-job or stop the broker under it. Either way the process exits by
-itself once ``Worker.run`` returns (the broker said exit), with status 0. ``crash`` SIGKILLs its
+itself once ``Worker.run`` returns (the broker said exit), with status 0 (1 if the worker
+stopped for an error, such as a wrong endpoint). ``crash`` SIGKILLs its
 own process as soon as it takes a job (a poison job that takes its worker down with it).
 """
 
@@ -52,7 +53,7 @@ def main() -> int:
             return b"never"
 
         w.run({"echo": echo, "hold": hold, "crash": crash}[args.mode])
-    return 0
+    return 0 if w.error is None else 1  # e.g. pointed at a broker's client endpoint
 
 
 if __name__ == "__main__":
