@@ -84,7 +84,8 @@ def role_client(host: str, endpoint: str, warmup: str, path: str, out: str) -> i
 
         def round_trip(src: str, target: str) -> dict[str, Any]:
             t0 = time.monotonic()
-            result = c.run(IOType(*IO), files=[src], timeout=600)
+            # the worker process starts beside this one: the warm-up round may wait for it
+            result = c.run(IOType(*IO), files=[src], timeout=600, wait_for_worker=True)
             t1 = time.monotonic()
             (saved,) = result.save(target)
             t2 = time.monotonic()

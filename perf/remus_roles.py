@@ -9,9 +9,10 @@ and ``wait(job, on_progress=...)``. The broker is ``python -m remus.server`` (se
     python -m perf.remus_roles client --endpoint EP --mode pipelined --jobs 20000
 
 A worker process prints ``remus worker ready: threads=N`` once every thread holds a connected
-``Worker``; with ``--gate`` it first waits for a line on stdin (to connect on cue). Bulk workers
-print one JSON line per job with the monotonic times it arrived in and left the handler. A
-client prints one JSON line: ``{"samples": [...], "peak_rss_kib": n}`` or ``{"error": "..."}``.
+``Worker`` (the broker has answered its register); with ``--gate`` it first waits for a line
+on stdin (to connect on cue). Bulk workers print one JSON line per job with the monotonic
+times it arrived in and left the handler. A client prints one JSON line:
+``{"samples": [...], "peak_rss_kib": n}`` or ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def _handler(kind: str, w: Any) -> Callable[[Any], Any]:
     return bulk
 
 
+def _until_connected(w: Any) -> None:
+    """Return once the broker has answered ``w``'s register (it refuses a submit that no
+    connected worker serves); raise if that takes longer than START_TIMEOUT."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not w.connected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer from the broker within {START_TIMEOUT} s")
+        time.sleep(0.005)  # polling a flag under a deadline
+
+
 def worker(endpoint: str, kind: str, threads: int, prefetch: int, gate: bool) -> None:
     """Run ``threads`` workers (one ``Worker`` each) until the broker tells them to exit."""
     from remus import IOType
@@ -68,6 +79,7 @@ def worker(endpoint: str, kind: str, threads: int, prefetch: int, gate: bool) ->
     def serve() -> None:
         try:
             with Worker(IOType(*IO[kind]), endpoint=endpoint) as w:
+                _until_connected(w)  # "ready" means the broker has it: a submit then finds it
                 ready.wait(START_TIMEOUT)
                 w.run(_handler(kind, w), prefetch=prefetch)
         except threading.BrokenBarrierError:
@@ -142,12 +154,13 @@ def _bulk(c: Any, sub: Any, size: int, timeout: float) -> dict[str, float]:
 
 
 def _fill(c: Any, sub: Any, jobs: int, timeout: float) -> None:
-    """Queue ``jobs`` jobs (no worker yet), report; on a stdin line, time the drain."""
+    """Queue ``jobs`` jobs (no worker yet: they wait for one), report; on a stdin line, time
+    the drain."""
     chunk = [sub] * min(jobs, 10_000)
     handles: list[Any] = []
     t0 = time.perf_counter()
     while len(handles) < jobs:
-        handles.extend(c.submit_many(chunk[: jobs - len(handles)]))
+        handles.extend(c.submit_many(chunk[: jobs - len(handles)], wait_for_worker=True))
     submit_rate = jobs / (time.perf_counter() - t0)
     emit({"submitted": jobs, "submit_rate": submit_rate})
     sys.stdin.readline()

@@ -178,7 +178,8 @@ def test_handler_exception_fails_the_job_with_its_traceback(make_worker, server,
 
 def test_terminated_queued_job_never_runs(make_worker, server, make_client):
     c = make_client(server.ports.client)
-    doomed = c.submit_job(JobSubmission(TET, {"data": b"doomed"}))
+    # queued before any worker exists: the point is that it never runs once one does
+    doomed = c.submit_job(JobSubmission(TET, {"data": b"doomed"}), wait_for_worker=True)
     assert status_of(c, doomed) is Status.QUEUED
 
     assert c.terminate(doomed).status is Status.TERMINATED
@@ -316,7 +317,7 @@ def test_tcp_client_inproc_worker_ipc_status(make_worker, make_server, make_clie
     with StatusFeed(server.ports.status, b"job.") as feed:
         make_worker(TET, server.ports.worker, run=lambda job: b"inproc:" + job["data"])
         bc = make_client(server.ports.client, basic=True)
-        feed.prime(lambda: bc.submit(NOBODY, data=b"probe"), "job.queued")
+        feed.prime(lambda: bc.submit(NOBODY, data=b"probe", wait_for_worker=True), "job.queued")
         got = bc.run(TET, data=b"hello", timeout=10)
         assert got.data == b"inproc:hello"
         feed.until(lambda t, p: t == "job.finished" and p["job"] == got.job_id)
@@ -422,7 +423,7 @@ def test_as_completed_yields_or_raises_failures(make_worker, server, make_client
 
 def test_wait_on_a_job_nobody_serves_times_out(server, make_client):
     bc = make_client(server.ports.client, basic=True)
-    job = bc.submit(NOBODY, data=b"x")
+    job = bc.submit(NOBODY, data=b"x", wait_for_worker=True)
     started = time.monotonic()
     with pytest.raises(remus.TimeoutError) as info:
         bc.wait(job, timeout=0.2)
@@ -434,7 +435,7 @@ def test_wait_on_a_job_nobody_serves_times_out(server, make_client):
 
 def test_held_progress_replies_are_answered_on_time(server, make_client):
     c = make_client(server.ports.client)
-    job = c.submit_job(JobSubmission(NOBODY, {"data": b"x"}))
+    job = c.submit_job(JobSubmission(NOBODY, {"data": b"x"}), wait_for_worker=True)
     for _ in range(4):
         started = time.monotonic()
         assert c.job_progress(job, since=0, wait=0.05) == []
@@ -488,7 +489,9 @@ def test_status_feed_publishes_job_and_worker_events(make_worker, server, make_c
     # subscribe to worker. first: once a job. event arrives, both subscriptions are live
     with StatusFeed(server.ports.status, b"worker.", b"job.") as feed:
         c = make_client(server.ports.client)
-        feed.prime(lambda: c.submit_job(JobSubmission(NOBODY, {})), "job.queued")
+        feed.prime(
+            lambda: c.submit_job(JobSubmission(NOBODY, {}), wait_for_worker=True), "job.queued"
+        )
 
         w = make_worker(TET, server.ports.worker, run=handler)
         _, registered = feed.until(

@@ -83,17 +83,24 @@ class Core:
     """A BrokerCore on host ``broker-host`` driven directly (no sockets)."""
 
     def __init__(self, **config: Any) -> None:
-        config.setdefault("max_retries", 0)  # a lost worker's started job expires
+        config.setdefault("max_retries", 0)  # a lost worker's started job fails
         self.core = BrokerCore(ServerConfig(**config), host="broker-host")
         self.rid = 0
 
     def register(self, wid: bytes, host: str, credit: int = 1) -> None:
+        """Register a worker; the broker's answer to it (a heartbeat) is flushed away."""
         self.core.worker_message(wid, p.Register(REQS, 1.0, host, 1, credit), 0.0)
+        self.flush()
 
-    def submit(self, *jobs: p.SubmittedJob, host: str = "broker-host") -> tuple[p.Message, Any]:
+    def submit(
+        self, *jobs: p.SubmittedJob, host: str = "broker-host", wait_for_worker: bool = False
+    ) -> tuple[p.Message, Any]:
         """The reply to one submit, and everything else the pass sent."""
         self.rid += 1
-        self.core.client_message(b"c", p.SubmitRequest(self.rid, jobs, {"host": host}), 0.0)
+        opts: dict[str, Any] = {"host": host}
+        if wait_for_worker:
+            opts["wait_for_worker"] = True
+        self.core.client_message(b"c", p.SubmitRequest(self.rid, jobs, opts), 0.0)
         out = self.flush()
         return out.clients[-1][1], out
 
@@ -318,16 +325,17 @@ def test_broker_answers_hello_with_its_host_and_limit() -> None:
 
 
 def test_broker_takes_paths_only_from_a_client_on_its_host() -> None:
-    c = Core()
+    c = Core()  # no worker yet: the jobs wait for one, so only the file rules can refuse them
     job = file_job("j1", p.FileEntry("/data/in.txt", "r"))
-    refused, _ = c.submit(job, host="client-host")
+    refused, _ = c.submit(job, host="client-host", wait_for_worker=True)
     assert isinstance(refused, p.Error) and refused.code == "bad-files"
     assert "/data/in.txt" in refused.message and "send the file's bytes" in refused.message
     assert "j1" not in c.core.jobs
-    relative, _ = c.submit(file_job("j2", p.FileEntry("data/in.txt", "r")))
+    relative, _ = c.submit(file_job("j2", p.FileEntry("data/in.txt", "r")), wait_for_worker=True)
     assert isinstance(relative, p.Error) and "absolute" in relative.message
-    inline, _ = c.submit(file_job("j3", p.FileEntry("/data/in.txt", "r", b"abc")), host="elsewhere")
-    assert isinstance(inline, p.Reply)
+    inline = file_job("j3", p.FileEntry("/data/in.txt", "r", b"abc"))
+    accepted, _ = c.submit(inline, host="elsewhere", wait_for_worker=True)
+    assert isinstance(accepted, p.Reply)
 
 
 def test_paths_go_as_paths_to_a_worker_on_the_submitters_host() -> None:
@@ -566,6 +574,7 @@ def test_across_hosts_the_bytes_travel_and_sha256_matches_end_to_end(
     sent = {"in.txt": rf.sha256_file(text), "in.bin": rf.sha256_file(binary)}
     updates: list[Any] = []
     c = make_client(ports.client, basic=True, timeout=20)
+    wait_for(lambda: c.client.can_mesh(FILES), timeout=20)  # the worker process registered
     result = c.run(
         FILES,
         files=[FileHandle(text, "r"), FileHandle(binary, "rb")],
@@ -614,6 +623,7 @@ def test_broker_sends_the_bytes_of_paths_for_a_worker_on_another_host(
     messages = spy_on_messages(monkeypatch)
     updates: list[Any] = []
     c = make_client(ports.client, basic=True, timeout=20)
+    wait_for(lambda: c.client.can_mesh(FILES), timeout=20)  # the worker process registered
     result = c.run(FILES, files=[src], timeout=30, on_progress=updates.append)
     assert max(n for cmd, n in messages if cmd == b"submit") < 2048, "the client sent a path"
     (seen,) = report_of(updates)["files"]
@@ -683,6 +693,7 @@ def test_worker_in_its_own_network_namespace_gets_the_bytes(
     src = binary_file(tmp_path / "in.bin", 2_000_000)
     updates: list[Any] = []
     c = make_client(ports.client, basic=True, timeout=20)
+    wait_for(lambda: c.client.can_mesh(FILES), timeout=20)  # the worker process registered
     result = c.run(FILES, files=[src], timeout=30, on_progress=updates.append)
     seen = report_of(updates)
     assert seen["host"] == "host-netns" and seen["files"][0]["sha256"] == rf.sha256_file(src)

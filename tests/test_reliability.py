@@ -74,6 +74,7 @@ def test_a_job_whose_worker_process_is_killed_finishes_on_another_worker(
 ) -> None:
     c = make_client(server.ports.client)
     proc = make_process([ECHO_WORKER, server.ports.worker, "--mode", "hold", "--heartbeat", "0.1"])
+    wait_for(lambda: c.can_mesh(ECHO), timeout=SLOW)  # the worker process registered
     job = c.submit_job(JobSubmission.of(ECHO, b"precious"))
     wait_status(c, job, lambda s: s.status is Status.IN_PROGRESS)
 
@@ -92,7 +93,8 @@ def test_a_job_that_loses_every_worker_fails_with_the_evidence(
     server: Server, make_client: Any, make_process: MakeProcess
 ) -> None:
     c = make_client(server.ports.client)
-    job = c.submit_job(JobSubmission.of(ECHO, b"doomed"), max_retries=1)
+    # queued before its workers exist: each worker process is started for it, one after another
+    job = c.submit_job(JobSubmission.of(ECHO, b"doomed"), max_retries=1, wait_for_worker=True)
     pids = []
     for attempt in (1, 2):
         proc = make_process(
@@ -119,7 +121,8 @@ def test_a_poison_job_that_kills_its_worker_at_once_fails_after_max_retries(
     server: Server, make_client: Any, make_process: MakeProcess
 ) -> None:
     c = make_client(server.ports.client)
-    job = c.submit_job(JobSubmission.of(ECHO, b"poison"), max_retries=1)
+    # queued before its workers exist: each worker process is started for it, one after another
+    job = c.submit_job(JobSubmission.of(ECHO, b"poison"), max_retries=1, wait_for_worker=True)
     for _ in range(4):  # two more workers than the job may take down
         proc = make_process(
             [ECHO_WORKER, server.ports.worker, "--mode", "crash", "--heartbeat", "0.1"]
@@ -137,6 +140,7 @@ def test_a_worker_killed_while_a_client_waits_on_its_job_is_noticed_in_time(
 ) -> None:
     c = make_client(server.ports.client)
     proc = make_process([ECHO_WORKER, server.ports.worker, "--mode", "hold", "--heartbeat", "0.1"])
+    wait_for(lambda: c.can_mesh(ECHO), timeout=SLOW)  # the worker process registered
     job = c.submit_job(JobSubmission.of(ECHO, b"watched"))
     wait_status(c, job, lambda s: s.status is Status.IN_PROGRESS)
     c.send(p.ProgressRequest, job.id, 0, 30.0, True)  # a wait, held by the broker
@@ -243,11 +247,13 @@ def test_a_spawned_worker_that_ignores_its_time_limit_is_killed_after_the_grace(
 def test_queue_time_limit_expires_a_job_no_worker_takes(server: Server, make_client: Any) -> None:
     c = make_client(server.ports.client, basic=True)
     reqs = JobRequirements(IOType("Nobody", "Serves"), worker_name="Ghost")
-    job = c.submit(reqs, b"x", queue_time_limit=0.3)
+    job = c.submit(reqs, b"x", queue_time_limit=0.3, wait_for_worker=True)
     with pytest.raises(remus.JobExpiredError) as info:
         c.wait(job, timeout=10)
+    # the reason ends with why it waited: the reason it had while QUEUED
     assert info.value.reason == (
         "no worker for Nobody->Serves named 'Ghost' took it within its queue time limit of 0.3 s"
+        " (no connected worker serves Nobody->Serves named 'Ghost'; waiting for one to connect)"
     )
     assert c.client.job_status(job).status is Status.EXPIRED
 
@@ -333,12 +339,15 @@ def test_a_broker_killed_and_restarted_on_its_journal_loses_nothing(
     try:
         finished = c.submit_job(JobSubmission.of(ECHO, b"before"))
         wait_status(c, finished, lambda s: s.status is Status.FINISHED)
-        queued = c.submit_jobs([JobSubmission.of(later_type, b"%d" % i) for i in range(3)])
+        # queued for a worker that connects only after the restart
+        later = [JobSubmission.of(later_type, b"%d" % i) for i in range(3)]
+        queued = c.submit_jobs(later, wait_for_worker=True)
         running = c.submit_job(JobSubmission.of(progress_type, b"the long one"))
         wait_for(lambda: len(c.job_progress(running)) == 3, timeout=SLOW)
 
-        # a wait in progress when the broker dies
-        waiter = make_client(ports.client, basic=True, timeout=2.0)
+        # a wait in progress when the broker dies: the client's timeout bounds how long the
+        # broker may be silent (SIGKILL: no word that it stops), so a restart must fit in it
+        waiter = make_client(ports.client, basic=True, timeout=SLOW)
         outcome: dict[str, Any] = {}
 
         def wait() -> None:
@@ -393,11 +402,13 @@ def test_a_worker_process_reconnects_and_takes_jobs_after_a_restart(
     assert ports is not None
     c = make_client(ports.client)
     worker = make_process([ECHO_WORKER, ports.worker, "--heartbeat", "0.1"])
+    wait_for(lambda: c.can_mesh(ECHO), timeout=SLOW)  # the worker process registered
     before = c.submit_job(JobSubmission.of(ECHO, b"before"))
     wait_status(c, before, lambda s: s.status is Status.FINISHED)
 
     kill(broker)
     broker = restart(make_process, journal, ports)
+    wait_for(lambda: c.can_mesh(ECHO), timeout=SLOW)  # the same worker registered again
     after = c.submit_job(JobSubmission.of(ECHO, b"after"))
     wait_status(c, after, lambda s: s.status is Status.FINISHED)
     assert c.retrieve_result(after).data == b"echo:after"
@@ -417,7 +428,10 @@ def test_jobs_accepted_just_before_the_kill_are_not_lost(
     broker, ports = launch(make_process, journal)
     assert ports is not None
     c = make_client(ports.client)
-    jobs = c.submit_jobs([JobSubmission.of(ECHO, b"%d" % i) for i in range(500)])
+    # no worker yet: they wait for one, which connects only after the restart
+    jobs = c.submit_jobs(
+        [JobSubmission.of(ECHO, b"%d" % i) for i in range(500)], wait_for_worker=True
+    )
     kill(broker)  # at once: nothing but the journal can remember them
     broker = restart(make_process, journal, ports)
     assert {s.status for s in c.job_statuses(jobs)} == {Status.QUEUED}
@@ -436,7 +450,9 @@ def test_as_completed_paused_across_a_restart_yields_the_rest(
     try:
         ports = first.ports
         c = make_client(ports.client, basic=True, timeout=2.0)
-        jobs = c.submit_many([JobSubmission.of(ECHO, b"1"), JobSubmission.of(ECHO, b"2")])
+        # queued before the worker connects (it takes them one by one, by hand)
+        both = [JobSubmission.of(ECHO, b"1"), JobSubmission.of(ECHO, b"2")]
+        jobs = c.submit_many(both, wait_for_worker=True)
         one = make_worker(JobRequirements(ECHO), ports.worker)
         job = one.get_job(5)
         one.return_result(job, b"first")
@@ -461,12 +477,16 @@ def test_a_full_queue_makes_submit_busy_and_the_broker_serves_on(
 ) -> None:
     server = make_server(config=ServerConfig(max_queued_jobs=10, stop_timeout=1.0))
     c = make_client(server.ports.client)
-    jobs = [c.submit_job(JobSubmission.of(ECHO, b"%d" % i)) for i in range(10)]
+    # no worker yet, so the queue fills: these jobs wait for one
+    jobs = [
+        c.submit_job(JobSubmission.of(ECHO, b"%d" % i), wait_for_worker=True) for i in range(10)
+    ]
     with pytest.raises(remus.BusyError) as info:
-        c.submit_job(JobSubmission.of(ECHO, b"one too many"))
+        c.submit_job(JobSubmission.of(ECHO, b"one too many"), wait_for_worker=True)
     assert "queue is full" in str(info.value) and "max_queued_jobs" in str(info.value)
     with pytest.raises(remus.BusyError):
-        c.submit_jobs([JobSubmission.of(ECHO, b"x"), JobSubmission.of(ECHO, b"y")])
+        pair = [JobSubmission.of(ECHO, b"x"), JobSubmission.of(ECHO, b"y")]
+        c.submit_jobs(pair, wait_for_worker=True)
     assert {s.status for s in c.job_statuses(jobs)} == {Status.QUEUED}
 
     make_worker(JobRequirements(ECHO), server.ports.worker, run=lambda j: b"echo:" + j["data"])
