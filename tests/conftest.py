@@ -15,6 +15,7 @@ import pytest
 
 from remus.client import BasicClient, Client
 from remus.server import Server, ServerConfig, ServerPorts
+from remus.server.factory import WorkerFactory
 from remus.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,3 +184,19 @@ def start_server_process(
         raise AssertionError(f"server did not start: {line!r}")
     fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split())
     return proc, ServerPorts(fields["client"], fields["worker"], fields["status"])
+
+
+@pytest.fixture
+def make_factory() -> Iterator[Callable[..., WorkerFactory]]:
+    """Worker factories, stopped at the end of the test whatever happened (none left alive)."""
+    made: list[WorkerFactory] = []
+
+    def make(*paths: Path, **options: Any) -> WorkerFactory:
+        factory = WorkerFactory(paths, **options)
+        made.append(factory)
+        return factory
+
+    yield make
+    for factory in made:
+        factory.stop(grace=0.1)
+        assert factory.alive_count() == 0

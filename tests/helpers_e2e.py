@@ -34,33 +34,63 @@ def free_tcp_endpoint() -> str:
 
 def read_ready_line(proc: subprocess.Popen[str]) -> ServerPorts:
     """Parse ``remus server ready: client=.. worker=.. status=..`` from the process's stdout."""
+    ports = _ready_ports(proc)
+    if ports is None:
+        raise AssertionError(f"server did not start (exit code {proc.poll()})")
+    return ports
+
+
+def _ready_ports(proc: subprocess.Popen[str]) -> ServerPorts | None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("remus server ready:"):
-        raise AssertionError(f"server did not start: {line!r}")
+        return None
     fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split())
     return ServerPorts(fields["client"], fields["worker"], fields["status"])
 
 
-def start_cli_server(
-    make_process: Callable[..., subprocess.Popen[str]], *extra: str
-) -> tuple[subprocess.Popen[str], ServerPorts]:
-    """``remus server`` (the console script) on free ports."""
+def launch_cli_server(
+    make_process: Callable[..., subprocess.Popen[str]],
+    *extra: str,
+    ports: ServerPorts | None = None,
+    **popen: Any,
+) -> tuple[subprocess.Popen[str], ServerPorts | None]:
+    """``remus server`` (the console script) with ``extra`` options on ``ports`` (default: free
+    ports): the process and its real endpoints, or None for them if it did not start (a port
+    was taken meanwhile, say): then it has exited. ``popen``: more for ``make_process``."""
+    ports = ports or ServerPorts.ephemeral()
     proc = make_process(
         [
             REMUS_SCRIPT,
             "server",
             "--client",
-            "tcp://127.0.0.1:0",
+            ports.client,
             "--worker",
-            "tcp://127.0.0.1:0",
+            ports.worker,
             "--status",
-            "tcp://127.0.0.1:0",
+            ports.status,
             *extra,
         ],
         stdout=subprocess.PIPE,
+        **popen,
     )
-    return proc, read_ready_line(proc)
+    got = _ready_ports(proc)
+    if got is None:
+        proc.wait(10)
+    return proc, got
+
+
+def start_cli_server(
+    make_process: Callable[..., subprocess.Popen[str]],
+    *extra: str,
+    ports: ServerPorts | None = None,
+    **popen: Any,
+) -> tuple[subprocess.Popen[str], ServerPorts]:
+    """``remus server`` on free ports (or ``ports``); fails the test if it does not start."""
+    proc, got = launch_cli_server(make_process, *extra, ports=ports, **popen)
+    if got is None:
+        raise AssertionError(f"remus server did not start (exit code {proc.poll()})")
+    return proc, got
 
 
 def wait_exit(proc: subprocess.Popen[str], timeout: float) -> int:

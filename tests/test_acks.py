@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from core_helpers import EDGES, W1, W2, Core, ids_sent, result_values, to_worker
-from helpers_e2e import REMUS_SCRIPT
+from helpers_e2e import launch_cli_server
 
 from remus import IOType, JobRequirements, JobSubmission, Status
 from remus import protocol as p
@@ -307,28 +307,8 @@ def test_local_process_gone_knows_only_processes_of_this_host(
 def launch(make_process: MakeProcess, journal: Path, ports: ServerPorts) -> Any:
     """``remus server --journal`` on ``ports``: (process, real endpoints), or None if a port
     was taken meanwhile (the process has exited)."""
-    proc = make_process(
-        [
-            REMUS_SCRIPT,
-            "server",
-            "--journal",
-            str(journal),
-            "--client",
-            ports.client,
-            "--worker",
-            ports.worker,
-            "--status",
-            ports.status,
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("remus server ready:"):
-        proc.wait(10)
-        return None
-    fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split())
-    return proc, ServerPorts(fields["client"], fields["worker"], fields["status"])
+    proc, got = launch_cli_server(make_process, "--journal", str(journal), ports=ports)
+    return None if got is None else (proc, got)
 
 
 def start(

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers_e2e import REMUS_SCRIPT, free_tcp_endpoint, read_ready_line
+from helpers_e2e import free_tcp_endpoint, start_cli_server
 
 import remus
 from remus import IOType, Job, JobRequirements, JobSubmission
@@ -54,22 +54,7 @@ def cli_server(
     make_process: MakeProcess, *extra: str, ports: ServerPorts | None = None
 ) -> tuple[subprocess.Popen[str], ServerPorts]:
     """``remus server`` as a process, on free ports or on ``ports``."""
-    ports = ports or ServerPorts.ephemeral()
-    proc = make_process(
-        [
-            REMUS_SCRIPT,
-            "server",
-            "--client",
-            ports.client,
-            "--worker",
-            ports.worker,
-            "--status",
-            ports.status,
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-    )
-    return proc, read_ready_line(proc)
+    return start_cli_server(make_process, *extra, ports=ports)
 
 
 @pytest.fixture

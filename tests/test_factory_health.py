@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +40,6 @@ EDGES = IOType("Edges", "Mesh2D")
 POINTS = IOType("Points", "Mesh2D")
 ENDPOINT = "tcp://127.0.0.1:1"  # only passed on; the probe never connects
 FAST = Backoff(initial=0.01, factor=1.0, cap=0.01, quarantine_after=3)
-
-
-@pytest.fixture
-def make_factory() -> Iterator[Any]:
-    made: list[WorkerFactory] = []
-
-    def make(*paths: Path, **options: Any) -> WorkerFactory:
-        factory = WorkerFactory(paths, **options)
-        made.append(factory)
-        return factory
-
-    yield make
-    for factory in made:
-        factory.stop(grace=0.1)
 
 
 def topics(events: list[FactoryEvent]) -> list[str]:

@@ -41,22 +41,6 @@ ENDPOINT = "tcp://127.0.0.1:1"  # only passed on; the probe never connects
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="process groups and signals")
 
 
-@pytest.fixture
-def make_factory() -> Iterator[Any]:
-    """Factories made here are stopped at the end of the test, whatever happened."""
-    made: list[WorkerFactory] = []
-
-    def make(*paths: Path, **options: Any) -> WorkerFactory:
-        factory = WorkerFactory(paths, **options)
-        made.append(factory)
-        return factory
-
-    yield make
-    for factory in made:
-        factory.stop(grace=0.1)
-        assert factory.alive_count() == 0
-
-
 def probe_file(folder: Path, name: str = "probe.rw", **env: str) -> Path:
     """A probe worker file; ``env`` becomes its Environment (PROBE_MODE, PROBE_OUT, ...)."""
     return write_worker_file(folder, name, Environment=env)

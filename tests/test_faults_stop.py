@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers_e2e import ECHO_WORKER, REMUS_SCRIPT, WORKERS, read_ready_line, wait_exit
+from helpers_e2e import ECHO_WORKER, WORKERS, start_cli_server, wait_exit
 
 import remus
 from remus import IOType, Status
 from remus.client import BasicClient, Client
-from remus.server import ServerPorts
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -47,22 +46,7 @@ class Broker:
     def __init__(self, make_process: MakeProcess, log: Path, *extra: str) -> None:
         self.log = log
         with log.open("w") as stderr:  # the child has its own copy of the descriptor
-            self.proc = make_process(
-                [
-                    REMUS_SCRIPT,
-                    "server",
-                    "--client",
-                    "tcp://127.0.0.1:0",
-                    "--worker",
-                    "tcp://127.0.0.1:0",
-                    "--status",
-                    "tcp://127.0.0.1:0",
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
-        self.ports: ServerPorts = read_ready_line(self.proc)
+            self.proc, self.ports = start_cli_server(make_process, *extra, stderr=stderr)
         self._mark = 0
 
     def text(self) -> str:

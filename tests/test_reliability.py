@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from factory_helpers import pid_gone, write_worker_file
-from helpers_e2e import ECHO_WORKER
+from helpers_e2e import ECHO_WORKER, launch_cli_server
 
 import remus
 from remus import IOType, JobRequirements, JobSubmission, Status
@@ -264,31 +264,9 @@ def test_queue_time_limit_expires_a_job_no_worker_takes(server: Server, make_cli
 def launch(
     make_process: MakeProcess, journal: Path, ports: ServerPorts | None = None
 ) -> tuple[subprocess.Popen[str], ServerPorts | None]:
-    """``python -m remus.server --journal PATH`` on ``ports`` (default: free ports). Returns
-    the process and its endpoints, or None for them if it did not start (it has exited)."""
-    ports = ports or ServerPorts.ephemeral()
-    proc = make_process(
-        [
-            "-m",
-            "remus.server",
-            "--journal",
-            str(journal),
-            "--client",
-            ports.client,
-            "--worker",
-            ports.worker,
-            "--status",
-            ports.status,
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("remus server ready:"):
-        proc.wait(10)
-        return proc, None
-    fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split())
-    return proc, ServerPorts(fields["client"], fields["worker"], fields["status"])
+    """``remus server --journal PATH`` on ``ports`` (default: free ports). Returns the process
+    and its endpoints, or None for them if it did not start (it has exited)."""
+    return launch_cli_server(make_process, "--journal", str(journal), ports=ports)
 
 
 def restart(
