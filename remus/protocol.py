@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Self
 import msgpack
 
 from remus.errors import ProtocolError
-from remus.types import IOType, JobRequirements
+from remus.types import IOType, JobRequirements, Status
 
 VERSION = b"remus/1"
 #: contents and results up to this size travel inline in the body; larger ones as frames
@@ -45,6 +45,9 @@ class Command(bytes, enum.Enum):
     RESULT = b"result"
     COLLECT = b"collect"
     TERMINATE = b"terminate"
+    WORKERS = b"workers"
+    LIST_JOBS = b"list_jobs"  # ("jobs" is the broker's message to a worker)
+    STATS = b"stats"
     # broker -> client
     REPLY = b"reply"
     # worker -> broker
@@ -76,6 +79,9 @@ CLIENT_COMMANDS = frozenset(
         Command.RESULT,
         Command.COLLECT,
         Command.TERMINATE,
+        Command.WORKERS,
+        Command.LIST_JOBS,
+        Command.STATS,
     )
 )
 WORKER_COMMANDS = frozenset(
@@ -551,6 +557,58 @@ class CollectRequest(Request):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class WorkersRequest(_RidOnly):
+    """One record per connected worker (remus.introspect.WorkerInfo)."""
+
+    COMMAND = Command.WORKERS
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest(_RidOnly):
+    """The broker's counters (remus.introspect.BrokerStats)."""
+
+    COMMAND = Command.STATS
+
+
+@dataclass(frozen=True, slots=True)
+class ListJobsRequest(Request):
+    """Job records newest first (remus.introspect.JobInfo), of one ``status`` and ``io_type``
+    if given; at most ``limit`` of them (the broker caps it)."""
+
+    COMMAND = Command.LIST_JOBS
+    status: Status | None = None
+    io_type: IOType | None = None
+    limit: int = 100
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"rid": self.rid, "limit": self.limit}
+        if self.status is not None:
+            body["status"] = int(self.status)
+        if self.io_type is not None:
+            body["io"] = self.io_type.to_wire()
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> ListJobsRequest:
+        status = None
+        if "status" in body:
+            raw = _field(body, "status", int)
+            if not Status.QUEUED <= raw <= max(Status):
+                raise ProtocolError(f"field 'status' must be a job status 1-{max(Status)}")
+            status = Status(raw)
+        io = None
+        if "io" in body:
+            try:
+                io = IOType.from_wire(_field(body, "io", list))
+            except (TypeError, ValueError) as e:
+                raise ProtocolError(f"bad io type: {e}") from e
+        limit = _field(body, "limit", int, 100)
+        if limit < 1:
+            raise ProtocolError(f"field 'limit' must be >= 1, got {limit}")
+        return cls(_field(body, "rid", int), status, io, limit)
+
+
 # broker -> client ------------------------------------------------------------
 
 
@@ -881,6 +939,9 @@ MESSAGES: dict[bytes, type[Message]] = {
         ProgressRequest,
         ResultRequest,
         CollectRequest,
+        WorkersRequest,
+        ListJobsRequest,
+        StatsRequest,
         Reply,
         Error,
         Register,

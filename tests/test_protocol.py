@@ -14,7 +14,7 @@ import zmq
 
 from remus import protocol as p
 from remus.errors import ProtocolError
-from remus.types import IOType, JobRequirements
+from remus.types import IOType, JobRequirements, Status
 
 try:
     from hypothesis import HealthCheck, example, given, settings
@@ -71,6 +71,9 @@ SAMPLES: list[p.Message] = [
     p.ProgressRequest(7, "a-1", since=12, wait=2.5, with_result=True),
     p.ResultRequest(8, ["a-1", "nope"]),
     p.CollectRequest(9, "watch-1", ["a-1", "a-2"], wait=1.5, max=7),
+    p.WorkersRequest(14),
+    p.ListJobsRequest(15, Status.FAILED, EDGES, 20),
+    p.StatsRequest(16),
     p.Reply(
         10,
         {"results": [["a-1", 3, "", "", b"small"], ["a-2", 3, "", "", None]], "remaining": 1},
@@ -197,6 +200,7 @@ def test_every_message_round_trips(msg: p.Message) -> None:
         p.StatusRequest(0, []),
         p.ProgressRequest(0, "j"),
         p.CollectRequest(0, "w"),
+        p.ListJobsRequest(0),
         p.Reply(0),
         p.Error(-1, "version", ""),
         p.Register(PLAIN, 1.0, "", 0),
@@ -599,6 +603,9 @@ REQUIRED = {
     p.ProgressRequest: ["rid", "id"],
     p.ResultRequest: ["rid", "ids"],
     p.CollectRequest: ["rid", "watch"],
+    p.WorkersRequest: ["rid"],
+    p.ListJobsRequest: ["rid"],
+    p.StatsRequest: ["rid"],
     p.Reply: ["rid"],
     p.Error: ["code", "message"],
     p.Register: ["reqs", "heartbeat", "host", "pid"],
@@ -675,6 +682,12 @@ WRONG_TYPES: list[tuple[type[p.Message], str, Any, str]] = [
     (p.CollectRequest, "add", [1], "list of strings"),
     (p.CollectRequest, "wait", None, "'wait'"),
     (p.CollectRequest, "max", 2.0, "'max'"),
+    (p.StatsRequest, "rid", "1", "'rid'"),
+    (p.ListJobsRequest, "status", "FAILED", "'status'"),
+    (p.ListJobsRequest, "io", "Edges->Mesh2D", "'io'"),
+    (p.ListJobsRequest, "io", ["Edges"], "io type"),
+    (p.ListJobsRequest, "io", ["Edges", 2], "io type"),
+    (p.ListJobsRequest, "limit", 2.0, "'limit'"),
     (p.Error, "code", 1, "'code'"),
     (p.Error, "message", None, "'message'"),
     (p.Error, "rid", "x", "'rid'"),
@@ -735,6 +748,8 @@ BOOL_FOR_INT: list[tuple[type[p.Message], str]] = [
     (p.Error, "rid"),
     (p.ProgressRequest, "since"),
     (p.CollectRequest, "max"),
+    (p.ListJobsRequest, "status"),
+    (p.ListJobsRequest, "limit"),
     (p.Register, "pid"),
     (p.Register, "credit"),
     (p.Report, "credit"),
@@ -750,6 +765,9 @@ OUT_OF_RANGE: list[tuple[type[p.Message], str, Any, str]] = [
     (p.Report, "progress", [["a-1", 50.5, "x"]], "progress value"),
     (p.Report, "progress", [["a-1", True, "x"]], "progress value"),
     (p.Report, "progress", [["a-1", 2**64 - 1, "x"]], "progress value"),
+    (p.ListJobsRequest, "status", 0, "'status' must be a job status"),
+    (p.ListJobsRequest, "status", 7, "'status' must be a job status"),
+    (p.ListJobsRequest, "limit", 0, "'limit' must be >= 1"),
     (p.Register, "credit", -1, "credit must not be negative"),
     (p.Register, "credit", -(2**63), "credit must not be negative"),
     (p.Report, "credit", -1, "credit -1"),

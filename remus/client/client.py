@@ -36,6 +36,7 @@ from remus.errors import (
 )
 from remus.files import JobFileRequest
 from remus.hostid import host_id
+from remus.introspect import BrokerStats, JobInfo, WorkerInfo
 from remus.server.config import DEFAULT_CLIENT, check_endpoint
 from remus.types import (
     IOType,
@@ -56,6 +57,8 @@ BATCH_JOBS = 1000
 BATCH_BYTES = 32 * 1024 * 1024
 #: submit batches in flight at once
 WINDOW = 8
+#: the most job records one ``jobs()`` call returns (the broker caps it there too)
+MAX_JOBS_LISTED = 10_000
 
 #: a reply held for a call with a timeout is due this much (at most half the timeout) before it
 REPLY_MARGIN = 0.25
@@ -433,6 +436,44 @@ class Client:
         late result is dropped. Terminating a finished job changes nothing."""
         return _status(self.call(p.TerminateRequest, [_id(job)], timeout=timeout).data[0])
 
+    # -------------------------------------------------------------- inside the broker
+
+    def workers(self, timeout: float | None = None) -> list[WorkerInfo]:
+        """One record per connected worker: what it serves, what it holds, when it was heard."""
+        data = self.call(p.WorkersRequest, timeout=timeout).data
+        return _records(data, WorkerInfo.from_wire, "workers")
+
+    def jobs(
+        self,
+        status: Status | None = None,
+        io_type: IOType | None = None,
+        limit: int = 100,
+        timeout: float | None = None,
+    ) -> list[JobInfo]:
+        """The jobs the broker holds, newest first: only those with ``status`` and of
+        ``io_type`` if given, at most ``limit`` (up to 10,000)."""
+        if status is not None and not isinstance(status, Status):
+            raise TypeError(f"status must be a remus.Status, got {status!r}")
+        if status is Status.INVALID:
+            raise ValueError("no job has status INVALID (it is the answer for an unknown id)")
+        if io_type is not None and not isinstance(io_type, IOType):
+            raise TypeError(f"io_type must be a remus.IOType, got {io_type!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+        limit = min(limit, MAX_JOBS_LISTED)
+        data = self.call(p.ListJobsRequest, status, io_type, limit, timeout=timeout).data
+        return _records(data, JobInfo.from_wire, "list_jobs")
+
+    def stats(self, timeout: float | None = None) -> BrokerStats:
+        """The broker's version, uptime, endpoints, job and worker counts, rates and limits."""
+        data = self.call(p.StatsRequest, timeout=timeout).data
+        if not isinstance(data, dict):
+            raise ProtocolError(f"the broker's stats reply is not a map: {data!r:.200}")
+        try:
+            return BrokerStats.from_wire(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProtocolError(f"the broker's stats reply is malformed: {e!r}") from e
+
     # -------------------------------------------------------------- lifetime
 
     def close(self) -> None:
@@ -449,6 +490,16 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else "open"
         return f"<Client {state} {self.endpoint} calls={self.calls}>"
+
+
+def _records(data: Any, make: Callable[[Any], Any], what: str) -> list[Any]:
+    """Records from a reply that is a list of maps (ProtocolError if it is not)."""
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ProtocolError(f"the broker's {what} reply is not a list of maps: {data!r:.200}")
+    try:
+        return [make(r) for r in data]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ProtocolError(f"the broker's {what} reply is malformed: {e!r}") from e
 
 
 def _id(job: Job | str) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from remus import files
 from remus import protocol as p
 from remus.errors import FileError
+from remus.server import introspection as ix
 from remus.server.config import ServerConfig
 from remus.server.holds import Holds
 from remus.server.journal import JournalBatch, JournaledJob
@@ -104,8 +105,18 @@ class BrokerCore:
             "terminated": 0,
             "expired": 0,
             "dropped_results": 0,
+            "requeued": 0,
         }
+        #: jobs by io type and status, and the bad endings (kept as statuses change)
+        self.census = ix.Census()
+        #: the counters sampled once a second, for rates over the last minute
+        self.rates = ix.Rates(self.counters, now)
+        #: when this broker started (``now`` at construction), for its uptime
+        self.started_at = now
+        #: the bound endpoints by role (client, worker, status), as the core thread tells them
+        self.endpoints: dict[str, str] = {}
         requests = Requests(self)
+        introspection = ix.Introspection(self)
         self._client_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
             p.HelloRequest: requests.hello,
             p.IoTypesRequest: requests.io_types,
@@ -117,6 +128,9 @@ class BrokerCore:
             p.ProgressRequest: self.holds.progress,
             p.ResultRequest: requests.result,
             p.CollectRequest: self.holds.collect,
+            p.WorkersRequest: introspection.workers,
+            p.ListJobsRequest: introspection.jobs,
+            p.StatsRequest: introspection.stats,
         }
         self._worker_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
             p.Register: self._register,
@@ -166,6 +180,7 @@ class BrokerCore:
                 self.out.workers.append((w.id, p.Heartbeat()))
         self.holds.expire(now, self.config.result_ttl)
         self.limits.due(now)
+        self.rates.sample(now)
         ttl = self.config.result_ttl
         while self.ended and now - self.ended[0][0] > ttl:
             _, job_id = self.ended.popleft()
@@ -274,7 +289,10 @@ class BrokerCore:
 
     def forget(self, job: JobRecord) -> None:
         """Drop a finished job now (its result was delivered to a client that released it)."""
-        if self.jobs.pop(job.id, None) is not None and self.journal is not None:
+        if self.jobs.pop(job.id, None) is None:
+            return
+        self.census.remove(job)
+        if self.journal is not None:
             self.journal.forgotten.append(job.id)
 
     def result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
@@ -315,7 +333,8 @@ class BrokerCore:
                 if job is not None and job.status is Status.QUEUED and job.worker is None:
                     self.matcher.forget_queued(job)
                     job.worker = wid
-                    job.status = Status.IN_PROGRESS
+                    self.census.move(job, Status.IN_PROGRESS)
+                    job.dispatched_at = now
                     job.started = True
                     worker.jobs.add(job_id)
                     self.journal_status(job)
@@ -456,8 +475,10 @@ class BrokerCore:
 
     def requeue(self, job: JobRecord) -> None:
         job.worker = None
-        job.status = Status.QUEUED
+        self.census.move(job, Status.QUEUED)
+        job.dispatched_at = None
         job.started = False
+        self.counters["requeued"] += 1
         self.matcher.enqueue(job, front=True)
         self.journal_status(job)
 
@@ -474,7 +495,6 @@ class BrokerCore:
             log.warning("job %s: %s; requeued", job.id, line)
             job.attempt += 1
             job.losses += 1
-            job.status = Status.QUEUED
             self.requeue(job)
             self._event("job.requeued", job, reason=reason)
         else:
@@ -540,8 +560,16 @@ class BrokerCore:
             if worker is not None:
                 worker.jobs.discard(job.id)
                 if status is Status.FINISHED:
+                    worker.finished += 1
                     self.spawns.finished_job(worker)
+        counts = job.counts  # (census.move, inline: this is the hot path)
+        if counts is not None:
+            old = job.status
+            counts[ix.AT_RUNNING if old is ix.RUNNING else old] -= 1
+            counts[ix.AT_FINISHED if status is ix.FINISHED else status] += 1
         job.status = status
+        if status is not ix.FINISHED:
+            self.census.bad[job.id] = job
         job.reason = reason
         job.traceback = tb
         job.finished_at = now
@@ -558,6 +586,7 @@ class BrokerCore:
         assigned = []
         wants = self.wants_event("job.assigned")
         refused = 0
+        now = self._now
         for job in jobs:
             fs = job.files
             if fs is not None:
@@ -571,10 +600,16 @@ class BrokerCore:
             assigned.append(p.AssignedJob(job.id, job.reqs, job.keys, job.blobs or (), fs))
             # In the worker's hands from now on: the status says so and names the worker, and
             # the run time limit counts from here, whatever the worker reports (or does not).
-            job.status = Status.IN_PROGRESS
+            counts = job.counts  # (census.move, inline: this is the hot path)
+            if counts is not None:
+                old = job.status
+                counts[ix.AT_QUEUED if old is ix.QUEUED else old] -= 1
+                counts[ix.AT_RUNNING] += 1
+            job.status = ix.RUNNING
+            job.dispatched_at = now
             job.runs += 1
             if job.limits[1] is not None:
-                self.limits.add(self._now + job.limits[1], RUN, job, job.runs)
+                self.limits.add(now + job.limits[1], RUN, job, job.runs)
             self.journal_status(job)
             if wants:
                 self._event("job.assigned", job)

@@ -152,6 +152,7 @@ class CoreThread(threading.Thread):
             journal=self._journal is not None,
             wall_clock=time.time,
         )
+        self.core.endpoints = {**self._bound, "status": self.status_endpoint}
         if self._journal is not None:
             try:
                 gone = local_process_gone(self.core.host)  # no wait for a worker that died
@@ -245,6 +246,7 @@ class CoreThread(threading.Thread):
                 elif order.startswith(ENDPOINTS):
                     bound = order[len(ENDPOINTS) :].decode().split(" ")
                     self._bound = dict(zip(("client", "worker"), bound, strict=False))
+                    core.endpoints = {**self._bound, "status": self.status_endpoint}
                 elif order.startswith(LIFT_QUARANTINE):
                     self._lift_quarantine(order[len(LIFT_QUARANTINE) :].decode())
                 elif order.startswith(DRAIN_FOR):

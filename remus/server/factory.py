@@ -143,6 +143,8 @@ class WorkerFactory(WorkerFactoryBase):
         self.worker_files: list[WorkerFile] = []
         self.errors: list[WorkerFileError] = []
         self.spawned_total = 0
+        #: workers started per worker file path
+        self._spawned: dict[str, int] = {}
         self._children: dict[int, _Child] = {}
         self._health = Health(backoff)
         self._stopped = False
@@ -338,6 +340,7 @@ class WorkerFactory(WorkerFactoryBase):
             return [event, *self._maybe_quarantine(wf, now)]
         self._children[proc.pid] = _Child(proc, wf, now, tail)
         self.spawned_total += 1
+        self._spawned[wf.path] = self._spawned.get(wf.path, 0) + 1
         log.info("started worker %r (pid %d): %s", wf.worker_name, proc.pid, " ".join(argv))
         return [FactoryEvent(SPAWNED, {**self._base(wf), "pid": proc.pid, "argv": argv})]
 
@@ -456,6 +459,30 @@ class WorkerFactory(WorkerFactoryBase):
         self.reap(time.monotonic())
 
     # -- in words ----------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per worker file (quarantined ones included): path, io type, worker name, workers
+        spawned from it, alive now, and why it is quarantined ("" if it is not)."""
+        quarantined = self._health.quarantined
+        return [
+            {
+                "path": wf.path,
+                "io_type": str(wf.io_type),
+                "worker_name": wf.worker_name,
+                "spawned": self._spawned.get(wf.path, 0),
+                "alive": sum(
+                    1
+                    for c in self._children.values()
+                    if c.worker_file.path == wf.path and is_running(c.proc)
+                ),
+                "quarantined": quarantined[wf.path].reason if wf.path in quarantined else "",
+            }
+            for wf in self.worker_files
+        ]
+
+    def worker_file_of(self, pid: int) -> str:
+        child = self._children.get(pid)
+        return child.worker_file.path if child is not None else ""
 
     def explain(self, reqs: JobRequirements, now: float | None = None) -> str | None:
         """What the factory is doing about a queued job with ``reqs``, or None if no worker

@@ -147,6 +147,28 @@ class WorkerFactoryBase(abc.ABC):
         """Stop every worker this factory started; nothing to do by default."""
         return None
 
+    def describe(self) -> list[dict[str, Any]]:
+        """For ``Client.stats()``, one map per kind of worker this factory starts: ``path``
+        (its worker file, "" if none), ``io_type`` ("In->Out"), ``worker_name``, ``spawned``
+        (workers started since the broker started), ``alive`` (still running) and
+        ``quarantined`` (why, "" if not). Called on the core thread; one entry per offer by
+        default."""
+        return [
+            {
+                "path": "",
+                "io_type": str(reqs.io_type),
+                "worker_name": reqs.worker_name,
+                "spawned": 0,
+                "alive": 0,
+                "quarantined": "",
+            }
+            for reqs in self.offers()
+        ]
+
+    def worker_file_of(self, pid: int) -> str:
+        """The worker file the process ``pid`` this factory started runs ("" if unknown)."""
+        return ""
+
 
 def plan_spawns(
     demand: Mapping[JobRequirements, int],

@@ -134,5 +134,11 @@ class Matcher:
             if queue:
                 yield queue[0], count
 
+    def queued_jobs(self) -> Iterator[JobRecord]:
+        """Every job in a queue, in no particular order; leftovers included (a job that left
+        its queue lazily is still there: check its status and worker)."""
+        for queue in self._queues.values():
+            yield from queue
+
     def ready_workers(self) -> int:
         return len({wid for ready in self._ready.values() for wid in ready})

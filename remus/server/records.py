@@ -30,6 +30,8 @@ class JobRecord:
     __slots__ = (
         "attempt",
         "blobs",
+        "counts",
+        "dispatched_at",
         "error_retries",
         "evidence",
         "files",
@@ -100,6 +102,10 @@ class JobRecord:
         self.error_retries = 0
         #: times it ran again because its worker was lost (or the broker restarted under it)
         self.losses = 0
+        #: when it was last handed to a worker (None: not since it was last queued)
+        self.dispatched_at: float | None = None
+        #: its io type's job counts by status (``Census``), kept as its status changes
+        self.counts: list[int] | None = None
 
     @property
     def retries_left(self) -> bool:
@@ -118,6 +124,7 @@ class WorkerRecord:
         "acked",
         "credit",
         "dropped",
+        "finished",
         "heartbeat",
         "host",
         "id",
@@ -156,6 +163,8 @@ class WorkerRecord:
         self.acked = 0
         #: (job id, why) of results and failures refused since the last ack, None if none
         self.dropped: list[tuple[str, str]] | None = None
+        #: jobs it finished (FINISHED) since it registered
+        self.finished = 0
 
     @property
     def name(self) -> str:

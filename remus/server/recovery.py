@@ -167,8 +167,11 @@ class Recovery:
                 job.seq = saved.progress[-1][0]
             core.order = max(core.order, saved.order)
             core.jobs[job.id] = job
+            core.census.add(job)
             if saved.status.done:
-                job.status = saved.status
+                core.census.move(job, saved.status)
+                if saved.status is not Status.FINISHED:
+                    core.census.bad[job.id] = job
                 job.reason, job.traceback = saved.reason, saved.traceback
                 job.result = saved.result
                 job.blobs = None
@@ -180,7 +183,7 @@ class Recovery:
                     continue
                 job.evidence = [f"attempt {saved.attempt}: the broker restarted while it ran"]
                 if not job.retries_left:
-                    job.status = Status.IN_PROGRESS  # it never went into the queue
+                    core.census.move(job, Status.IN_PROGRESS)  # it never went into the queue
                     core.finish(
                         job,
                         Status.FAILED,
@@ -256,7 +259,8 @@ class Recovery:
                 job.attempt,
             )
             job.worker = worker.id
-            job.status = Status.IN_PROGRESS
+            core.census.move(job, Status.IN_PROGRESS)
+            job.dispatched_at = now
             job.started = True
             worker.jobs.add(job_id)
             if job.limits[1] is not None:  # its run time limit counts again from here

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from remus import files
 from remus import protocol as p
 from remus.errors import FileError
+from remus.server.introspection import AT_QUEUED
 from remus.server.limits import QUEUE
 from remus.server.records import JobRecord, job_key
 from remus.server.recovery import FILES_OPTION, saved_files
@@ -120,6 +121,10 @@ class Requests:
         error_retries = opts.get("retries_on_error", 0)
         error_retries = error_retries if type(error_retries) is int and error_retries > 0 else 0
         journal = core.journal
+        census = core.census
+        # a batch shares its requirements objects: one census look-up for each
+        reqs: JobRequirements | None = None
+        counts: list[int] = []
         wall = core._wall() if journal is not None else 0.0
         for sub, fs in zip(msg.jobs, file_sets, strict=True):
             values = list(sub.values)
@@ -138,6 +143,11 @@ class Requests:
             job.limits = limits
             job.error_retries = error_retries
             core.jobs[job.id] = job
+            if sub.requirements is not reqs:
+                reqs = sub.requirements
+                counts = census.counts_for(reqs.io_type)
+            job.counts = counts
+            counts[AT_QUEUED] += 1
             if journal is not None:
                 saved = opts if fs is None else {**opts, FILES_OPTION: saved_files(fs)}
                 journal.submitted.append(

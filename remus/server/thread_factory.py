@@ -60,6 +60,8 @@ class ThreadWorkerFactory(WorkerFactoryBase):
         self.handlers = dict(handlers)
         self.idle_timeout = idle_timeout
         self.started_total = 0
+        #: threads started per handler's requirements
+        self._started: dict[JobRequirements, int] = {}
         self._slots: list[_Slot] = []
         self._health = Health(backoff)
         self._stopped = False
@@ -112,12 +114,27 @@ class ThreadWorkerFactory(WorkerFactoryBase):
 
     def _start(self, reqs: JobRequirements, endpoint: str, now: float) -> FactoryEvent:
         self.started_total += 1
+        self._started[reqs] = self._started.get(reqs, 0) + 1
         name = f"remus-thread-worker-{self.started_total}"
         slot = _Slot(reqs, now, name, lambda slot: self._run(slot, endpoint))
         self._slots.append(slot)
         slot.thread.start()
         log.info("started thread worker %s for %s %r", name, reqs.io_type, reqs.worker_name)
         return FactoryEvent(SPAWNED, self._payload(slot))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per handler (no worker file: ``path`` is ""): threads started, alive now."""
+        return [
+            {
+                "path": "",
+                "io_type": str(reqs.io_type),
+                "worker_name": reqs.worker_name,
+                "spawned": self._started.get(reqs, 0),
+                "alive": sum(1 for s in self._slots if s.reqs == reqs and s.thread.is_alive()),
+                "quarantined": "",
+            }
+            for reqs in self.handlers
+        ]
 
     def _run(self, slot: _Slot, endpoint: str) -> None:
         from remus.worker import Worker  # late: the worker package imports the client side

@@ -1,16 +1,14 @@
-"""The ``remus`` command: ``remus server`` runs a broker, ``remus watch`` prints its status feed."""
+"""``remus server``: run a broker until SIGINT or SIGTERM (also ``python -m remus.server``)."""
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 from remus import log as remus_log
@@ -30,7 +28,7 @@ START_TIMEOUT = 10.0
 log = logging.getLogger("remus")
 
 
-def _server_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     s = sub.add_parser(
         "server",
         help="run a broker",
@@ -150,32 +148,6 @@ def _server_parser(sub: Any) -> None:
     )
 
 
-def _watch_parser(sub: Any) -> None:
-    w = sub.add_parser(
-        "watch",
-        help="print a broker's status feed",
-        description="Subscribe to a broker's status feed and print each event.",
-    )
-    w.add_argument(
-        "--status", default=DEFAULT_STATUS, metavar="EP", help="status endpoint [%(default)s]"
-    )
-    w.add_argument(
-        "topics", nargs="*", default=[""], help="topic prefixes, e.g. job. worker. (default: all)"
-    )
-    w.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="remus", description="remus: a ZeroMQ job broker")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _server_parser(sub)
-    _watch_parser(sub)
-    args = parser.parse_args(argv)
-    if args.command == "server":
-        return _serve(args)
-    return _watch(args)
-
-
 def _factory(args: argparse.Namespace) -> Any:
     if not args.workers:
         return None
@@ -188,7 +160,7 @@ def _factory(args: argparse.Namespace) -> Any:
     return factory
 
 
-def _serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.start and not args.check_workers:
         print("remus server: --start goes with --check-workers DIR", file=sys.stderr)
         return 2
@@ -269,32 +241,3 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("stopping")
         server.stop()
     return 0
-
-
-def _watch(args: argparse.Namespace) -> int:
-    import msgpack
-    import zmq
-
-    ctx: zmq.Context[Any] = zmq.Context.instance()
-    sock = ctx.socket(zmq.SUB)
-    sock.linger = 0
-    for topic in args.topics:
-        sock.subscribe(topic.encode())
-    sock.connect(args.status)
-    seen = 0
-    try:
-        while True:
-            topic, body = sock.recv_multipart()[:2]
-            payload = msgpack.unpackb(body, raw=False)
-            print(f"{topic.decode()} {json.dumps(payload, default=repr)}", flush=True)
-            seen += 1
-            if args.count and seen >= args.count:
-                return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        sock.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

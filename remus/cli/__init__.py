@@ -1,0 +1,112 @@
+"""The ``remus`` command (also ``python -m remus``).
+
+``remus server`` runs a broker; the other subcommands reach one at ``--client EP`` (default:
+``$REMUS_CLIENT``, else tcp://127.0.0.1:50505) and give up after ``--timeout`` seconds of
+silence. One module per concept: ``server`` (run a broker), ``inspect`` (info, workers, jobs),
+``jobs`` (submit, status, result, cancel), ``watch`` (the status feed), ``common`` (what they
+share).
+
+Exit codes, for every subcommand: 0 done; 1 the job failed, was terminated or expired (or the
+broker refused it: no worker, queue full); 2 a usage error; 3 no broker answers. Errors are one
+line on stderr that says what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from remus.cli import common as c
+from remus.cli import inspect, jobs, server, watch
+from remus.errors import (
+    BrokerStoppedError,
+    ConfigError,
+    FileError,
+    JobFailedError,
+    NoWorkerError,
+    RemusError,
+    TimeoutError,
+    WrongEndpointError,
+)
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from remus import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="remus",
+        description="remus: a ZeroMQ job broker. `remus server` runs one; the other commands "
+        "reach it at --client EP ($REMUS_CLIENT). Exit codes: 0 done, 1 the job failed "
+        "(or was refused), 2 usage error, 3 no broker answers.",
+    )
+    parser.add_argument("--version", action="version", version=f"remus {__version__}")
+    c.add_reach_options(parser, top=True)
+    reach = argparse.ArgumentParser(add_help=False)
+    c.add_reach_options(reach)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    server.add_parser(sub)
+    inspect.add_parsers(sub, reach)
+    jobs.add_parsers(sub, reach)
+    watch.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else c.USAGE
+    if args.command == "server":
+        if args.top_client or args.top_timeout:
+            print(
+                "remus server: put --client after `server` (it is the endpoint to bind)",
+                file=sys.stderr,
+            )
+            return c.USAGE
+        return server.run(args)
+    if args.command != "watch":
+        c.resolve_reach(args)
+    try:
+        return int(args.run(args))
+    except c.CliError as e:
+        return _fail(args, str(e), e.code)
+    except KeyboardInterrupt:  # Ctrl-C is how `remus watch` ends
+        return c.OK if args.command == "watch" else c.INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep Python's exit flush quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return c.OK
+    except TimeoutError:
+        return _fail(
+            args,
+            f"no broker answers at {args.client} (waited {args.timeout:g} s): is `remus server` "
+            "running there? (--client / REMUS_CLIENT, --timeout)",
+            c.UNREACHABLE,
+        )
+    except WrongEndpointError as e:
+        return _fail(args, f"{e} (--client / REMUS_CLIENT)", c.UNREACHABLE)
+    except BrokerStoppedError as e:
+        return _fail(args, f"the broker at {args.client} stopped: {e}", c.UNREACHABLE)
+    except JobFailedError as e:
+        return _fail(args, f"job {e.job_id} {_ended(e)}: {e.reason}", c.JOB_FAILED)
+    except (FileError, ConfigError) as e:
+        return _fail(args, str(e), c.USAGE)
+    except NoWorkerError as e:
+        return _fail(args, f"{e} (remus submit --wait-for-worker)", c.JOB_FAILED)
+    except RemusError as e:  # NoWorkerError, BusyError, UnknownJobError, ...
+        return _fail(args, str(e), c.JOB_FAILED)
+
+
+def _ended(e: JobFailedError) -> str:
+    name = getattr(e.status, "name", "FAILED")
+    return {"TERMINATED": "was terminated", "EXPIRED": "expired"}.get(name, "failed")
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"remus {args.command}: {message}", file=sys.stderr, flush=True)
+    return code
