@@ -333,6 +333,37 @@ def journal(opts: Options, why: str | None) -> list[Row]:
     return [row]
 
 
+def observed(opts: Options, why: str | None) -> list[Row]:
+    """What watching the broker costs: pipelined jobs/s while ``remus top`` polls it and its
+    ``--metrics`` are scraped every second, against the same broker unwatched."""
+    row = Row(
+        "pipelined, 2 workers, top + metrics",
+        "jobs/s",
+        goal=Goal(">=", 0.9),
+        ref_label="unwatched",
+    )
+    if why is not None:
+        return [row]
+
+    def run(watched: bool) -> Any:
+        return remus_bench.pipelined(
+            workers=2,
+            jobs=opts.jobs,
+            warmup=opts.warmup,
+            repeat=opts.repeat,
+            prefetch=opts.prefetch,
+            observed=watched,
+        )
+
+    got = _measure(row, "remus watched", lambda: run(True))
+    ref = _measure(row, "remus", lambda: run(False))
+    row.remus = Stat.of(got["samples"]) if got else None
+    row.reference = Stat.of(ref["samples"]) if ref else None
+    if got:
+        row.note = "; ".join(filter(None, [row.note, f"{got['scrapes']} scrapes during the run"]))
+    return [row]
+
+
 CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "pipelined": pipelined,
     "roundtrip": round_trip,
@@ -341,4 +372,5 @@ CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "queue": queue_depth,
     "workers": many_workers,
     "journal": journal,
+    "observed": observed,
 }

@@ -9,7 +9,10 @@ Memory and CPU of the broker and workers come from ``/proc/PID`` while they live
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -27,6 +30,8 @@ class Endpoints(NamedTuple):
     client: str
     worker: str
     status: str
+    #: the Prometheus URL, with ``--metrics``
+    metrics: str = ""
 
 
 def available() -> str | None:
@@ -56,7 +61,9 @@ def session(group: ProcGroup, *options: str) -> Iterator[tuple[Proc, Endpoints]]
         any_ep,
         *options,
     )
-    eps = Endpoints(*server.expect(SERVER_RE, timeout=30).groups())
+    ready = server.expect(SERVER_RE, timeout=30)
+    metrics = re.search(r" metrics=(\S+)", ready.string)
+    eps = Endpoints(*ready.groups(), metrics=metrics.group(1) if metrics else "")
     try:
         yield server, eps
     finally:
@@ -120,22 +127,65 @@ def pipelined(
     idle: float = 0.0,
     prefetch: int = 64,
     journal: str | None = None,
+    observed: bool = False,
 ) -> dict[str, Any]:
     """Jobs/s of one pipelined client; with ``idle``, the broker's CPU % afterwards, idle;
-    with ``journal``, the broker writes every pass to that SQLite file."""
-    options = ("--journal", journal) if journal else ()
+    with ``journal``, the broker writes every pass to that SQLite file; ``observed``: the broker
+    serves ``--metrics``, scraped every second, and ``remus top`` polls it every second."""
+    options: tuple[str, ...] = ("--journal", journal) if journal else ()
+    if observed:
+        options += ("--metrics", "0")
     with ProcGroup() as group, session(group, *options) as (server, eps):
         start_workers(
             group, eps.worker, "tiny", processes=workers, threads=threads, prefetch=prefetch
         )
+        if observed:
+            group.start("remus-top", "remus", "top", "--client", eps.client, "--interval", "1")
+            scraper = Scraper(eps.metrics)
         client = start_client(
             group, eps.client, "pipelined", jobs=jobs, warmup=warmup, repeat=repeat
         )
-        out: dict[str, Any] = {"samples": client.result(timeout=300)["samples"]}
+        try:
+            out: dict[str, Any] = {"samples": client.result(timeout=300)["samples"]}
+        finally:
+            if observed:
+                scrapes = scraper.stop()
+        if observed:
+            if scrapes < 1:
+                raise RuntimeError(f"no scrape of {eps.metrics} succeeded during the run")
+            out["scrapes"] = scrapes
         client.wait(10)
         if idle:
             out["idle_cpu_percent"] = idle_cpu_percent(server, idle)
         return out
+
+
+class Scraper(threading.Thread):
+    """Reads a Prometheus URL every second, as a monitoring system would, until stopped."""
+
+    def __init__(self, url: str, every: float = 1.0) -> None:
+        super().__init__(name="perf-scraper", daemon=True)
+        self.url = url
+        self.every = every
+        self.scrapes = 0
+        self._stop_now = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stop_now.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as reply:
+                    if b"remus_up 1.0" in reply.read():
+                        self.scrapes += 1
+            except OSError:
+                pass  # counted as a scrape that did not succeed
+            self._stop_now.wait(self.every)
+
+    def stop(self) -> int:
+        """Stop; the number of scrapes that found the broker up."""
+        self._stop_now.set()
+        self.join(10)
+        return self.scrapes
 
 
 def idle_cpu_percent(proc: Proc, seconds: float, settle: float = 1.0) -> float:

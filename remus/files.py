@@ -272,7 +272,15 @@ def request_files(req: JobFileRequest, *, inline: bool, limit: int | None = None
     return p.FileSet(entries, req.args)
 
 
-def result_from_wire(job_id: str, data: Buffer, fs: p.FileSet, own_host: str) -> JobFileResult:
+def result_from_wire(
+    job_id: str,
+    data: Buffer,
+    fs: p.FileSet,
+    own_host: str,
+    *,
+    peak_rss: int | None = None,
+    cpu: float | None = None,
+) -> JobFileResult:
     """A file result as the client hands it over; FileError for a path on another host."""
     handles = []
     for e in fs.files:
@@ -284,7 +292,8 @@ def result_from_wire(job_id: str, data: Buffer, fs: p.FileSet, own_host: str) ->
                 "from that host",
             )
         handles.append(FileHandle(e.path, e.mode, None if e.data is None else _buffer(e.data)))
-    return JobFileResult(job_id, data if isinstance(data, bytes) else bytes(data), tuple(handles))
+    raw = data if isinstance(data, bytes) else bytes(data)
+    return JobFileResult(job_id, raw, tuple(handles), peak_rss=peak_rss, cpu=cpu)
 
 
 # ---------------------------------------------------------------------------- broker side

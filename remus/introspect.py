@@ -93,6 +93,9 @@ class JobInfo:
     progress: JobProgress | None
     #: why it waits (QUEUED) or why it ended
     reason: str
+    #: what it used: {"peak_rss": bytes, "cpu": seconds} once its worker reported its end;
+    #: while it runs, its worker process's latest {"rss", "peak_rss", "cpu"}; else empty
+    resources: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> JobInfo:
@@ -106,6 +109,7 @@ class JobInfo:
             running_for=raw.get("running_for"),
             progress=_progress(raw.get("progress")),
             reason=raw.get("reason", ""),
+            resources=dict(raw.get("resources") or {}),
         )
 
 
@@ -135,6 +139,16 @@ class BrokerStats:
     queued_bytes: int
     max_queued_bytes: int
     max_queued_jobs: int
+    #: since it started, per io type: submitted, and ended by status name (FINISHED, ...)
+    totals_by_io_type: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: per io type: queue wait and run time histograms (see docs/protocol.md); "bounds" too
+    timings: dict[str, Any] = field(default_factory=dict)
+    #: how late the broker ran its timed rules: latest "lag" and "lag_max_1m" (seconds)
+    loop: dict[str, float] = field(default_factory=dict)
+    #: messages since it started: client_in, client_out, worker_in, worker_out, status_out
+    messages: dict[str, int] = field(default_factory=dict)
+    #: the broker process's own (rss, peak_rss, cpu), as in WorkerInfo.resources
+    resources: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> BrokerStats:
@@ -153,4 +167,9 @@ class BrokerStats:
             queued_bytes=raw.get("queued_bytes", 0),
             max_queued_bytes=raw.get("max_queued_bytes", 0),
             max_queued_jobs=raw.get("max_queued_jobs", 0),
+            totals_by_io_type={k: dict(v) for k, v in (raw.get("totals_by_io_type") or {}).items()},
+            timings=dict(raw.get("timings") or {}),
+            loop=dict(raw.get("loop") or {}),
+            messages=dict(raw.get("messages") or {}),
+            resources=dict(zip(("rss", "peak_rss", "cpu"), raw.get("usage") or (), strict=False)),
         )

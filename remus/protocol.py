@@ -159,6 +159,44 @@ def _seq(body: dict[str, Any], key: str) -> int:
     return value
 
 
+#: a process's resource use on the wire: [rss bytes, peak rss bytes, cpu seconds]
+Usage = tuple[int, int, float]
+
+
+def _usage(raw: Any, what: str) -> Usage:
+    if (
+        type(raw) is not list
+        or len(raw) != 3
+        or type(raw[0]) is not int
+        or type(raw[1]) is not int
+        or type(raw[2]) not in (int, float)
+        or min(raw) < 0
+        or not math.isfinite(raw[2])
+    ):
+        raise ProtocolError(f"{what} must be [rss, peak_rss, cpu_seconds], non-negative")
+    return (raw[0], raw[1], float(raw[2]))
+
+
+def _used(raw: Any) -> list[tuple[str, int, float]]:
+    if type(raw) is not list:
+        raise ProtocolError("field 'used' must be a list")
+    used = []
+    for u in raw:
+        if (
+            type(u) is not list
+            or len(u) != 3
+            or type(u[0]) is not str
+            or type(u[1]) is not int
+            or type(u[2]) not in (int, float)
+            or u[1] < 0
+            or u[2] < 0
+            or not math.isfinite(u[2])
+        ):
+            raise ProtocolError("each 'used' entry must be [id, peak_rss, cpu_seconds]")
+        used.append((u[0], u[1], float(u[2])))
+    return used
+
+
 def _reqs(raw: Any) -> JobRequirements:
     key = tuple(raw) if type(raw) is list else None
     if key is not None:
@@ -529,22 +567,27 @@ class ResultRequest(StatusRequest):
 class CollectRequest(Request):
     """Results as jobs finish. The broker keeps a watch list per (client, ``watch``): ``add``
     puts ids on it, and each reply hands over the results of watched jobs that are done, at most
-    ``max`` of them, holding the reply up to ``wait`` seconds until there is at least one."""
+    ``max`` of them, holding the reply up to ``wait`` seconds until there is at least one.
+    With ``progress``, the watched jobs' new progress updates are handed over too."""
 
     COMMAND = Command.COLLECT
     watch: str
     add: Sequence[str] = ()
     wait: float = 0.0
     max: int = 10_000
+    progress: bool = False
 
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "rid": self.rid,
             "watch": self.watch,
             "add": list(self.add),
             "wait": self.wait,
             "max": self.max,
         }
+        if self.progress:
+            body["progress"] = True
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> CollectRequest:
@@ -554,6 +597,7 @@ class CollectRequest(Request):
             _str_list(body, "add") if "add" in body else [],
             _seconds(body, "wait"),
             max(1, _field(body, "max", int, 10_000)),
+            _field(body, "progress", bool, False),
         )
 
 
@@ -717,6 +761,9 @@ class Report(Message):
 
     ``seq`` (> 0) numbers the reports the worker keeps until the broker acknowledges them
     (``ack``; docs/protocol.md); 0 for a credit-only report, which nobody needs to keep.
+
+    ``used`` ``[id, peak_rss, cpu_seconds]`` says what each ended job used, ``usage`` what the
+    worker process uses now (as in :class:`Heartbeat`); both optional.
     """
 
     COMMAND = Command.REPORT
@@ -726,11 +773,17 @@ class Report(Message):
     failures: Sequence[tuple[str, str, str]] = ()
     credit: int = 0
     seq: int = 0
+    used: Sequence[tuple[str, int, float]] = ()
+    usage: Usage | None = None
 
     def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         body: dict[str, Any] = {}
         if self.seq:
             body["seq"] = self.seq
+        if self.used:
+            body["used"] = [list(u) for u in self.used]
+        if self.usage is not None:
+            body["usage"] = list(self.usage)
         frames: list[Blob] = []
         if self.started:
             body["started"] = list(self.started)
@@ -784,7 +837,9 @@ class Report(Message):
         if not 0 <= credit <= 1_000_000:
             raise ProtocolError(f"credit {credit} must be 0–1,000,000")
         started = _str_list(body, "started") if "started" in body else []
-        return cls(started, progress, results, failures, credit, _seq(body, "seq"))
+        used = _used(body["used"]) if "used" in body else []
+        usage = _usage(body["usage"], "usage") if "usage" in body else None
+        return cls(started, progress, results, failures, credit, _seq(body, "seq"), used, usage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,8 +855,19 @@ class _Empty(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat(_Empty):
+class Heartbeat(Message):
+    """Alive. From a worker it may carry ``usage``: [rss, peak_rss, cpu_seconds] of its
+    process (bytes, bytes, seconds); from the broker it is empty."""
+
     COMMAND = Command.HEARTBEAT
+    usage: Usage | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {} if self.usage is None else {"usage": list(self.usage)}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Heartbeat:
+        return cls(_usage(body["usage"], "usage") if "usage" in body else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1005,3 +1071,37 @@ def request_id(frames: Sequence[Any]) -> int:
 
 
 _ALL = frozenset(c.value for c in Command)
+
+
+def job_ids(msg: Message) -> list[str]:
+    """The ids of the jobs a message is about, in order (for trace lines; none if it names
+    none)."""
+    if isinstance(msg, Report):
+        ids = [*msg.started, *(p[0] for p in msg.progress), *(r[0] for r in msg.results)]
+        return list(dict.fromkeys([*ids, *(f[0] for f in msg.failures)]))
+    if isinstance(msg, (SubmitRequest, Jobs)):
+        return [j.id for j in msg.jobs]
+    if isinstance(msg, (StatusRequest, Cancel)):
+        return list(msg.ids)
+    if isinstance(msg, ProgressRequest):
+        return [msg.id]
+    if isinstance(msg, CollectRequest):
+        return list(msg.add)
+    if isinstance(msg, Register):
+        return list(msg.held)
+    if isinstance(msg, Ack):
+        return [d[0] for d in msg.dropped]
+    if isinstance(msg, Reply):
+        data = msg.data
+        rows = data.get("results") if isinstance(data, dict) else data
+        if isinstance(rows, list):
+            return [r[0] for r in rows if isinstance(r, list) and r and isinstance(r[0], str)]
+    return []
+
+
+def name_jobs(ids: Sequence[str], first: int = 3) -> str:
+    """ " jobs=a,b,c (+N more)" for a trace line; "" for none."""
+    if not ids:
+        return ""
+    more = f" (+{len(ids) - first} more)" if len(ids) > first else ""
+    return f" jobs={','.join(ids[:first])}{more}"

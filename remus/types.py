@@ -270,7 +270,13 @@ class JobStatus:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """A finished job's output bytes (files come as :class:`JobFileResult`, see remus.files)."""
+    """A finished job's output bytes (files come as :class:`JobFileResult`, see remus.files).
+
+    ``peak_rss`` (bytes) and ``cpu`` (seconds) say what the job used, as its worker measured
+    them (the process's peak while the job ran; the CPU time of the thread that ran the
+    handler), or None if the worker did not say (a worker that does not use ``Worker.run``)."""
 
     job_id: str
     data: bytes = b""
+    peak_rss: int | None = field(default=None, kw_only=True)
+    cpu: float | None = field(default=None, kw_only=True)

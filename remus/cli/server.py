@@ -138,7 +138,16 @@ def add_parser(sub: Any) -> None:
         "seconds before stopping (a second signal stops at once) [%(default)s]",
     )
     s.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR [%(default)s]"
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST 127.0.0.1 unless "
+        "given; PORT 0 picks a free one, printed on the ready line); needs remus[metrics]",
+    )
+    s.add_argument(
+        "--log-level",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR [%(default)s]; at INFO the logger remus.jobs "
+        "writes one line per job that ends",
     )
     s.add_argument(
         "-v",
@@ -219,9 +228,17 @@ def run(args: argparse.Namespace) -> int:
     except (RemusError, ValueError, OSError) as e:
         print(f"remus server: {e}", file=sys.stderr)
         return 1
+    metrics = None
+    if args.metrics is not None:
+        try:
+            metrics = _metrics(args.metrics, server.ports.client)
+        except (RemusError, ValueError) as e:
+            print(f"remus server: {e}", file=sys.stderr)
+            server.stop()
+            return 2 if isinstance(e, UsageError) else 1
     print(
         f"remus server ready: client={server.ports.client} worker={server.ports.worker} "
-        f"status={server.ports.status}",
+        f"status={server.ports.status}" + (f" metrics={metrics.url}" if metrics else ""),
         flush=True,
     )
     try:
@@ -239,5 +256,25 @@ def run(args: argparse.Namespace) -> int:
                 pass
     finally:
         log.info("stopping")
+        if metrics is not None:
+            metrics.close()
         server.stop()
     return 0
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _metrics(where: str, client: str) -> Any:
+    """The metrics exporter for ``--metrics [HOST:]PORT``, reaching the broker at ``client``."""
+    from remus.server.metrics import MetricsExporter
+    from remus.server.server import reachable
+
+    host, _, port = where.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--metrics {where!r}: give a port (0-65535), or HOST:PORT")
+    exporter = MetricsExporter(reachable(client), int(port), host)
+    log.info("serving Prometheus metrics at %s", exporter.url)
+    return exporter

@@ -510,6 +510,13 @@ def as_bytes(frame: Any) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
 
+def used_fields(raw: Any) -> dict[str, Any]:
+    """A result row's [peak_rss, cpu_seconds] as JobResult fields (none if malformed)."""
+    if isinstance(raw, list) and len(raw) == 2:
+        return {"peak_rss": raw[0], "cpu": raw[1]}
+    return {}
+
+
 def results_of(
     reply: p.Reply, rows: list[Any] | None = None, *, host: str = ""
 ) -> list[JobResult | Exception]:
@@ -524,12 +531,13 @@ def results_of(
             out.append(job_error(job_id, st, reason, tb))
             continue
         data = as_bytes(p.take(slot, frames, job_id))
-        if not more:
-            out.append(JobResult(job_id, data))
+        used = used_fields(more[1]) if len(more) > 1 else {}
+        if not more or more[0] is None:
+            out.append(JobResult(job_id, data, **used))
             continue
         fs = p.take_files(more[0], frames, f"result of {job_id}")
         try:
-            out.append(files.result_from_wire(job_id, data, fs, host))
+            out.append(files.result_from_wire(job_id, data, fs, host, **used))
         except FileError as e:
             out.append(e)
     return out

@@ -12,6 +12,7 @@ message at flush, and every parked client request that became answerable is answ
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,10 @@ from remus.server.spawns import Spawns
 from remus.types import IOType, JobRequirements, Status
 
 log = logging.getLogger(__name__)
+#: one line per job that ends (INFO when it finished, WARNING when not): an operator may set
+#: this logger's level apart from the rest
+jobs_log = logging.getLogger("remus.jobs")
+INFO, WARNING = logging.INFO, logging.WARNING
 
 
 class Catalog(Protocol):
@@ -115,6 +120,12 @@ class BrokerCore:
         self.started_at = now
         #: the bound endpoints by role (client, worker, status), as the core thread tells them
         self.endpoints: dict[str, str] = {}
+        #: how late the core thread ran the timed rules, as it measures it
+        self.loop = ix.LoopLag()
+        #: messages in and out per socket, as the core thread counts them
+        self.traffic = dict.fromkeys(
+            ("client_in", "client_out", "worker_in", "worker_out", "status_out"), 0
+        )
         requests = Requests(self)
         introspection = ix.Introspection(self)
         self._client_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
@@ -307,6 +318,10 @@ class BrokerCore:
             row = [job_id, int(job.status), job.reason, job.traceback, slot]
             if job.result_files is not None and job.status is Status.FINISHED:
                 row.append(p.pack_files(job.result_files, frames))
+            if job.used is not None:
+                if len(row) == 5:
+                    row.append(None)  # no files
+                row.append(list(job.used))
             rows.append(row)
         return rows, frames
 
@@ -412,6 +427,12 @@ class BrokerCore:
             self.holds.updated(job)
             if self.wants_event("job.progress"):
                 self._event("job.progress", job, value=value, message=message, seq=job.seq)
+        if msg.usage is not None:
+            self._usage(worker, msg.usage)
+        for job_id, peak, cpu in msg.used:  # (before the results: their endings tell it)
+            job = jobs.get(job_id)
+            if job is not None and job.worker == wid:
+                job.used = (peak, cpu)
         if msg.results or msg.failures:  # a job cancelled for its time limit did stop
             self.limits.heard(wid, (*(r[0] for r in msg.results), *(f[0] for f in msg.failures)))
         for job_id, blob, *result_files in msg.results:
@@ -439,6 +460,14 @@ class BrokerCore:
         worker = self._known(wid, "heartbeat")
         if worker is not None:
             worker.last_seen = now
+            if msg.usage is not None:
+                self._usage(worker, msg.usage)
+
+    def _usage(self, worker: WorkerRecord, usage: p.Usage) -> None:
+        worker.usage = usage
+        if self.wants_event("worker.usage"):
+            rss, peak, cpu = usage
+            self._worker_event("worker.usage", worker, rss=rss, peak_rss=peak, cpu=cpu)
 
     def _goodbye(self, wid: bytes, msg: p.Goodbye, now: float) -> None:
         worker = self.workers.get(wid)
@@ -517,7 +546,7 @@ class BrokerCore:
         if job.error_retries and (job.blobs is not None or job.files is not None):
             job.error_retries -= 1
             job.evidence = [*(job.evidence or ()), line]
-            log.info("job %s failed (%s); running it again", job.id, line)
+            log.warning("job %s failed (%s); running it again", job.id, line)
             worker.jobs.discard(job.id)
             job.attempt += 1
             self.requeue(job)
@@ -566,7 +595,18 @@ class BrokerCore:
         if counts is not None:
             old = job.status
             counts[ix.AT_RUNNING if old is ix.RUNNING else old] -= 1
-            counts[ix.AT_FINISHED if status is ix.FINISHED else status] += 1
+            at = ix.AT_FINISHED if status is ix.FINISHED else int(status)
+            counts[at] += 1
+            counts[ix.TOTAL + at] += 1
+            dispatched = job.dispatched_at
+            if dispatched is None:  # it ended in the queue: its wait is over now
+                wait = now - job.submitted_at
+                counts[ix.WAIT + bisect_left(ix.BOUNDS, wait)] += 1
+                counts[ix.WAIT_SUM] += wait
+            else:
+                ran = now - dispatched
+                counts[ix.RUN + bisect_left(ix.BOUNDS, ran)] += 1
+                counts[ix.RUN_SUM] += ran
         job.status = status
         if status is not ix.FINISHED:
             self.census.bad[job.id] = job
@@ -578,9 +618,45 @@ class BrokerCore:
         self.ended.append((now, job.id))
         self.counters[status.name.lower()] += 1
         self.holds.ended(job)
+        if status is not ix.FINISHED or jobs_log.isEnabledFor(INFO):
+            self._log_end(job, status, now, reason)
         topic = "job." + status.name.lower()
         if self.wants_event(topic):
-            self._event(topic, job, reason=reason)
+            self._event(topic, job, **self.ending(job, now, reason))
+
+    def ending(self, job: JobRecord, now: float, reason: str) -> dict[str, Any]:
+        """What a job-end event says besides the job: why, how long it waited and ran, and
+        what it used."""
+        dispatched = job.dispatched_at
+        queued_for = max(0.0, (now if dispatched is None else dispatched) - job.submitted_at)
+        extra: dict[str, Any] = {
+            "reason": reason,
+            "attempt": job.attempt,
+            "queued_for": queued_for,
+            "running_for": None if dispatched is None else max(0.0, now - dispatched),
+        }
+        if job.used is not None:
+            extra["peak_rss"], extra["cpu"] = job.used
+        return extra
+
+    def _log_end(self, job: JobRecord, status: Status, now: float, reason: str) -> None:
+        """One line per job that ends: INFO when it finished, WARNING otherwise."""
+        holder = self.workers.get(job.worker) if job.worker is not None else None
+        dispatched = job.dispatched_at
+        queued = (now if dispatched is None else dispatched) - job.submitted_at
+        ran = "" if dispatched is None else f", ran {now - dispatched:.3f} s"
+        jobs_log.log(
+            INFO if status is ix.FINISHED else WARNING,
+            "job %s %s: %s on %s, queued %.3f s%s%s%s",
+            job.id,
+            status.name,
+            job.reqs.io_type,
+            holder.name if holder is not None else "no worker",
+            queued,
+            ran,
+            f", attempt {job.attempt}" if job.attempt > 1 else "",
+            f": {reason}" if reason else "",
+        )
 
     def _jobs_message(self, worker: WorkerRecord, jobs: list[JobRecord]) -> p.Jobs:
         assigned = []
@@ -605,6 +681,9 @@ class BrokerCore:
                 old = job.status
                 counts[ix.AT_QUEUED if old is ix.QUEUED else old] -= 1
                 counts[ix.AT_RUNNING] += 1
+                wait = now - job.submitted_at
+                counts[ix.WAIT + bisect_left(ix.BOUNDS, wait)] += 1
+                counts[ix.WAIT_SUM] += wait
             job.status = ix.RUNNING
             job.dispatched_at = now
             job.runs += 1

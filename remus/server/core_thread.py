@@ -25,6 +25,7 @@ from remus.server.edge import DRAIN, STATISTICS, TERMINATE, pipe_parts_read
 from remus.server.factory_base import ASKED_TO_LEAVE, QUARANTINED, SPAWNED, WorkerSeen
 from remus.server.factory_base import EXITED as REAPED
 from remus.server.journal import Journal
+from remus.server.monitors import MonitorPipe
 from remus.server.recovery import local_process_gone
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,12 @@ class CoreThread(threading.Thread):
         status: str,
         factory: Any = None,
         journal: Journal | None = None,
+        monitors: tuple[str, frozenset[str]] | None = None,
     ) -> None:
         super().__init__(name="remus-core", daemon=True)
+        #: (the monitor thread's pipe endpoint, the topics its monitors want), if any
+        self._monitors = monitors
+        self._monitor_pipe: MonitorPipe | None = None
         self._context = context
         self._config = config
         self._endpoints = (control, client_pipe, worker_pipe)
@@ -96,7 +101,9 @@ class CoreThread(threading.Thread):
         wanted = self._wanted.get(topic)
         if wanted is None:
             raw = topic.encode()
-            wanted = self._wanted[topic] = any(raw.startswith(s) for s in self._subscriptions)
+            wanted = any(raw.startswith(s) for s in self._subscriptions)
+            pipe = self._monitor_pipe
+            self._wanted[topic] = wanted = wanted or (pipe is not None and topic in pipe.topics)
         return wanted
 
     def _subscription(self, frame: bytes) -> None:
@@ -164,6 +171,9 @@ class CoreThread(threading.Thread):
                 for s in sockets:
                     s.close(0)
                 return
+        if self._monitors is not None:
+            self._monitor_pipe = MonitorPipe(ctx, *self._monitors)
+            self._wanted.clear()
         self.ready.set()
         try:
             self._loop(control, client, worker, status)
@@ -183,6 +193,8 @@ class CoreThread(threading.Thread):
                 self._stop_edge(edge, self._parts_sent[pipe], done)
             if self._factory is not None:
                 self._factory.stop()
+            if self._monitor_pipe is not None:
+                self._monitor_pipe.close()
             for s in sockets:
                 s.close()
 
@@ -259,11 +271,16 @@ class CoreThread(threading.Thread):
                 else:
                     log.info("drained: no job is running")
                 return
+            traffic = core.traffic
             if client in ready:
                 self._last_client = now
-                self._drain(client, p.CLIENT_COMMANDS, core.client_message, now, tracing)
+                traffic["client_in"] += self._drain(
+                    client, p.CLIENT_COMMANDS, core.client_message, now, tracing
+                )
             if worker in ready:
-                self._drain(worker, p.WORKER_COMMANDS, core.worker_message, now, tracing)
+                traffic["worker_in"] += self._drain(
+                    worker, p.WORKER_COMMANDS, core.worker_message, now, tracing
+                )
             if status in ready:
                 while True:
                     try:
@@ -271,6 +288,7 @@ class CoreThread(threading.Thread):
                     except zmq.Again:
                         break
             if now >= tick_due:
+                core.loop.observe(now, now - tick_due)
                 core.tick(now)
                 tick_due = core.next_deadline(now)
             if self._factory is not None and self._worker_endpoint and now >= factory_due:
@@ -290,14 +308,15 @@ class CoreThread(threading.Thread):
         handle: Any,
         now: float,
         tracing: bool,
-    ) -> None:
+    ) -> int:
+        """Read and handle up to DRAIN messages from ``pipe``; how many were read."""
         core = self.core
         assert core is not None
-        for _ in range(DRAIN):
+        for count in range(DRAIN):
             try:
                 frames = pipe.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                return count
             identity = frames[0].bytes
             try:
                 if sum(len(f) for f in frames) > self._max_bytes:
@@ -326,7 +345,13 @@ class CoreThread(threading.Thread):
                 self._forward(pipe, [identity, *p.encode(p.Error(rid, code, text))])
                 continue
             if tracing:
-                log.log(TRACE, "core <- %s %s", identity.hex(), type(msg).__name__)
+                log.log(
+                    TRACE,
+                    "core <- %s %s%s",
+                    identity.hex(),
+                    type(msg).__name__,
+                    p.name_jobs(p.job_ids(msg)),
+                )
             try:
                 handle(identity, msg, now)
             except Exception:
@@ -339,6 +364,7 @@ class CoreThread(threading.Thread):
                         msg.rid, "internal", "the broker failed on this request; see its log"
                     )
                     self._forward(pipe, [identity, *p.encode(err)])
+        return DRAIN
 
     def _wrong_endpoint(self, frames: list[Any], allowed: frozenset[bytes]) -> str:
         """The words for a peer at the wrong socket: a client's command on the worker pipe, or
@@ -367,6 +393,11 @@ class CoreThread(threading.Thread):
     ) -> None:
         if out.clients:
             self._last_client = time.monotonic()
+        if self.core is not None:
+            traffic = self.core.traffic
+            traffic["client_out"] += len(out.clients)
+            traffic["worker_out"] += len(out.workers)
+            traffic["status_out"] += len(out.events)
         for identity, msg in out.clients:
             self._forward(client, [identity, *p.encode(msg)])
         for identity, msg in out.workers:
@@ -377,9 +408,13 @@ class CoreThread(threading.Thread):
                 kill(pid)  # only a process the factory spawned; it ignores any other pid
         if out.events:
             stamp = time.time()
+            monitors = self._monitor_pipe
             for topic, payload in out.events:
                 payload["time"] = stamp
-                status.send_multipart([topic.encode(), p.pack(payload)])
+                packed = p.pack(payload)
+                status.send_multipart([topic.encode(), packed])
+                if monitors is not None and topic in monitors.topics:
+                    monitors.send(topic, packed)
 
     def _write_journal(self, core: BrokerCore) -> None:
         batch = core.take_journal()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import remus
 from remus import protocol as p
+from remus import usage
 from remus.server.records import JobRecord, WorkerRecord
 from remus.types import IOType, Status
 
@@ -50,21 +51,48 @@ RATED = ("submitted", "finished", "failed")
 #: the span of the rates, in seconds
 RATE_WINDOW = 60.0
 
+# Each io type's counters are one flat list of numbers (``Census.by_io``), each job pointing at
+# its io type's: a status change, an ending or a timing is then an index update, no lookup.
+#: [0, STATUS_SLOTS): jobs held now, by status value
+STATUS_SLOTS = max(Status) + 1
+#: TOTAL + status value: jobs that ended with that status since the broker started
+TOTAL = STATUS_SLOTS
+#: jobs submitted since the broker started
+SUBMITTED = 2 * STATUS_SLOTS
+#: the upper bounds (seconds) of the queue wait and run time histograms' buckets
+BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0)
+#: WAIT + i: waits of at most BOUNDS[i] seconds (the last: any longer); then their sum
+WAIT = SUBMITTED + 1
+WAIT_SUM = WAIT + len(BOUNDS) + 1
+#: the same for run times (from the hand-over to a worker to the end)
+RUN = WAIT_SUM + 1
+RUN_SUM = RUN + len(BOUNDS) + 1
+COUNTER_SLOTS = RUN_SUM + 1
+
+
+def usage_map(usage: tuple[int, int, float] | None) -> dict[str, float]:
+    """A worker's reported (rss, peak_rss, cpu) as a record's ``resources``."""
+    if usage is None:
+        return {}
+    return {"rss": usage[0], "peak_rss": usage[1], "cpu": usage[2]}
+
 
 class Census:
-    """Jobs the broker holds, by io type and status, kept as they change (never counted)."""
+    """Jobs the broker holds, by io type and status, kept as they change (never counted), and
+    each io type's totals and timings since the start (the layout is above)."""
 
     def __init__(self) -> None:
-        #: io type -> job count per status (indexed by the Status value)
-        self.by_io: dict[IOType, list[int]] = {}
+        #: io type -> its counters: job count per status (indexed by the Status value), ...
+        self.by_io: dict[IOType, list[Any]] = {}
         #: jobs that ended FAILED, EXPIRED or TERMINATED and are still held, in ending order
         self.bad: dict[str, JobRecord] = {}
 
-    def counts_for(self, io: IOType) -> list[int]:
+    def counts_for(self, io: IOType) -> list[Any]:
         """The job counts of ``io``, by status value."""
         counts = self.by_io.get(io)
         if counts is None:
-            counts = self.by_io[io] = [0] * (max(Status) + 1)
+            counts = self.by_io[io] = [0] * COUNTER_SLOTS
+            counts[WAIT_SUM] = counts[RUN_SUM] = 0.0
         return counts
 
     def add(self, job: JobRecord) -> None:
@@ -96,7 +124,7 @@ class Census:
         else:
             rows = self.by_io.values()
         if status is None:
-            return sum(sum(row) for row in rows)
+            return sum(sum(row[:STATUS_SLOTS]) for row in rows)
         return sum(row[status] for row in rows)
 
 
@@ -171,7 +199,7 @@ class Introspection:
             "jobs_finished": worker.finished,
             "worker_file": self.worker_file(worker),
             "jobs": [j.id for j in held[:MAX_WORKER_JOBS]],
-            "resources": {},
+            "resources": usage_map(worker.usage),
         }
 
     def worker_file(self, worker: WorkerRecord) -> str:
@@ -279,6 +307,12 @@ class Introspection:
             reason = job.reason
         holder = None if job.worker is None or status.done else core.workers.get(job.worker)
         last = job.last_progress()
+        if job.used is not None:  # what its (last) run used, as its worker measured it
+            resources: dict[str, float] = {"peak_rss": job.used[0], "cpu": job.used[1]}
+        elif holder is not None and job.started:  # running: its worker's process now
+            resources = usage_map(holder.usage)
+        else:
+            resources = {}
         return {
             "id": job.id,
             "io_type": job.reqs.io_type.to_wire(),
@@ -289,6 +323,7 @@ class Introspection:
             "running_for": running_for,
             "progress": list(last) if last is not None else None,
             "reason": reason,
+            "resources": resources,
         }
 
     # ================================================================ stats
@@ -302,7 +337,7 @@ class Introspection:
         by_io = {
             str(io): {s.name: counts[s] for s in STATUSES}
             for io, counts in sorted(census.by_io.items(), key=lambda kv: str(kv[0]))
-            if any(counts)
+            if any(counts[:STATUS_SLOTS])
         }
         workers = dict.fromkeys(("idle", "busy", "leaving"), 0)
         for w in core.workers.values():
@@ -324,4 +359,54 @@ class Introspection:
             "queued_bytes": core.matcher.queued_bytes,
             "max_queued_bytes": cfg.max_queued_bytes,
             "max_queued_jobs": cfg.max_queued_jobs,
+            "totals_by_io_type": {
+                str(io): {
+                    "submitted": counts[SUBMITTED],
+                    **{s.name: counts[TOTAL + s] for s in BAD_ENDINGS | {FINISHED}},
+                }
+                for io, counts in census.by_io.items()
+            },
+            "timings": {"bounds": list(BOUNDS), **self.timings()},
+            "loop": core.loop.stats(now),
+            "messages": dict(core.traffic),
+            "usage": list(usage.current()),
         }
+
+    def timings(self) -> dict[str, Any]:
+        """Per io type: the queue wait and run time histograms (bucket counts, not
+        cumulative; the last bucket is everything over the last bound) and their sums."""
+        n = len(BOUNDS) + 1
+        return {
+            str(io): {
+                "queue_wait": counts[WAIT : WAIT + n],
+                "queue_wait_sum": counts[WAIT_SUM],
+                "run": counts[RUN : RUN + n],
+                "run_sum": counts[RUN_SUM],
+            }
+            for io, counts in self._core.census.by_io.items()
+        }
+
+
+class LoopLag:
+    """How late the core thread ran its timed rules: the latest lateness and the worst over
+    the last minute (in one-second slots, so the maximum is a max over 60 numbers)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self._slots: deque[tuple[int, float]] = deque()
+
+    def observe(self, now: float, lag: float) -> None:
+        self.last = lag
+        second = int(now)
+        slots = self._slots
+        if slots and slots[-1][0] == second:
+            if lag > slots[-1][1]:
+                slots[-1] = (second, lag)
+        else:
+            slots.append((second, lag))
+            while slots and slots[0][0] <= second - RATE_WINDOW:
+                slots.popleft()
+
+    def stats(self, now: float) -> dict[str, float]:
+        recent = [lag for second, lag in self._slots if second > now - RATE_WINDOW]
+        return {"lag": self.last, "lag_max_1m": max(recent, default=0.0)}

@@ -54,6 +54,7 @@ class JobRecord:
         "status",
         "submitted_at",
         "traceback",
+        "used",
         "worker",
     )
 
@@ -105,7 +106,9 @@ class JobRecord:
         #: when it was last handed to a worker (None: not since it was last queued)
         self.dispatched_at: float | None = None
         #: its io type's job counts by status (``Census``), kept as its status changes
-        self.counts: list[int] | None = None
+        self.counts: list[Any] | None = None
+        #: (peak RSS bytes, CPU seconds) its worker says its last run used, None if unknown
+        self.used: tuple[int, float] | None = None
 
     @property
     def retries_left(self) -> bool:
@@ -135,6 +138,7 @@ class WorkerRecord:
         "outgoing",
         "pid",
         "reqs",
+        "usage",
     )
 
     def __init__(
@@ -165,6 +169,8 @@ class WorkerRecord:
         self.dropped: list[tuple[str, str]] | None = None
         #: jobs it finished (FINISHED) since it registered
         self.finished = 0
+        #: its process's latest (rss, peak_rss, cpu seconds), None until it sends them
+        self.usage: tuple[int, int, float] | None = None
 
     @property
     def name(self) -> str:

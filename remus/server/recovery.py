@@ -82,7 +82,11 @@ class Recovery:
         why = self._why(worker.id, job, ending, reason)
         if not why:
             return
-        log.info("dropped the %s of job %s from %s: %s", _what(ending), job_id, worker.name, why)
+        log.warning("dropped the %s of job %s from %s: %s", _what(ending), job_id, worker.name, why)
+        self._core.add_event(
+            "job.dropped",
+            {"job": job_id, "worker": worker.name, "what": _what(ending), "reason": why},
+        )
         if worker.dropped is None:
             worker.dropped = []
         worker.dropped.append((job_id, why))

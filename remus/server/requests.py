@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from remus import files
 from remus import protocol as p
 from remus.errors import FileError
-from remus.server.introspection import AT_QUEUED
+from remus.server.introspection import AT_QUEUED, SUBMITTED
 from remus.server.limits import QUEUE
 from remus.server.records import JobRecord, job_key
 from remus.server.recovery import FILES_OPTION, saved_files
@@ -148,6 +148,7 @@ class Requests:
                 counts = census.counts_for(reqs.io_type)
             job.counts = counts
             counts[AT_QUEUED] += 1
+            counts[SUBMITTED] += 1
             if journal is not None:
                 saved = opts if fs is None else {**opts, FILES_OPTION: saved_files(fs)}
                 journal.submitted.append(

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -22,11 +23,12 @@ from remus.server.core_thread import (
 )
 from remus.server.edge import EdgeThread
 from remus.server.journal import Journal
+from remus.server.monitors import MonitorThread, check_monitors
 
 log = logging.getLogger(__name__)
 
 
-def _reachable(endpoint: str) -> str:
+def reachable(endpoint: str) -> str:
     """The address a local process connects to for a bound endpoint (0.0.0.0/* -> loopback)."""
     for wildcard in ("tcp://0.0.0.0:", "tcp://*:"):
         if endpoint.startswith(wildcard):
@@ -56,6 +58,7 @@ class Server:
         config: ServerConfig | None = None,
         context: zmq.Context[Any] | None = None,
         journal: str | os.PathLike[str] | None = None,
+        monitors: Sequence[Any] = (),
     ) -> None:
         self.requested_ports = ports or ServerPorts()
         if getattr(factory, "spawns_processes", False) and self.requested_ports.worker.startswith(
@@ -68,6 +71,8 @@ class Server:
             )
         #: the SQLite journal file: jobs and results survive a restart (None: memory only)
         self.journal_path = journal
+        #: objects with on_error / on_latency / on_resource (remus.server.monitors)
+        self.monitors = check_monitors(monitors)
         self._journal: Journal | None = None
         self.ports = self.requested_ports
         self.factory = factory
@@ -117,6 +122,10 @@ class Server:
             ]
             if self.journal_path is not None:
                 self._journal = Journal(self.journal_path)  # ConfigError here, in the caller
+            monitors = None
+            if self.monitors:  # its pipe is bound before the core thread connects to it
+                watcher = MonitorThread(self._context, self.monitors, f"inproc://remus-{tag}-mon")
+                monitors = (watcher.endpoint, watcher.topics)
             core = CoreThread(
                 self._context,
                 config=self.config,
@@ -128,6 +137,7 @@ class Server:
                 status=self.requested_ports.status,
                 factory=self.factory,
                 journal=self._journal,
+                monitors=monitors,
             )
             core.start()
             self._threads.append(core)
@@ -136,7 +146,12 @@ class Server:
                 self.status = "failed"
                 self._close_journal()
                 core.join(timeout)
+                if monitors is not None:
+                    watcher.close()
                 raise RemusError(f"the broker could not start: {core.error or 'timed out'}")
+            if monitors is not None:
+                watcher.start()  # it ends when the core thread sends its last event
+                self._threads.append(watcher)
             self._control = self._context.socket(zmq.PAIR)
             self._control.linger = 0
             self._control.connect(control)
@@ -149,7 +164,7 @@ class Server:
                     self._stop_locked(timeout)
                     self.status = "failed"
                     raise RemusError(f"the broker could not start: {edge.error or 'timed out'}")
-            self._control.send(WORKER_ENDPOINT + _reachable(edges[1].endpoint).encode())
+            self._control.send(WORKER_ENDPOINT + reachable(edges[1].endpoint).encode())
             self._control.send(ENDPOINTS + f"{edges[0].endpoint} {edges[1].endpoint}".encode())
             self.ports = ServerPorts(edges[0].endpoint, edges[1].endpoint, core.status_endpoint)
             self.status = "running"

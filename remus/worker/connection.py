@@ -38,6 +38,7 @@ from remus import protocol as p
 from remus.errors import ProtocolError, WrongEndpointError
 from remus.hostid import host_id
 from remus.types import JobRequirements
+from remus.usage import current
 from remus.worker.job import Contents, Job
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class Connection(threading.Thread):
         self._registered_at = -1e9
         #: a silent broker answered again: resend the unacknowledged reports
         self._resend_due = False
+        #: when this process's resource use is next sent
+        self._usage_due = 0.0
 
     # -------------------------------------------------------------- user side (any thread)
 
@@ -173,7 +176,9 @@ class Connection(threading.Thread):
         register sent before restated it."""
         self._resend_due = False
         for r in self._unacked:
-            self._send(sock, p.Report(r.started, r.progress, r.results, r.failures, 0, r.seq))
+            self._send(
+                sock, p.Report(r.started, r.progress, r.results, r.failures, 0, r.seq, r.used)
+            )
 
     def _acked(self, seq: int, dropped: Any = ()) -> None:
         """The broker applied our reports up to ``seq``: forget them, and the jobs they end."""
@@ -216,7 +221,7 @@ class Connection(threading.Thread):
             ready = dict(poller.poll(int(max(0.0, due - now) * 1000)))
             now = time.monotonic()
             if self._wake_r.fileno() in ready or self._wake_r in ready:
-                if self._flush_outbox(sock) and closing is None:
+                if self._flush_outbox(sock, self._usage(now)) and closing is None:
                     closing = now + CLOSE_WAIT
                 next_beat = now + self.heartbeat
             if sock in ready:
@@ -256,11 +261,20 @@ class Connection(threading.Thread):
                 last_heard = now
                 next_beat = now + self.heartbeat
             elif now >= next_beat:
+                usage = self._usage(now, due=True)
                 if self.outbox.empty():
-                    self._send(sock, p.Heartbeat())
-                elif self._flush_outbox(sock) and closing is None:
+                    self._send(sock, p.Heartbeat(usage))
+                elif self._flush_outbox(sock, usage) and closing is None:
                     closing = now + CLOSE_WAIT  # lazy items waiting: they are the heartbeat
                 next_beat = now + self.heartbeat
+
+    def _usage(self, now: float, *, due: bool = False) -> p.Usage | None:
+        """What this process uses, once per heartbeat interval: it rides on the heartbeat, or
+        on a report when a busy worker sends those instead."""
+        if not due and now < self._usage_due:
+            return None
+        self._usage_due = now + self.heartbeat
+        return current()
 
     def _handle(self, sock: zmq.Socket[Any], frames: list[Any]) -> bool:
         """Act on one broker message; True means stop."""
@@ -310,8 +324,9 @@ class Connection(threading.Thread):
                 log.warning("the broker refused a message: %s (%s)", msg.message, msg.code)
         return False
 
-    def _flush_outbox(self, sock: zmq.Socket[Any]) -> bool:
-        """Send everything queued as one report; True if the user side asked to stop."""
+    def _flush_outbox(self, sock: zmq.Socket[Any], usage: p.Usage | None = None) -> bool:
+        """Send everything queued as one report (with ``usage`` if given); True if the user
+        side asked to stop."""
         # Order matters: empty the wake-up socket, then clear the flag, then empty the queue.
         # A post() racing with this either lands in the queue before we read it or sees the
         # cleared flag and wakes us again; it can never be left unread with no wake-up pending.
@@ -325,6 +340,7 @@ class Connection(threading.Thread):
         progress: list[tuple[str, int | None, str]] = []
         results: list[Any] = []
         failures: list[tuple[str, str, str]] = []
+        used: list[tuple[str, int, float]] = []
         credit = 0
         stop = False
         while True:
@@ -341,6 +357,8 @@ class Connection(threading.Thread):
                 results.append(item[1:])
             elif kind == "failure":
                 failures.append(item[1:])
+            elif kind == "used":  # what a job used: (id, peak_rss, cpu), before its result
+                used.append(item[1:])
             elif kind == "credit":
                 credit += item[1]
             elif kind == "stop":
@@ -348,9 +366,9 @@ class Connection(threading.Thread):
         self._credit_sent += credit
         if started or progress or results or failures:
             self._seq += 1  # kept until acknowledged
-            report = p.Report(started, progress, results, failures, credit, self._seq)
+            report = p.Report(started, progress, results, failures, credit, self._seq, used, usage)
             self._unacked.append(report)
             self._send(sock, report)
-        elif credit:
-            self._send(sock, p.Report(credit=credit))
+        elif credit or used or usage is not None:
+            self._send(sock, p.Report(credit=credit, used=used, usage=usage))
         return stop

@@ -27,6 +27,7 @@ from remus.files import PathLike, Scratch, materialize, result_files
 from remus.hostid import host_id
 from remus.server.config import DEFAULT_WORKER, check_endpoint
 from remus.types import IOType, JobRequirements
+from remus.usage import JobMeter
 from remus.worker.connection import Connection
 from remus.worker.job import INVALID, Job
 
@@ -71,6 +72,8 @@ class Worker:
         #: private folders of the file jobs handed out and not yet ended
         self._scratches: dict[str, Scratch] = {}
         self.jobs_done = 0
+        #: what each job run by ``run`` uses, sent with its result
+        self._meter = JobMeter()
 
     # -------------------------------------------------------------- taking jobs
 
@@ -256,12 +259,17 @@ class Worker:
         return done
 
     def _handle(self, handler: Handler, job: Job) -> None:
+        log.info("job %s taken (%s)", job.id, self.requirements.io_type)
+        meter = self._meter
+        meter.start()
         try:
             result = handler(job)
         except Exception as e:
+            self._used(job, meter)
             log.warning("job %s failed: %s: %s", job.id, type(e).__name__, e)
             self.send_failure(job, f"{type(e).__name__}: {e}", traceback.format_exc())
             return
+        seconds = self._used(job, meter)
         if self.job_should_be_terminated(job):
             # the broker has already closed this job: no broker will take its result
             log.warning(
@@ -276,8 +284,16 @@ class Worker:
                 self.return_result(job, files=result)
             except FileError as e:
                 log.info("job %s failed: result file %s", job.id, e)
-            return
-        self.return_result(job, b"" if result is None else result)
+                return
+        else:
+            self.return_result(job, b"" if result is None else result)
+        log.info("job %s finished (%.3f s of CPU)", job.id, seconds)
+
+    def _used(self, job: Job, meter: JobMeter) -> float:
+        """Send what the job used, to ride with its result; its CPU seconds."""
+        peak, cpu = meter.stop()
+        self._conn.post("used", job.id, peak, cpu, wake=False)
+        return cpu
 
     # -------------------------------------------------------------- lifetime
 

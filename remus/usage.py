@@ -1,0 +1,121 @@
+"""What this process uses: memory and CPU, cheap enough to measure around every job.
+
+A worker sends :func:`current` with its heartbeats, and what one job used (:class:`JobMeter`)
+with that job's result or failure; the broker shows both in ``workers()``, ``jobs()`` and
+``remus top``, and a finished job's share in its ``JobResult``.
+
+- ``rss``: resident memory now, in bytes (``/proc/self/statm`` on Linux; elsewhere the peak);
+- ``peak_rss``: the most resident memory this process has had, in bytes;
+- ``cpu``: user plus system CPU seconds this process has used.
+
+A job's peak is the process's peak while the job ran: on Linux the meter resets the kernel's
+high-water mark when the job starts (``/proc/self/clear_refs``), so a small job after a big
+one does not inherit the big one's peak. A job's CPU seconds are those of the thread that ran
+its handler.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import threading
+import time
+from typing import NamedTuple
+
+#: ru_maxrss is in KiB on Linux and in bytes on macOS
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class Usage(NamedTuple):
+    rss: int
+    peak_rss: int
+    cpu: float
+
+
+def _rusage() -> tuple[int, float]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_maxrss * _MAXRSS_UNIT, ru.ru_utime + ru.ru_stime
+
+
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: the process's peak from before the kernel's high-water mark was last reset, and the jobs
+#: being measured now (the mark is reset only when a job starts alone: in a process that runs
+#: several at once, each job's peak is the process's)
+_floor = 0
+_running = 0
+_lock = threading.Lock()
+
+
+def current() -> Usage:
+    """This process's memory and CPU now."""
+    peak, cpu = _rusage()
+    rss = _rss()
+    peak = max(peak, _floor, rss or 0)
+    return Usage(peak if rss is None else rss, peak, cpu)
+
+
+class JobMeter:
+    """Measures one job: ``start()`` before the handler, ``stop()`` after it, in one thread."""
+
+    _clear: int | None = None  # the open /proc/self/clear_refs (-1: cannot reset), per process
+
+    def __init__(self) -> None:
+        self._cpu0 = 0.0
+        self._running = False
+
+    def start(self) -> None:
+        global _floor, _running
+        with _lock:
+            if not self._running:
+                self._running = True
+                _running += 1
+            if _running == 1 and _clear_fd() >= 0:
+                _floor = max(_floor, _rusage()[0])
+                try:
+                    os.write(_clear_fd(), b"5")  # the high-water mark drops to the RSS now
+                except OSError:
+                    JobMeter._clear = -1
+        self._cpu0 = time.thread_time()
+
+    def stop(self) -> tuple[int, float]:
+        """(peak RSS in bytes, CPU seconds) of the job since ``start``."""
+        global _floor, _running
+        cpu = time.thread_time() - self._cpu0
+        peak = _rusage()[0]
+        with _lock:
+            _floor = max(_floor, peak)
+            if self._running:
+                self._running = False
+                _running -= 1
+        return peak, cpu
+
+
+def _clear_fd() -> int:
+    if JobMeter._clear is None:
+        try:
+            JobMeter._clear = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            JobMeter._clear = -1  # not Linux, or not allowed: a job's peak is the process's
+    return JobMeter._clear
+
+
+def _forked() -> None:
+    # the inherited descriptor is the parent's /proc/self/clear_refs: never write to it
+    global _floor, _running
+    if JobMeter._clear is not None and JobMeter._clear >= 0:
+        os.close(JobMeter._clear)
+    JobMeter._clear = None
+    _floor = _running = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
