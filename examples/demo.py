@@ -4,7 +4,8 @@
 1. starts ``python -m remus.server`` with this folder as its worker folder (no worker runs yet);
 2. asks the broker what it can do: the io types of the worker files it found;
 3. submits point sets to triangulate and files to summarize; the broker starts workers;
-4. shows their progress as they run, then the results and how long each took;
+4. shows their progress as they run (remus.progress's BatchBar, fed by ``as_completed``),
+   then a table of the results: how long each waited and ran (the broker's ``jobs()``);
 5. stops the broker (which stops its workers) and exits 0.
 
 Run it with ``--out DIR`` to keep the meshes (OFF files) and summaries.
@@ -17,7 +18,6 @@ import json
 import os
 import queue
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,11 +27,12 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-import zmq
+from rich.console import Console
+from rich.table import Table
 
-from remus import IOType, Job, JobStatus, JobSubmission, Status
+from remus import IOType, JobResult, JobSubmission
 from remus.client import BasicClient
-from remus.protocol import unpack
+from remus.progress import BatchBar
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -83,50 +84,6 @@ def make_jobs(rng: random.Random) -> list[tuple[str, JobSubmission]]:
     return jobs
 
 
-class Board:
-    """One line per job: a progress bar redrawn in place on a terminal, plain lines otherwise."""
-
-    def __init__(self, labels: list[str]) -> None:
-        self.labels = labels
-        self.width = max(map(len, labels))
-        self.tty = sys.stdout.isatty()
-        self.columns = shutil.get_terminal_size().columns - 1  # a wrapped line breaks the redraw
-        self.drawn = 0
-        self.last: dict[str, tuple[str, int]] = {}
-
-    def note(self, text: str) -> None:
-        if not self.tty:
-            print(text, flush=True)
-
-    def update(self, rows: list[tuple[str, Status, int, str]], footer: str) -> None:
-        if not self.tty:
-            for label, status, value, message in rows:
-                key = (status.name, value // 25)  # a line per status change or quarter done
-                if self.last.get(label) != key:
-                    self.last[label] = key
-                    print(f"{label}: {status.name.lower()} {value}% {message}".rstrip(), flush=True)
-            return
-        out = [f"\x1b[{self.drawn}F"] if self.drawn else []
-        for label, status, value, message in rows:
-            filled = value * 24 // 100
-            bar = "#" * filled + "." * (24 - filled)
-            state = status.name.lower()
-            line = f"{label:<{self.width}} [{bar}] {value:3d}% {state:<11} {message[:32]}"
-            out.append(f"\x1b[2K{line[: self.columns]}\n")  # erase the old line, write anew
-        out.append(f"\x1b[2K{footer[: self.columns]}\n")
-        self.drawn = len(rows) + 1
-        sys.stdout.write("".join(out))
-        sys.stdout.flush()
-
-
-def percent(status: JobStatus) -> int:
-    if status.status is Status.FINISHED:
-        return 100
-    if status.progress is None or status.progress.value is None:
-        return 0
-    return status.progress.value
-
-
 def describe(io_type: IOType, data: bytes) -> str:
     """A one-line look at a result."""
     if io_type == POINTS:
@@ -176,83 +133,64 @@ def main() -> int:
 
 def run_demo(endpoints: dict[str, str], args: argparse.Namespace) -> bool:
     """Everything a client does; returns True if something failed."""
+    # piped (as in the tests), rich would fit the table in 80 columns and wrap its cells
+    console = Console(width=None if sys.stdout.isatty() else 120)
     with BasicClient(endpoints["client"], timeout=10) as c:
-        print("the broker can serve, before any worker runs:")
+        console.print("the broker can serve, before any worker runs:")
         for io_type in sorted(c.client.supported_io_types(), key=str):
             names = ", ".join(r.worker_name for r in c.client.retrieve_requirements(io_type))
-            print(f"  {io_type}  (worker file for {names})")
+            console.print(f"  {io_type}  (worker file for {names})", highlight=False)
 
         labelled = make_jobs(random.Random(args.seed))
-        labels = [label for label, _ in labelled]
-        submitted = time.monotonic()
         jobs = c.submit_many(sub for _, sub in labelled)
-        print(f"\nsubmitted {len(jobs)} jobs; the broker may start {args.max_workers} workers\n")
-        board = Board(labels)
-        started, finished = watch(c, jobs, board, endpoints["status"])
+        labels = {job.id: label for (label, _), job in zip(labelled, jobs, strict=True)}
+        console.print(
+            f"\nsubmitted {len(jobs)} jobs; the broker may start {args.max_workers} workers\n"
+        )
+        results: dict[str, JobResult] = {}
+        failures: list[Exception] = []
+        with BatchBar(len(jobs), "all jobs", labels=labels) as bar:
+            done = c.as_completed(jobs, timeout=120, errors="yield", on_progress=bar.progress)
+            for result in bar.track(done):
+                if isinstance(result, Exception):
+                    failures.append(result)
+                else:
+                    results[result.job_id] = result
+        timing = {info.id: info for info in c.client.jobs(limit=len(jobs))}
+        spawned = sum(f.get("spawned", 0) for f in c.client.stats().worker_files)
 
-        print("\nresults:")
-        failed = len(finished) < len(jobs)
-        by_id = {job.id: (label, job) for label, job in zip(labels, jobs, strict=True)}
-        for result in c.as_completed(jobs, timeout=30, errors="yield"):
-            if isinstance(result, Exception):
-                failed = True
-                print(f"  FAILED {result}")
+        console.print("\nresults:")
+        table = Table("job", "queued", "ran", "CPU", "result")
+        for job in jobs:
+            result = results.get(job.id)
+            if result is None:
                 continue
-            label, job = by_id[result.job_id]
-            io_type = job.requirements.io_type
-            waited = started[job.id] - submitted
-            ran = finished[job.id] - started[job.id]
-            print(f"  {label:<{board.width}} queued {waited:4.1f} s, ran {ran:4.1f} s: "
-                  f"{describe(io_type, result.data)}")  # fmt: skip
-            if args.out:
-                args.out.mkdir(parents=True, exist_ok=True)
-                name = label.replace(" ", "_").replace("/", "_")
-                (args.out / f"{name}.{'off' if io_type == POINTS else 'json'}").write_bytes(
-                    result.data
-                )
+            info = timing.get(job.id)
+            table.add_row(
+                labels[job.id],
+                seconds(info.queued_for if info else None),
+                seconds(info.running_for if info else None),
+                seconds(result.cpu),
+                describe(job.requirements.io_type, result.data),
+            )
+        console.print(table)
+        for failure in failures:
+            console.print(f"  [bold red]FAILED[/] {failure}", highlight=False)
+        console.print(f"the broker started {spawned} workers from its worker files")
         if args.out:
-            print(f"results written to {args.out}")
-        return failed
+            args.out.mkdir(parents=True, exist_ok=True)
+            for job in jobs:
+                if job.id in results:
+                    io_type = job.requirements.io_type
+                    name = labels[job.id].replace(" ", "_").replace("/", "_")
+                    path = args.out / f"{name}.{'off' if io_type == POINTS else 'json'}"
+                    path.write_bytes(results[job.id].data)
+            console.print(f"results written to {args.out}")
+        return bool(failures) or len(results) < len(jobs)
 
 
-def watch(
-    c: BasicClient, jobs: list[Job], board: Board, status_endpoint: str
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Show the jobs' progress until all are done; return when each started and finished.
-
-    Statuses are polled ten times a second for the display; the broker's status channel tells
-    which workers it starts. (To follow one job, ``c.wait(job, on_progress=...)`` is simpler.)
-    """
-    events = zmq.Context.instance().socket(zmq.SUB)
-    events.setsockopt(zmq.LINGER, 0)
-    events.setsockopt(zmq.SUBSCRIBE, b"worker.")
-    events.connect(status_endpoint)
-    started: dict[str, float] = {}
-    finished: dict[str, float] = {}
-    spawned = exited = 0
-    deadline = time.monotonic() + 300
-    try:
-        while len(finished) < len(jobs) and time.monotonic() < deadline:
-            while events.poll(0):
-                topic, body = events.recv_multipart()[:2]
-                spawned += topic == b"worker.spawned"
-                exited += topic == b"worker.reaped"
-                info = unpack(body)
-                board.note(f"{topic.decode()}: {info.get('worker_name')} (pid {info.get('pid')})")
-            now = time.monotonic()
-            rows = []
-            for label, job, st in zip(board.labels, jobs, c.client.job_statuses(jobs), strict=True):
-                if st.status is Status.IN_PROGRESS or st.status.done:
-                    started.setdefault(job.id, now)
-                if st.status.done:
-                    finished.setdefault(job.id, now)
-                message = st.progress.message if st.progress else ""
-                rows.append((label, st.status, percent(st), message))
-            board.update(rows, f"workers started by the broker: {spawned}, exited: {exited}")
-            time.sleep(0.1)
-    finally:
-        events.close()
-    return started, finished
+def seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} s"
 
 
 if __name__ == "__main__":

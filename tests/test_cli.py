@@ -351,6 +351,10 @@ def test_readme_operating_commands_run_as_written(broker: Broker, make_process: 
             assert proc.stderr is not None
             assert proc.stderr.readline().startswith("remus watch: watching ")
             proc.send_signal(signal.SIGINT)
+        if argv[1] == "top":  # redraws until Ctrl-C (on a pipe, frame after frame): stop it
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("remus broker ")
+            proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, (cmd, out, err)
         assert "Traceback" not in err, (cmd, err)

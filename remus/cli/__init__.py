@@ -3,8 +3,8 @@
 ``remus server`` runs a broker; the other subcommands reach one at ``--client EP`` (default:
 ``$REMUS_CLIENT``, else tcp://127.0.0.1:50505) and give up after ``--timeout`` seconds of
 silence. One module per concept: ``server`` (run a broker), ``inspect`` (info, workers, jobs),
-``jobs`` (submit, status, result, cancel), ``watch`` (the status feed), ``common`` (what they
-share).
+``jobs`` (submit, status, result, cancel), ``watch`` (the status feed), ``top`` (a live view),
+``common`` (what they share).
 
 Exit codes, for every subcommand: 0 done; 1 the job failed, was terminated or expired (or the
 broker refused it: no worker, queue full); 2 a usage error; 3 no broker answers. Errors are one
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from remus.cli import common as c
-from remus.cli import inspect, jobs, server, watch
+from remus.cli import inspect, jobs, server, top, watch
 from remus.errors import (
     BrokerStoppedError,
     ConfigError,
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_parsers(sub, reach)
     jobs.add_parsers(sub, reach)
     watch.add_parser(sub)
+    top.add_parser(sub, reach)
     return parser
 
 
@@ -75,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except c.CliError as e:
         return _fail(args, str(e), e.code)
-    except KeyboardInterrupt:  # Ctrl-C is how `remus watch` ends
-        return c.OK if args.command == "watch" else c.INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C is how `remus watch` and `remus top` end
+        return c.OK if args.command in ("watch", "top") else c.INTERRUPTED
     except BrokenPipeError:
         # the reader went away (| head): stop quietly, and keep Python's exit flush quiet too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,9 +1,10 @@
 """Held replies: client requests the broker answers later, when there is news.
 
 A ``progress`` request with ``wait`` is held until its job has a new update or ends; a
-``collect`` request is held until a job on its client's watch list ends. Either is answered at
-its deadline at the latest. This is what lets a client follow every progress update, and
-gather thousands of results, without polling on a timer.
+``collect`` request is held until a job on its client's watch list ends (or, for a watch list
+that follows progress, has a new update). Either is answered at its deadline at the latest.
+This is what lets a client follow every progress update, and gather thousands of results (with
+their progress), without polling on a timer.
 
 Part of the pure broker rules (no sockets, ``now`` passed in): :class:`Holds` keeps the state
 and is driven by :class:`~remus.server.core.BrokerCore`, which owns the jobs and sends replies.
@@ -53,6 +54,12 @@ class _Watch:
     parked: _Waiter | None = None
     max: int = MAX_PER_REPLY
     last_used: float = 0.0
+    #: hand over the jobs' progress updates too (CollectRequest.progress)
+    progress: bool = False
+    #: jobs with updates not handed over yet (an ordered set)
+    news: dict[str, None] = field(default_factory=dict)
+    #: per job, the seq of the last update handed over
+    sent: dict[str, int] = field(default_factory=dict)
 
 
 class Holds:
@@ -92,6 +99,7 @@ class Holds:
             watch = self._watches[key] = _Watch(client, msg.watch)
         watch.last_used = now
         watch.max = min(msg.max, MAX_PER_REPLY)
+        watch.progress = watch.progress or msg.progress
         if watch.parked is not None:  # a new request supersedes a held one
             watch.parked.answered = True
             watch.parked = None
@@ -103,10 +111,12 @@ class Holds:
             elif job_id not in watch.pending:
                 watch.pending.add(job_id)
                 self._watchers.setdefault(job_id, []).append(watch)
+            if watch.progress and job is not None and job.seq > watch.sent.get(job_id, 0):
+                watch.news[job_id] = None  # updates from before it was watched go out too
         deadline = now + min(msg.wait, self._core.config.max_wait)
         waiter = _Waiter(client, msg.rid, deadline, watch=watch)
         watch.parked = waiter
-        if watch.done or not watch.pending or not msg.wait > 0:
+        if watch.done or watch.news or not watch.pending or not msg.wait > 0:
             self._answer_watch(watch)
         else:
             heapq.heappush(self._deadlines, (waiter.deadline, id(waiter), waiter))
@@ -114,10 +124,18 @@ class Holds:
     # -------------------------------------------------------------- news from the core
 
     def updated(self, job: JobRecord) -> None:
-        """The job has a new progress update: its held progress requests can be answered."""
+        """The job has a new progress update: its held progress requests can be answered, and
+        so can the held collect requests of watch lists that follow its progress."""
         waiters = self._progress_waiters.pop(job.id, None)
         if waiters:
             self._ready_waiters.extend(waiters)
+        watchers = self._watchers.get(job.id)
+        if watchers:
+            for watch in watchers:
+                if watch.progress:
+                    watch.news[job.id] = None
+                    if watch.parked is not None:
+                        self._ready_watches[(watch.client, watch.name)] = watch
 
     def ended(self, job: JobRecord) -> None:
         """The job is over: answer its progress requests and move it to 'done' on watches."""
@@ -209,6 +227,8 @@ class Holds:
                 data["result"] = p.inline(job.result, frames)
                 if job.result_files is not None:
                     data["files"] = p.pack_files(job.result_files, frames)
+            if job.used is not None:
+                data["used"] = list(job.used)
             if waiter.release:
                 core.forget(job)
         core.reply(waiter.client, waiter.rid, data, frames)
@@ -218,14 +238,50 @@ class Holds:
         assert waiter is not None  # internal invariant, not wire input
         watch.parked = None
         waiter.answered = True
-        ids = [watch.done.popleft() for _ in range(min(watch.max, len(watch.done)))]
+        data: dict[str, Any] = {}
+        if watch.news:
+            data["progress"] = self._watch_progress(watch)
+        if not watch.news:
+            ids = [watch.done.popleft() for _ in range(min(watch.max, len(watch.done)))]
+        else:  # a job's updates all go out before its result; other results need not wait
+            ids, kept = [], deque[str]()
+            for job_id in watch.done:
+                (kept if job_id in watch.news or len(ids) >= watch.max else ids).append(job_id)
+            watch.done = kept
+        for job_id in ids:
+            watch.sent.pop(job_id, None)
         rows, frames = self._core.result_rows(ids)
         remaining = len(watch.pending) + len(watch.done)
-        self._core.reply(
-            watch.client, waiter.rid, {"results": rows, "remaining": remaining}, frames
-        )
+        data["results"] = rows
+        data["remaining"] = remaining
+        self._core.reply(watch.client, waiter.rid, data, frames)
         if not remaining:
             self._drop_watch((watch.client, watch.name))
+
+    def _watch_progress(self, watch: _Watch) -> list[Any]:
+        """``[[id, [[seq, value, message], ...]], ...]``: the updates of the watched jobs not
+        handed over yet, at most MAX_PER_REPLY of them (the rest stay news)."""
+        rows: list[Any] = []
+        budget = MAX_PER_REPLY
+        jobs = self._core.jobs
+        for job_id in list(watch.news):
+            if budget <= 0:
+                break
+            del watch.news[job_id]
+            job = jobs.get(job_id)
+            if job is None or not job.progress:
+                continue
+            since = watch.sent.get(job_id, 0)
+            start = max(0, since + 1 - job.progress[0][0])
+            updates = job.progress[start : start + budget]
+            if not updates:
+                continue
+            rows.append([job_id, [list(u) for u in updates]])
+            budget -= len(updates)
+            watch.sent[job_id] = updates[-1][0]
+            if updates[-1][0] < job.seq:
+                watch.news[job_id] = None
+        return rows
 
     def _drop_watch(self, key: tuple[bytes, str]) -> None:
         watch = self._watches.pop(key, None)
