@@ -136,7 +136,14 @@ def mesh_client(ran: Ran) -> None:
 
 
 def monitors(ran: Ran) -> None:
-    assert ran.out == "", "no job ran, so no monitor was called"
+    lines = ran.out.splitlines()
+    assert "b'HELLO'" in lines
+    assert "failed: ValueError: nothing to shout" in lines
+    assert any(
+        ln.startswith("ALERT job.failed ") and ln.endswith("nothing to shout") for ln in lines
+    )
+    assert any(ln.startswith("job.finished: waited ") for ln in lines)
+    assert any(ln.startswith("job.failed: waited ") for ln in lines)
 
 
 #: what a script run must show, by snippet name
@@ -145,7 +152,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "upper_many.py": upper_many,
     "broker.py": broker,
     "mesh_client.py": mesh_client,
-    CLI_SECTION: monitors,  # the monitors example
+    "monitors.py": monitors,
 }
 
 #: the files a script names, made in its folder first

@@ -40,7 +40,6 @@ from remus.client.client import (
 from remus.client.patience import Patience
 from remus.errors import RemusError
 from remus.files import JobFileRequest
-from remus.server.config import DEFAULT_CLIENT
 from remus.types import (
     FileHandle,
     IOType,
@@ -79,7 +78,8 @@ class _Known:
 
 
 class BasicClient:
-    """Submit, follow, wait, collect.
+    """Submit, follow, wait, collect: the client of a broker at ``endpoint`` (else
+    ``$REMUS_CLIENT``, else ``tcp://127.0.0.1:50505``).
 
     ``timeout`` (seconds, default 10) is how long the broker may stay silent: every call raises
     TimeoutError within it plus one second when the broker is dead, stopped or suspended (see
@@ -90,7 +90,7 @@ class BasicClient:
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_CLIENT,
+        endpoint: str | None = None,
         *,
         timeout: float = 10.0,
         context: zmq.Context[Any] | None = None,

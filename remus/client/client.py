@@ -37,7 +37,7 @@ from remus.errors import (
 from remus.files import JobFileRequest
 from remus.hostid import host_id
 from remus.introspect import BrokerStats, JobInfo, WorkerInfo
-from remus.server.config import DEFAULT_CLIENT, check_endpoint
+from remus.server.config import check_endpoint, endpoint_from_env
 from remus.types import (
     IOType,
     Job,
@@ -163,7 +163,8 @@ def _left(deadline: float | None) -> float | None:
 
 
 class Client:
-    """Talks to a broker's client endpoint.
+    """Talks to a broker's client endpoint: ``endpoint``, else ``$REMUS_CLIENT``, else
+    ``tcp://127.0.0.1:50505``.
 
     ``timeout`` (seconds) is how long the broker may take to answer: a call whose answer does
     not come within it raises TimeoutError naming the endpoint. Every method also takes a
@@ -172,12 +173,12 @@ class Client:
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_CLIENT,
+        endpoint: str | None = None,
         *,
         timeout: float = 10.0,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        check_endpoint(endpoint, "client")
+        endpoint = check_endpoint(endpoint_from_env(endpoint, "client"), "client")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.endpoint = endpoint

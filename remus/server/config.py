@@ -14,6 +14,15 @@ DEFAULT_STATUS = "tcp://127.0.0.1:50550"
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
 
 
+def endpoint_from_env(endpoint: str | None, role: str) -> str:
+    """``endpoint`` if given, else ``$REMUS_CLIENT`` / ``$REMUS_WORKER`` / ``$REMUS_STATUS``
+    (by ``role``), else the default endpoint of that role."""
+    if endpoint is not None:
+        return endpoint
+    default = {"client": DEFAULT_CLIENT, "worker": DEFAULT_WORKER, "status": DEFAULT_STATUS}
+    return os.environ.get(f"REMUS_{role.upper()}") or default[role]
+
+
 def check_endpoint(endpoint: str, what: str) -> str:
     if not isinstance(endpoint, str) or not endpoint.startswith(_SCHEMES):
         raise ConfigError(

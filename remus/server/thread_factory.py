@@ -25,7 +25,7 @@ from remus.server.factory_base import (
     plan_spawns,
 )
 from remus.server.health import DEFAULT_BACKOFF, Backoff, Health
-from remus.types import JobRequirements, matches
+from remus.types import IOType, JobRequirements, matches
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,20 @@ class _Slot:
 
 
 class ThreadWorkerFactory(WorkerFactoryBase):
-    """Serve ``handlers`` (requirements -> ``handler(job) -> bytes``) on up to ``max_workers``
-    threads, started on demand like :class:`~remus.server.factory.WorkerFactory` processes."""
+    """Serve ``handlers`` (requirements or io type -> ``handler(job) -> bytes``) on up to
+    ``max_workers`` threads, started on demand like :class:`~remus.server.factory.WorkerFactory`
+    processes."""
 
     def __init__(
         self,
-        handlers: Mapping[JobRequirements, Handler],
+        handlers: Mapping[JobRequirements | IOType, Handler],
         *,
         max_workers: int = 1,
         idle_timeout: float = 5.0,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         super().__init__(max_workers=max_workers)
-        self.handlers = dict(handlers)
+        self.handlers = {JobRequirements.of(k): h for k, h in handlers.items()}
         self.idle_timeout = idle_timeout
         self.started_total = 0
         #: threads started per handler's requirements

@@ -25,7 +25,7 @@ import zmq
 from remus.errors import FileError
 from remus.files import PathLike, Scratch, materialize, result_files
 from remus.hostid import host_id
-from remus.server.config import DEFAULT_WORKER, check_endpoint
+from remus.server.config import check_endpoint, endpoint_from_env
 from remus.types import IOType, JobRequirements
 from remus.usage import JobMeter
 from remus.worker.connection import Connection
@@ -41,18 +41,19 @@ Handler = Callable[[Job], "bytes | bytearray | memoryview | str | list[Any] | No
 
 
 class Worker:
-    """A worker for one kind of job. ``heartbeat_interval`` (s) is declared to the broker, which
+    """A worker for one kind of job, connected to ``endpoint`` (else ``$REMUS_WORKER``, else
+    ``tcp://127.0.0.1:50510``). ``heartbeat_interval`` (s) is declared to the broker, which
     declares the worker lost after a few silent intervals."""
 
     def __init__(
         self,
         requirements: JobRequirements | IOType,
-        endpoint: str = DEFAULT_WORKER,
+        endpoint: str | None = None,
         *,
         heartbeat_interval: float = 1.0,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        check_endpoint(endpoint, "worker")
+        endpoint = check_endpoint(endpoint_from_env(endpoint, "worker"), "worker")
         if not 0.001 <= heartbeat_interval <= 3600:
             raise ValueError("heartbeat_interval must be between 0.001 and 3600 seconds")
         self.requirements = JobRequirements.of(requirements)
