@@ -36,7 +36,43 @@ class Usage(NamedTuple):
 
 def _rusage() -> tuple[int, float]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_maxrss * _MAXRSS_UNIT, ru.ru_utime + ru.ru_stime
+    peak = ru.ru_maxrss * _MAXRSS_UNIT
+    if peak <= _inherited:  # ru_maxrss says the parent's peak: ask the kernel for ours
+        peak = _hwm() or peak
+    return peak, ru.ru_utime + ru.ru_stime
+
+
+def _open_status() -> int:
+    try:
+        return os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1  # not Linux
+
+
+def _hwm() -> int | None:
+    """The kernel's high-water mark of this process's RSS (VmHWM, Linux), in bytes."""
+    if _status < 0:
+        return None
+    try:
+        status = os.pread(_status, 4096, 0)
+        start = status.index(b"VmHWM:") + 6
+        return int(status[start : status.index(b"kB", start)]) * 1024
+    except (OSError, ValueError):
+        return None
+
+
+def _inherited_peak() -> int:
+    """The floor of ru_maxrss that is not this process's: Linux keeps in it the peak of the
+    process this one was exec'ed from (a worker the broker spawned starts at the broker's
+    size, which no reset lowers). 0 if ru_maxrss is this process's own."""
+    hwm = _hwm()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+    return maxrss if hwm is not None and maxrss > hwm else 0
+
+
+#: /proc/self/status, kept open (-1: none); at or under _inherited, a peak is read from it
+_status = _open_status()
+_inherited = _inherited_peak()
 
 
 def _rss() -> int | None:
@@ -110,11 +146,15 @@ def _clear_fd() -> int:
 
 def _forked() -> None:
     # the inherited descriptor is the parent's /proc/self/clear_refs: never write to it
-    global _floor, _running
+    global _floor, _running, _status, _inherited
     if JobMeter._clear is not None and JobMeter._clear >= 0:
         os.close(JobMeter._clear)
     JobMeter._clear = None
     _floor = _running = 0
+    if _status >= 0:
+        os.close(_status)
+        _status = _open_status()
+        _inherited = _inherited_peak()
 
 
 if hasattr(os, "register_at_fork"):

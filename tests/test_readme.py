@@ -137,8 +137,7 @@ def mesh_client(ran: Ran) -> None:
 
 def monitors(ran: Ran) -> None:
     lines = ran.out.splitlines()
-    assert "b'HELLO'" in lines
-    assert "failed: ValueError: nothing to shout" in lines
+    assert lines[-1] == "b'HELLO' / failed: ValueError: nothing to shout"
     assert any(
         ln.startswith("ALERT job.failed ") and ln.endswith("nothing to shout") for ln in lines
     )
