@@ -203,6 +203,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from remus.server.server import Server
 
+    metrics_at = None
+    if args.metrics is not None:
+        try:
+            metrics_at = _metrics_address(args.metrics)
+        except UsageError as e:
+            print(f"remus server: {e}", file=sys.stderr)
+            return 2
+
     # A broker holds many small long-lived objects (one record per job); the cyclic garbage
     # collector's default thresholds make it rescan them thousands of times a second under
     # load. Jobs hold no reference cycles, so collect rarely. (Only the command sets this:
@@ -229,13 +237,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"remus server: {e}", file=sys.stderr)
         return 1
     metrics = None
-    if args.metrics is not None:
+    if metrics_at is not None:
         try:
-            metrics = _metrics(args.metrics, server.ports.client)
+            metrics = _metrics(metrics_at, server.ports.client)
         except (RemusError, ValueError) as e:
             print(f"remus server: {e}", file=sys.stderr)
             server.stop()
-            return 2 if isinstance(e, UsageError) else 1
+            return 1
     print(
         f"remus server ready: client={server.ports.client} worker={server.ports.worker} "
         f"status={server.ports.status}" + (f" metrics={metrics.url}" if metrics else ""),
@@ -266,15 +274,19 @@ class UsageError(ValueError):
     pass
 
 
-def _metrics(where: str, client: str) -> Any:
-    """The metrics exporter for ``--metrics [HOST:]PORT``, reaching the broker at ``client``."""
+def _metrics_address(where: str) -> tuple[str, int]:
+    """(host, port) of ``--metrics [HOST:]PORT``; UsageError if it is neither."""
+    host, _, port = where.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--metrics {where!r}: give a port (0-65535), or HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _metrics(at: tuple[str, int], client: str) -> Any:
+    """The metrics exporter at ``at``, reaching the broker at ``client``."""
     from remus.server.metrics import MetricsExporter
     from remus.server.server import reachable
 
-    host, _, port = where.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--metrics {where!r}: give a port (0-65535), or HOST:PORT")
-    exporter = MetricsExporter(reachable(client), int(port), host)
+    exporter = MetricsExporter(reachable(client), at[1], at[0])
     log.info("serving Prometheus metrics at %s", exporter.url)
     return exporter

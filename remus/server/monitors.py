@@ -193,7 +193,7 @@ class MonitorThread(threading.Thread):
                 ):
                     continue
                 method = getattr(m, hook, None)
-                if method is None:
+                if not callable(method):
                     continue
                 try:
                     method(event)
