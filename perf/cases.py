@@ -364,6 +364,50 @@ def observed(opts: Options, why: str | None) -> list[Row]:
     return [row]
 
 
+def slots(opts: Options, why: str | None) -> list[Row]:
+    """A 4-slot worker against 4 one-slot worker processes, 2 ms jobs that wait on I/O."""
+    row = Row("4-slot worker, 2 ms jobs", "jobs/s", goal=Goal(">=", 0.8), ref_label="4 workers")
+    if why is not None:
+        return [row]
+    n = max(400, opts.jobs // 20)
+    got = _measure(
+        row,
+        "remus 4 slots",
+        lambda: remus_bench.slots(slots=4, jobs=n, warmup=1, repeat=opts.repeat),
+    )
+    ref = _measure(
+        row,
+        "remus 4 workers",
+        lambda: remus_bench.slots(slots=1, jobs=n, warmup=1, repeat=opts.repeat),
+    )
+    row.remus = Stat.of(got["samples"]) if got else None
+    row.reference = Stat.of(ref["samples"]) if ref else None
+    return [row]
+
+
+#: the preempt_grace the preemption row runs with (its reference)
+PREEMPT_GRACE = 5.0
+
+
+def preemption(opts: Options, why: str | None) -> list[Row]:
+    """Time from a protected submit to its start when an unprotected job holds the only slot,
+    against ``preempt_grace``."""
+    row = Row(
+        "preemption latency",
+        "s",
+        goal=Goal("<=", 0.05),
+        ref_label=f"preempt_grace {PREEMPT_GRACE:g} s",
+        reference=Stat.of([PREEMPT_GRACE]),
+    )
+    if why is not None:
+        return [row]
+    got = _measure(
+        row, "remus", lambda: remus_bench.preemption(repeat=opts.repeat, grace=PREEMPT_GRACE)
+    )
+    row.remus = Stat.of(got["samples"]) if got else None
+    return [row]
+
+
 CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "pipelined": pipelined,
     "roundtrip": round_trip,
@@ -373,4 +417,6 @@ CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "workers": many_workers,
     "journal": journal,
     "observed": observed,
+    "slots": slots,
+    "preemption": preemption,
 }

@@ -82,6 +82,7 @@ def start_workers(
     threads: int = 1,
     prefetch: int = 64,
     gate: bool = False,
+    slots: int = 1,
 ) -> list[Proc]:
     """Start worker processes of ``threads`` workers each; unless gated, wait until all are up."""
     procs = [
@@ -97,6 +98,8 @@ def start_workers(
             threads,
             "--prefetch",
             prefetch,
+            "--slots",
+            slots,
             *(["--gate"] if gate else []),
             stdin=gate,
         )
@@ -285,3 +288,28 @@ def queue_depth(*, depth: int, workers: int = 2) -> dict[str, float]:
             "bytes_per_job": (after - before) * KIB / depth,
             "broker_rss_kib": after,
         }
+
+
+def slots(*, slots: int, jobs: int, warmup: int, repeat: int) -> dict[str, Any]:
+    """Jobs/s of 2 ms "sleep" jobs (waiting on I/O) through one worker with ``slots`` slots
+    (``slots`` = 1: that many one-slot worker processes instead)."""
+    with ProcGroup() as group, session(group) as (_, eps):
+        if slots > 1:
+            start_workers(group, eps.worker, "sleep", slots=slots, prefetch=slots)
+        else:
+            start_workers(group, eps.worker, "sleep", processes=4, prefetch=1)
+        client = start_client(group, eps.client, "sleep", jobs=jobs, warmup=warmup, repeat=repeat)
+        out: dict[str, Any] = {"samples": client.result(timeout=300)["samples"]}
+        client.wait(10)
+        return out
+
+
+def preemption(*, repeat: int, grace: float) -> dict[str, Any]:
+    """Seconds from a protected submit to its start when an unprotected job holds the only
+    slot (a worker that stops a cancelled job within a millisecond)."""
+    with ProcGroup() as group, session(group, "--preempt-grace", str(grace)) as (_, eps):
+        start_workers(group, eps.worker, "preempt", prefetch=1)
+        client = start_client(group, eps.client, "preempt", warmup=1, repeat=repeat)
+        out: dict[str, Any] = {"samples": client.result(timeout=120)["samples"]}
+        client.wait(10)
+        return out

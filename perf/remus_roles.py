@@ -28,7 +28,15 @@ from typing import Any
 from perf.harness import percentile, timed_rounds
 from perf.procs import emit, peak_rss_kib
 
-IO = {"tiny": ("Tiny", "Tiny"), "progress": ("Progress", "Progress"), "bulk": ("Bulk", "Bulk")}
+IO = {
+    "tiny": ("Tiny", "Tiny"),
+    "progress": ("Progress", "Progress"),
+    "bulk": ("Bulk", "Bulk"),
+    "sleep": ("Sleep", "Sleep"),
+    "preempt": ("Preempt", "Preempt"),
+}
+#: what a "sleep" job waits (seconds): a job that waits on I/O, where slots pay off
+SLEEP = 0.002
 READY_RE = r"remus worker ready: threads=(\d+)"
 START_TIMEOUT = 30.0
 
@@ -36,6 +44,26 @@ START_TIMEOUT = 30.0
 def _handler(kind: str, w: Any) -> Callable[[Any], Any]:
     if kind == "tiny":
         return lambda job: job["data"]
+    if kind == "sleep":
+
+        def sleep(job: Any) -> bytes:
+            time.sleep(SLEEP)  # the job's own work: waiting on I/O
+            return b"ok"
+
+        return sleep
+    if kind == "preempt":
+
+        def preemptible(job: Any) -> bytes:
+            """An unprotected job ("hold") runs until it is cancelled; a protected one answers
+            with the monotonic time it started."""
+            started = time.monotonic()
+            if job["data"] == b"hold":
+                while not w.job_should_be_terminated(job):
+                    time.sleep(0.001)  # the job's own work, checking for a cancel as it goes
+                return b""
+            return repr(started).encode()
+
+        return preemptible
     if kind == "progress":
 
         def progress(job: Any) -> bytes:
@@ -66,7 +94,7 @@ def _until_connected(w: Any) -> None:
         time.sleep(0.005)  # polling a flag under a deadline
 
 
-def worker(endpoint: str, kind: str, threads: int, prefetch: int, gate: bool) -> None:
+def worker(endpoint: str, kind: str, threads: int, prefetch: int, gate: bool, slots: int) -> None:
     """Run ``threads`` workers (one ``Worker`` each) until the broker tells them to exit."""
     from remus import IOType
     from remus.worker import Worker
@@ -81,7 +109,10 @@ def worker(endpoint: str, kind: str, threads: int, prefetch: int, gate: bool) ->
             with Worker(IOType(*IO[kind]), endpoint=endpoint) as w:
                 _until_connected(w)  # "ready" means the broker has it: a submit then finds it
                 ready.wait(START_TIMEOUT)
-                w.run(_handler(kind, w), prefetch=prefetch)
+                if slots > 1:
+                    w.run(_handler(kind, w), prefetch=prefetch, slots=slots)
+                else:
+                    w.run(_handler(kind, w), prefetch=prefetch)
         except threading.BrokenBarrierError:
             pass
         except Exception as e:
@@ -177,6 +208,22 @@ def _fill(c: Any, sub: Any, jobs: int, timeout: float) -> None:
     )
 
 
+def _preemption(c: Any, io: Any) -> float:
+    """Seconds from a protected submit to its start, while an unprotected job holds the one
+    slot of the only worker."""
+    from remus import Status
+
+    hold = c.submit(io, b"hold", protected=False)
+    deadline = time.monotonic() + 30
+    while c.job_status(hold).status is not Status.IN_PROGRESS:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the unprotected job did not start within 30 s")
+        time.sleep(0.002)  # polling a status under a deadline
+    t0 = time.monotonic()
+    started = float(c.run(io, b"go").data)
+    return started - t0
+
+
 def client(
     endpoint: str,
     mode: str,
@@ -192,15 +239,17 @@ def client(
     from remus import IOType, JobSubmission
     from remus.client import BasicClient
 
-    kind = {"progress": "progress", "bulk": "bulk"}.get(mode, "tiny")
+    kind = {"progress": "progress", "bulk": "bulk", "sleep": "sleep"}.get(mode, "tiny")
     io = IOType(*IO[kind])
     payload = {"progress": str(updates).encode(), "bulk": b"x" * size}.get(kind, b"x" * 100)
     sub = JobSubmission.of(io, payload)
     modes: dict[str, Callable[[Any], Any]] = {
         "pipelined": lambda c: _pipelined(c, sub, jobs, timeout),
+        "sleep": lambda c: _pipelined(c, sub, jobs, timeout),
         "roundtrip": lambda c: _round_trips(c, io, payload, count),
         "progress": lambda c: _progress(c, sub, updates),
         "bulk": lambda c: _bulk(c, sub, size, timeout),
+        "preempt": lambda c: _preemption(c, IOType(*IO["preempt"])),
     }
     try:
         with BasicClient(endpoint, timeout=30) as c:
@@ -222,10 +271,13 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("--prefetch", type=int, default=64)
     w.add_argument("--gate", action="store_true", help="wait for a stdin line before connecting")
+    w.add_argument("--slots", type=int, default=1, help="jobs each worker runs at once")
     c = sub.add_parser("client")
     c.add_argument("--endpoint", required=True)
     c.add_argument(
-        "--mode", choices=("pipelined", "roundtrip", "progress", "bulk", "fill"), required=True
+        "--mode",
+        choices=("pipelined", "roundtrip", "progress", "bulk", "fill", "sleep", "preempt"),
+        required=True,
     )
     c.add_argument("--jobs", type=int, default=20000)
     c.add_argument("--count", type=int, default=2000)

@@ -53,6 +53,8 @@ class WorkerInfo:
     jobs: tuple[str, ...] = ()
     #: its latest resource use (rss, peak_rss in bytes, cpu seconds), when it reports any
     resources: dict[str, float] = field(default_factory=dict)
+    #: how many jobs it runs at once
+    slots: int = 1
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> WorkerInfo:
@@ -73,6 +75,7 @@ class WorkerInfo:
             worker_file=raw.get("worker_file") or "",
             jobs=tuple(raw.get("jobs", ())),
             resources=dict(raw.get("resources") or {}),
+            slots=raw.get("slots", 1),
         )
 
 
@@ -96,6 +99,11 @@ class JobInfo:
     #: what it used: {"peak_rss": bytes, "cpu": seconds} once its worker reported its end;
     #: while it runs, its worker process's latest {"rss", "peak_rss", "cpu"}; else empty
     resources: dict[str, float] = field(default_factory=dict)
+    #: its priority (higher first) and protection (False: spare capacity, preempted first)
+    priority: int = 0
+    protected: bool = True
+    #: the master job of an assistant ("" if none)
+    parent: str = ""
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> JobInfo:
@@ -110,6 +118,9 @@ class JobInfo:
             progress=_progress(raw.get("progress")),
             reason=raw.get("reason", ""),
             resources=dict(raw.get("resources") or {}),
+            priority=raw.get("priority", 0),
+            protected=raw.get("protected", True),
+            parent=raw.get("parent") or "",
         )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
 import msgpack
@@ -48,6 +48,7 @@ class Command(bytes, enum.Enum):
     WORKERS = b"workers"
     LIST_JOBS = b"list_jobs"  # ("jobs" is the broker's message to a worker)
     STATS = b"stats"
+    CONTROL = b"control"
     # broker -> client
     REPLY = b"reply"
     # worker -> broker
@@ -60,6 +61,7 @@ class Command(bytes, enum.Enum):
     CANCEL = b"cancel"
     SHUTDOWN = b"shutdown"
     ACK = b"ack"
+    CONTROLS = b"controls"
     # both ways
     ERROR = b"error"
 
@@ -82,6 +84,7 @@ CLIENT_COMMANDS = frozenset(
         Command.WORKERS,
         Command.LIST_JOBS,
         Command.STATS,
+        Command.CONTROL,
     )
 )
 WORKER_COMMANDS = frozenset(
@@ -93,6 +96,7 @@ BROKER_TO_WORKER = frozenset(
     for c in (
         Command.JOBS,
         Command.CANCEL,
+        Command.CONTROLS,
         Command.HEARTBEAT,
         Command.SHUTDOWN,
         Command.ACK,
@@ -175,6 +179,17 @@ def _usage(raw: Any, what: str) -> Usage:
     ):
         raise ProtocolError(f"{what} must be [rss, peak_rss, cpu_seconds], non-negative")
     return (raw[0], raw[1], float(raw[2]))
+
+
+#: the most jobs one worker may run at once
+MAX_SLOTS = 1024
+
+
+def _slots(body: dict[str, Any]) -> int:
+    slots = _field(body, "slots", int, 1)
+    if not 1 <= slots <= MAX_SLOTS:
+        raise ProtocolError(f"slots {slots} must be 1-{MAX_SLOTS}")
+    return slots
 
 
 def _used(raw: Any) -> list[tuple[str, int, float]]:
@@ -443,6 +458,10 @@ class SubmittedJob:
     files: FileSet | None = None
 
 
+#: a submission's ``priority`` lies within ±this (higher runs first)
+MAX_PRIORITY = 1 << 30
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitRequest(Request):
     """Many jobs in one message. Each job's contents are ``[[key, bin or nil], ...]``; a nil
@@ -495,6 +514,14 @@ class SubmitRequest(Request):
                 raise ProtocolError(f"{limit} must be a positive number of seconds")
         if "release" in opts:
             _field(opts, "release", bool)
+        if "priority" in opts:
+            priority = _field(opts, "priority", int)
+            if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+                raise ProtocolError(f"priority {priority} must be within ±{MAX_PRIORITY}")
+        if "protected" in opts:
+            _field(opts, "protected", bool)
+        if "parent" in opts:
+            _field(opts, "parent", str)
         if "follow" in opts:
             _seconds(opts, "follow")
             if len(jobs) != 1:
@@ -599,6 +626,31 @@ class CollectRequest(Request):
             max(1, _field(body, "max", int, 10_000)),
             _field(body, "progress", bool, False),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequest(Request):
+    """A control message for job ``id``: the broker routes it to the worker that holds the job
+    (or keeps it until the job starts). Answered with its ``seq`` for that job."""
+
+    COMMAND = Command.CONTROL
+    id: str
+    data: Blob = b""
+
+    def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
+        frames: list[Blob] = []
+        return {"rid": self.rid, "id": self.id, "data": inline(self.data, frames)}, frames
+
+    def body(self) -> dict[str, Any]:
+        return self.parts()[0]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> ControlRequest:
+        frames = iter(blobs)
+        jid = _field(body, "id", str)
+        data = take(body.get("data"), frames, f"control message of {jid}")
+        _no_frames_left(frames, "control")
+        return cls(_field(body, "rid", int), jid, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,9 +772,11 @@ class Register(Message):
     pid: int
     credit: int = 0
     held: Sequence[str] = ()
+    #: how many jobs it runs at once (its credit beyond its free slots is prefetch)
+    slots: int = 1
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "reqs": self.requirements.to_wire(),
             "heartbeat": self.heartbeat,
             "host": self.host,
@@ -730,6 +784,9 @@ class Register(Message):
             "credit": self.credit,
             "held": list(self.held),
         }
+        if self.slots != 1:
+            body["slots"] = self.slots
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Register:
@@ -748,6 +805,7 @@ class Register(Message):
             _field(body, "pid", int),
             credit,
             _str_list(body, "held") if "held" in body else [],
+            _slots(body),
         )
 
 
@@ -763,7 +821,9 @@ class Report(Message):
     (``ack``; docs/protocol.md); 0 for a credit-only report, which nobody needs to keep.
 
     ``used`` ``[id, peak_rss, cpu_seconds]`` says what each ended job used, ``usage`` what the
-    worker process uses now (as in :class:`Heartbeat`); both optional.
+    worker process uses now (as in :class:`Heartbeat`); both optional. ``stopped`` lists jobs
+    whose handler stopped after a ``cancel`` (no result follows); ``checkpoints``
+    ``[id, bin or nil]`` each job's latest checkpoint (applied before the results).
     """
 
     COMMAND = Command.REPORT
@@ -775,16 +835,22 @@ class Report(Message):
     seq: int = 0
     used: Sequence[tuple[str, int, float]] = ()
     usage: Usage | None = None
+    stopped: Sequence[str] = ()
+    checkpoints: Sequence[tuple[str, Blob]] = ()
 
     def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         body: dict[str, Any] = {}
         if self.seq:
             body["seq"] = self.seq
+        if self.stopped:
+            body["stopped"] = list(self.stopped)
         if self.used:
             body["used"] = [list(u) for u in self.used]
         if self.usage is not None:
             body["usage"] = list(self.usage)
         frames: list[Blob] = []
+        if self.checkpoints:  # (their blobs first: they are applied before the results)
+            body["checkpoints"] = [[c[0], inline(c[1], frames)] for c in self.checkpoints]
         if self.started:
             body["started"] = list(self.started)
         if self.progress:
@@ -823,6 +889,11 @@ class Report(Message):
                 raise ProtocolError("each failure must be [id, reason, traceback] strings")
             failures.append((f[0], f[1], f[2]))
         frames = iter(blobs)
+        checkpoints = []
+        for c in _field(body, "checkpoints", list, []):
+            if type(c) is not list or len(c) != 2 or type(c[0]) is not str:
+                raise ProtocolError("each checkpoint must be [id, bin or nil]")
+            checkpoints.append((c[0], take(c[1], frames, f"checkpoint of {c[0]}")))
         results: list[tuple[str, Blob] | tuple[str, Blob, FileSet]] = []
         for r in _field(body, "results", list, []):
             if type(r) is not list or len(r) not in (2, 3) or type(r[0]) is not str:
@@ -839,7 +910,19 @@ class Report(Message):
         started = _str_list(body, "started") if "started" in body else []
         used = _used(body["used"]) if "used" in body else []
         usage = _usage(body["usage"], "usage") if "usage" in body else None
-        return cls(started, progress, results, failures, credit, _seq(body, "seq"), used, usage)
+        stopped = _str_list(body, "stopped") if "stopped" in body else []
+        return cls(
+            started,
+            progress,
+            results,
+            failures,
+            credit,
+            _seq(body, "seq"),
+            used,
+            usage,
+            stopped,
+            checkpoints,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -857,17 +940,27 @@ class _Empty(Message):
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Message):
     """Alive. From a worker it may carry ``usage``: [rss, peak_rss, cpu_seconds] of its
-    process (bytes, bytes, seconds); from the broker it is empty."""
+    process (bytes, bytes, seconds); from the broker it is empty, except in the answer to a
+    ``register``, which names the broker's ``client`` endpoint (where assistants are
+    submitted)."""
 
     COMMAND = Command.HEARTBEAT
     usage: Usage | None = None
+    #: from the broker, in its answer to a register: its client endpoint (for assistants)
+    client: str = ""
 
     def body(self) -> dict[str, Any]:
-        return {} if self.usage is None else {"usage": list(self.usage)}
+        body: dict[str, Any] = {}
+        if self.usage is not None:
+            body["usage"] = list(self.usage)
+        if self.client:
+            body["client"] = self.client
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Heartbeat:
-        return cls(_usage(body["usage"], "usage") if "usage" in body else None)
+        usage = _usage(body["usage"], "usage") if "usage" in body else None
+        return cls(usage, _field(body, "client", str, ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -885,6 +978,25 @@ class AssignedJob:
     keys: tuple[str, ...] = ()
     values: Sequence[Blob] = ()
     files: FileSet | None = None
+    #: the job's latest checkpoint (it ran before: preempted, or its worker was lost)
+    checkpoint: Blob | None = None
+    #: the master job's id, for an assistant
+    parent: str = ""
+    #: False for a spare-capacity job, the first to be preempted
+    protected: bool = True
+
+    def extra(self, frames: list[Blob]) -> dict[str, Any] | None:
+        """The optional fifth element of a job row (None when there is nothing to say)."""
+        if self.checkpoint is None and not self.parent and self.protected:
+            return None
+        extra: dict[str, Any] = {}
+        if self.checkpoint is not None:
+            extra["checkpoint"] = inline(self.checkpoint, frames)
+        if self.parent:
+            extra["parent"] = self.parent
+        if not self.protected:
+            extra["protected"] = False
+        return extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -899,16 +1011,21 @@ class Jobs(Message):
     def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
         table, index = _table_of([j.requirements for j in self.jobs])
         frames: list[Blob] = []
-        jobs = [
-            _job_row(
+        jobs = []
+        for j in self.jobs:
+            row = _job_row(
                 j.id,
                 index[j.requirements],
                 _pack_contents(j.keys, j.values, frames),
                 j.files,
                 frames,
             )
-            for j in self.jobs
-        ]
+            extra = j.extra(frames)
+            if extra is not None:
+                if len(row) == 3:
+                    row.append(None)  # no files
+                row.append(extra)
+            jobs.append(row)
         body: dict[str, Any] = {"reqs": table, "jobs": jobs}
         if self.ack:
             body["ack"] = self.ack
@@ -923,29 +1040,83 @@ class Jobs(Message):
         frames = iter(blobs)
         jobs = []
         for raw in _field(body, "jobs", list):
-            if type(raw) is not list or len(raw) not in (3, 4) or type(raw[0]) is not str:
-                raise ProtocolError("each job must be [id, reqs index, contents, files?]")
+            if type(raw) is not list or len(raw) not in (3, 4, 5) or type(raw[0]) is not str:
+                raise ProtocolError("each job must be [id, reqs index, contents, files?, extra?]")
             jid, idx, contents = raw[:3]
             keys, values = _unpack_contents(contents, frames, jid)
-            fs = take_files(raw[3], frames, f"job {jid}") if len(raw) == 4 else None
-            jobs.append(AssignedJob(jid, _pick(table, idx), keys, values, fs))
+            fs = (
+                take_files(raw[3], frames, f"job {jid}")
+                if len(raw) > 3 and raw[3] is not None
+                else None
+            )
+            job = AssignedJob(jid, _pick(table, idx), keys, values, fs)
+            if len(raw) == 5:
+                extra = raw[4]
+                if type(extra) is not dict:
+                    raise ProtocolError(f"job {jid}: its fifth element must be a map")
+                checkpoint = (
+                    take(extra["checkpoint"], frames, f"checkpoint of {jid}")
+                    if "checkpoint" in extra
+                    else None
+                )
+                job = replace(
+                    job,
+                    checkpoint=checkpoint,
+                    parent=_field(extra, "parent", str, ""),
+                    protected=_field(extra, "protected", bool, True),
+                )
+            jobs.append(job)
         _no_frames_left(frames, "jobs")
         return cls(jobs, _seq(body, "ack"))
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel(Message):
-    """Stop working on these jobs: a client terminated them or they ran out of time."""
+    """Stop working on these jobs, for ``reason``: ``terminated`` (by a client), ``time
+    limit``, ``preempted`` (a protected job needs the slot: the job runs again later) or
+    ``parent ended`` (an assistant whose master job is over)."""
 
     COMMAND = Command.CANCEL
     ids: Sequence[str]
+    reason: str = ""
 
     def body(self) -> dict[str, Any]:
-        return {"ids": list(self.ids)}
+        body: dict[str, Any] = {"ids": list(self.ids)}
+        if self.reason:
+            body["reason"] = self.reason
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Cancel:
-        return cls(_str_list(body, "ids"))
+        return cls(_str_list(body, "ids"), _field(body, "reason", str, ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Controls(Message):
+    """Control messages for jobs the worker holds: ``[id, seq, bin or nil]`` each, in the
+    order clients sent them (``seq`` counts a job's messages from 1)."""
+
+    COMMAND = Command.CONTROLS
+    messages: Sequence[tuple[str, int, Blob]]
+
+    def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
+        frames: list[Blob] = []
+        rows = [[jid, seq, inline(data, frames)] for jid, seq, data in self.messages]
+        return {"messages": rows}, frames
+
+    def body(self) -> dict[str, Any]:
+        return self.parts()[0]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> Controls:
+        frames = iter(blobs)
+        messages = []
+        for m in _field(body, "messages", list):
+            if type(m) is not list or len(m) != 3 or type(m[0]) is not str or type(m[1]) is not int:
+                raise ProtocolError("each control message must be [id, seq, bin or nil]")
+            messages.append((m[0], m[1], take(m[2], frames, f"control message of {m[0]}")))
+        _no_frames_left(frames, "controls")
+        return cls(messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1008,6 +1179,7 @@ MESSAGES: dict[bytes, type[Message]] = {
         WorkersRequest,
         ListJobsRequest,
         StatsRequest,
+        ControlRequest,
         Reply,
         Error,
         Register,
@@ -1016,6 +1188,7 @@ MESSAGES: dict[bytes, type[Message]] = {
         Goodbye,
         Jobs,
         Cancel,
+        Controls,
         Shutdown,
         Ack,
     )
@@ -1083,8 +1256,10 @@ def job_ids(msg: Message) -> list[str]:
         return [j.id for j in msg.jobs]
     if isinstance(msg, (StatusRequest, Cancel)):
         return list(msg.ids)
-    if isinstance(msg, ProgressRequest):
+    if isinstance(msg, (ProgressRequest, ControlRequest)):
         return [msg.id]
+    if isinstance(msg, Controls):
+        return list(dict.fromkeys(m[0] for m in msg.messages))
     if isinstance(msg, CollectRequest):
         return list(msg.add)
     if isinstance(msg, Register):

@@ -82,8 +82,11 @@ class Core:
         heartbeat: float = 1.0,
         held: Iterable[str] = (),
         pid: int = 100,
+        slots: int = 1,
     ) -> None:
-        msg = p.Register(JobRequirements.of(reqs), heartbeat, "host-a", pid, credit, list(held))
+        msg = p.Register(
+            JobRequirements.of(reqs), heartbeat, "host-a", pid, credit, list(held), slots
+        )
         self.core.worker_message(wid, msg, self.now)
 
     def report(
@@ -95,6 +98,8 @@ class Core:
         results: Mapping[str, p.Blob] | None = None,
         failures: Iterable[tuple[str, str, str]] = (),
         credit: int = 0,
+        stopped: Iterable[str] = (),
+        checkpoints: Mapping[str, p.Blob] | None = None,
     ) -> None:
         msg = p.Report(
             list(started),
@@ -102,6 +107,8 @@ class Core:
             list((results or {}).items()),
             list(failures),
             credit,
+            stopped=list(stopped),
+            checkpoints=list((checkpoints or {}).items()),
         )
         self.core.worker_message(wid, msg, self.now)
 
@@ -197,6 +204,10 @@ class Core:
         reply = self.ask(p.TerminateRequest(self.rid(), list(ids)))
         assert isinstance(reply, p.Reply)
         return reply.data
+
+    def control(self, job_id: str, data: p.Blob, client: bytes = CLIENT) -> p.Message:
+        """Send job ``job_id`` a control message; returns the Reply (its ``seq``) or Error."""
+        return self.ask(p.ControlRequest(self.rid(), job_id, data), client)
 
     # ------------------------------------------------------------------ time and output
 

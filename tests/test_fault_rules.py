@@ -50,7 +50,7 @@ def register(c: Core, wid: bytes, reqs: IOType | JobRequirements = EDGES, **kw: 
 def row(c: Core, job_id: str) -> tuple[Status, str, int, str]:
     """(status, reason, attempt, worker) of a status row."""
     r = c.status_row(job_id)
-    assert len(r) == 8, f"a status row has 8 elements: {r}"
+    assert len(r) == 11, f"a status row has 11 elements: {r}"
     return Status(r[1]), r[5], r[6], r[7]
 
 
@@ -109,7 +109,7 @@ def test_a_dispatched_job_is_in_progress_naming_its_worker_after_that_very_pass(
 def test_a_status_row_has_the_worker_as_its_eighth_element() -> None:
     c = Core()
     c.submit("waiting")
-    assert c.status_row("nope") == ["nope", Status.INVALID, None, "", 0, "", 0, ""]
+    assert c.status_row("nope") == ["nope", Status.INVALID, None, "", 0, "", 0, "", "", [], []]
     assert row(c, "waiting")[3] == "", "no worker holds a queued job"
     register(c, W2, JobRequirements(EDGES, "Mesher"))
     c.flush()

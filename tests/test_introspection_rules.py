@@ -283,6 +283,7 @@ def test_counts_follow_every_change_of_status() -> None:
         "expired": 0,
         "dropped_results": 0,
         "requeued": 1,
+        "preempted": 0,
     }
     c.advance(101.0, alive=[W2])  # ended jobs are forgotten after result_ttl
     s = stats(c)

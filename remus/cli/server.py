@@ -121,6 +121,14 @@ def add_parser(sub: Any) -> None:
         "worker to come back with it before it runs elsewhere [%(default)s]",
     )
     s.add_argument(
+        "--preempt-grace",
+        type=float,
+        default=ServerConfig().preempt_grace,
+        metavar="S",
+        help="after a protected job preempts a spare-capacity (unprotected) one, how long its "
+        "worker has to stop it before a spawned worker is killed [%(default)s]",
+    )
+    s.add_argument(
         "--file-root",
         action="append",
         default=[],
@@ -224,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
             file_roots=tuple(args.file_root),
             max_retries=args.max_retries,
             restart_grace=args.restart_grace,
+            preempt_grace=args.preempt_grace,
         )
         server = Server(ports, _factory(args), config=config, journal=args.journal)
         stop = threading.Event()

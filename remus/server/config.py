@@ -75,6 +75,9 @@ class ServerConfig:
     max_retries: int = 2
     #: after a job's time limit, how long its worker gets to stop before a spawned one is killed
     kill_grace: float = 5.0
+    #: after a preemption, how long the worker gets to stop the job before a spawned one is
+    #: killed (a connected one is no longer waited for)
+    preempt_grace: float = 5.0
     #: after a restart from the journal, how long a job that was running waits for the worker
     #: that ran it to register again holding it (it then carries on, its attempt unchanged);
     #: past this it is requeued counting an attempt, or FAILS with no retry left. 0: at once
@@ -92,8 +95,9 @@ class ServerConfig:
         for name in ("result_ttl", "liveness_factor", "stall_threshold", "max_wait"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ServerConfig.{name} must be positive")
-        if self.restart_grace < 0:
-            raise ConfigError("ServerConfig.restart_grace must not be negative")
+        for name in ("restart_grace", "kill_grace", "preempt_grace"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ServerConfig.{name} must not be negative")
         if self.max_progress_history < 1:
             raise ConfigError("ServerConfig.max_progress_history must be at least 1")
         if isinstance(self.file_roots, str):

@@ -27,6 +27,7 @@ from remus.server.holds import Holds
 from remus.server.journal import JournalBatch, JournaledJob
 from remus.server.limits import RUN, Limits
 from remus.server.matching import Matcher
+from remus.server.preemption import PROTECTED_HALF, Preemption
 from remus.server.records import JobRecord, WorkerRecord
 from remus.server.recovery import Recovery
 from remus.server.requests import Requests
@@ -102,6 +103,8 @@ class BrokerCore:
         self.draining = False
         #: what the factory's processes did (and the quarantine rule)
         self.spawns = Spawns(self)
+        #: protected jobs that wait take the slots of unprotected ones
+        self.preemption = Preemption(self)
         self._last_tick = now
         self.counters = {
             "submitted": 0,
@@ -111,6 +114,7 @@ class BrokerCore:
             "expired": 0,
             "dropped_results": 0,
             "requeued": 0,
+            "preempted": 0,
         }
         #: jobs by io type and status, and the bad endings (kept as statuses change)
         self.census = ix.Census()
@@ -142,6 +146,7 @@ class BrokerCore:
             p.WorkersRequest: introspection.workers,
             p.ListJobsRequest: introspection.jobs,
             p.StatsRequest: introspection.stats,
+            p.ControlRequest: requests.control,
         }
         self._worker_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
             p.Register: self._register,
@@ -214,6 +219,7 @@ class BrokerCore:
 
     def flush(self) -> Outbox:
         """Everything to send after this pass: jobs batched per worker, held replies answered."""
+        self.preemption.check(self._now)
         dirty = self.matcher.dirty
         while dirty:  # a job whose files cannot go gives its credit back: that may assign more
             _, worker = dirty.popitem()
@@ -222,6 +228,14 @@ class BrokerCore:
                 msg = self._jobs_message(worker, jobs)
                 if msg.jobs:
                     self.out.workers.append((worker.id, self.recovery.on_jobs(worker, msg)))
+                    controls = [
+                        (j.id, seq, data)
+                        for j in jobs
+                        if j.controls and j.worker == worker.id and not j.status.done
+                        for seq, data in enumerate(j.controls, 1)
+                    ]
+                    if controls:  # messages sent while it was queued: right after the job
+                        self.out.workers.append((worker.id, p.Controls(controls)))
         self.recovery.flush(self.out)
         self.holds.flush()
         out, self.out = self.out, Outbox()
@@ -371,12 +385,12 @@ class BrokerCore:
                     reason = "it no longer held the job when it reconnected"
                     self._retry_or_fail(job, worker, reason, now)
         worker.last_seen = now
+        worker.slots = msg.slots
+        # answer at once, naming the client endpoint (where its jobs submit assistants): the
+        # worker knows it is registered, so Worker.connected is true within one round trip
+        self.out.workers.append((wid, p.Heartbeat(client=self.endpoints.get("client", ""))))
+        worker.next_beat = now + worker.heartbeat
         self.matcher.set_credit(worker, 0 if self.draining else msg.credit)
-        if wid not in self.matcher.dirty:
-            # answer at once (jobs, if any, answer by themselves): the worker knows it is
-            # registered, so Worker.connected is true within one round trip
-            self.out.workers.append((wid, p.Heartbeat()))
-            worker.next_beat = now + worker.heartbeat
         if msg.credit and self.wants_event("worker.ready"):
             self._worker_event("worker.ready", worker)
 
@@ -401,11 +415,17 @@ class BrokerCore:
         if msg.seq and not self.recovery.fresh(worker, msg.seq):
             return  # a copy of a report already applied (its ack was lost): acked again
         jobs = self.jobs
+        for job_id, blob in msg.checkpoints:
+            job = jobs.get(job_id)
+            if job is not None and job.worker == wid and not job.status.done:
+                job.checkpoint = blob
+                if self.journal is not None:
+                    self.journal.checkpoints.append((job_id, blob))
         for job_id in msg.started:
             job = jobs.get(job_id)
             if job is not None and job.worker == wid and not job.started and not job.status.done:
                 job.started = True
-                if not job.retries_left and not job.error_retries:
+                if not job.retries_left and not job.error_retries and job.rank >= PROTECTED_HALF:
                     # it will never be sent again (no retry left if its worker is lost), so its
                     # contents can go now: a big input and its big result are not held together
                     job.blobs = job.files = None
@@ -433,8 +453,10 @@ class BrokerCore:
             job = jobs.get(job_id)
             if job is not None and job.worker == wid:
                 job.used = (peak, cpu)
-        if msg.results or msg.failures:  # a job cancelled for its time limit did stop
-            self.limits.heard(wid, (*(r[0] for r in msg.results), *(f[0] for f in msg.failures)))
+        if msg.results or msg.failures or msg.stopped:  # a cancelled job did stop
+            over = (*(r[0] for r in msg.results), *(f[0] for f in msg.failures), *msg.stopped)
+            self.limits.heard(wid, over)
+            self.preemption.heard(wid, over)
         for job_id, blob, *result_files in msg.results:
             job = jobs.get(job_id)
             if job is None or job.worker != wid or job.status.done:
@@ -503,6 +525,8 @@ class BrokerCore:
         self._worker_event(topic, worker, reason=reason)
 
     def requeue(self, job: JobRecord) -> None:
+        if job.rank < PROTECTED_HALF:
+            self.preemption.left(job)
         job.worker = None
         self.census.move(job, Status.QUEUED)
         job.dispatched_at = None
@@ -522,6 +546,7 @@ class BrokerCore:
         job.evidence = [*(job.evidence or ()), line]
         if job.retries_left and job.blobs is not None:
             log.warning("job %s: %s; requeued", job.id, line)
+            job.history = [*(job.history or ()), line + "; requeued"]
             job.attempt += 1
             job.losses += 1
             self.requeue(job)
@@ -546,6 +571,7 @@ class BrokerCore:
         if job.error_retries and (job.blobs is not None or job.files is not None):
             job.error_retries -= 1
             job.evidence = [*(job.evidence or ()), line]
+            job.history = [*(job.history or ()), line + "; running it again"]
             log.warning("job %s failed (%s); running it again", job.id, line)
             worker.jobs.discard(job.id)
             job.attempt += 1
@@ -588,9 +614,12 @@ class BrokerCore:
             worker = self.workers.get(job.worker)
             if worker is not None:
                 worker.jobs.discard(job.id)
+                self.matcher.slot_freed(worker)
                 if status is Status.FINISHED:
                     worker.finished += 1
                     self.spawns.finished_job(worker)
+            if job.rank < PROTECTED_HALF:
+                self.preemption.left(job)
         counts = job.counts  # (census.move, inline: this is the hot path)
         if counts is not None:
             old = job.status
@@ -623,6 +652,30 @@ class BrokerCore:
         topic = "job." + status.name.lower()
         if self.wants_event(topic):
             self._event(topic, job, **self.ending(job, now, reason))
+        if job.assistants is not None:  # a master's assistants end with it
+            why = f"its parent job {job.id} ended ({status.name})"
+            for assistant_id in job.assistants:
+                assistant = self.jobs.get(assistant_id)
+                if assistant is not None and not assistant.status.done:
+                    self.end(assistant, Status.TERMINATED, now, why, "parent ended")
+
+    def end(self, job: JobRecord, status: Status, now: float, reason: str, cancel: str) -> None:
+        """End a job that is not over from outside its worker (a client terminated it, its
+        parent ended): its worker, if it has it, gets a ``cancel`` with ``cancel`` as reason."""
+        holder = None if job.worker is None else self.workers.get(job.worker)
+        if holder is not None and job in holder.outgoing:
+            # assigned in this very pass and not sent yet: take it back, return the credit
+            holder.outgoing.remove(job)
+            self.finish(job, status, now, reason)
+            self.matcher.add_credit(holder, 1)
+            return
+        if holder is not None:
+            self.out.workers.append((holder.id, p.Cancel([job.id], cancel)))
+        self.finish(job, status, now, reason)
+
+    def sent(self, job: JobRecord) -> bool:
+        """Was the job's hand-over to its worker sent (not just decided in this pass)?"""
+        return job.worker is not None and job.dispatched_at is not None
 
     def ending(self, job: JobRecord, now: float, reason: str) -> dict[str, Any]:
         """What a job-end event says besides the job: why, how long it waited and ran, and
@@ -673,7 +726,18 @@ class BrokerCore:
                     self.finish(job, Status.FAILED, self._now, reason)
                     refused += 1
                     continue
-            assigned.append(p.AssignedJob(job.id, job.reqs, job.keys, job.blobs or (), fs))
+            assigned.append(
+                p.AssignedJob(
+                    job.id,
+                    job.reqs,
+                    job.keys,
+                    job.blobs or (),
+                    fs,
+                    job.checkpoint,
+                    job.parent or "",
+                    job.rank >= PROTECTED_HALF,
+                )
+            )
             # In the worker's hands from now on: the status says so and names the worker, and
             # the run time limit counts from here, whatever the worker reports (or does not).
             counts = job.counts  # (census.move, inline: this is the hot path)
@@ -690,6 +754,7 @@ class BrokerCore:
             if job.limits[1] is not None:
                 self.limits.add(now + job.limits[1], RUN, job, job.runs)
             self.journal_status(job)
+            self.preemption.dispatched(job)
             if wants:
                 self._event("job.assigned", job)
         if refused:

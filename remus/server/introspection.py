@@ -200,6 +200,7 @@ class Introspection:
             "worker_file": self.worker_file(worker),
             "jobs": [j.id for j in held[:MAX_WORKER_JOBS]],
             "resources": usage_map(worker.usage),
+            "slots": worker.slots,
         }
 
     def worker_file(self, worker: WorkerRecord) -> str:
@@ -324,6 +325,9 @@ class Introspection:
             "progress": list(last) if last is not None else None,
             "reason": reason,
             "resources": resources,
+            "priority": job.priority,
+            "protected": job.protected,
+            "parent": job.parent or "",
         }
 
     # ================================================================ stats

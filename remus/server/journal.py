@@ -31,7 +31,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -63,6 +63,8 @@ StatusChange = tuple[str, int, str, str, int, str]
 Result = tuple[str, Buffer]
 #: job id, seq, value (0-100 or None), message
 Progress = tuple[str, int, int | None, str]
+#: job id, its latest checkpoint
+Checkpoint = tuple[str, Buffer]
 
 
 @dataclass(slots=True)
@@ -75,10 +77,16 @@ class JournalBatch:
     results: list[Result] = field(default_factory=list)
     progress: list[Progress] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.submitted or self.status or self.results or self.progress or self.forgotten
+            self.submitted
+            or self.status
+            or self.results
+            or self.progress
+            or self.forgotten
+            or self.checkpoints
         )
 
     def clear(self) -> None:
@@ -87,6 +95,7 @@ class JournalBatch:
         self.results.clear()
         self.progress.clear()
         self.forgotten.clear()
+        self.checkpoints.clear()
 
 
 @dataclass(slots=True)
@@ -109,6 +118,8 @@ class JournaledJob:
     result: bytes | None
     progress: list[tuple[int, int | None, str]]
     changed_at: float
+    #: the latest checkpoint its handler saved, None if none
+    checkpoint: bytes | None = None
 
 
 class JournalError(RemusError):
@@ -153,6 +164,11 @@ CREATE TABLE progress (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 """
+#: added to a file of this schema version that lacks it (it came later; nothing else changed)
+_CHECKPOINTS = (
+    "CREATE TABLE IF NOT EXISTS checkpoints (job_id TEXT PRIMARY KEY, value BLOB NOT NULL)"
+)
+_SAVE_CHECKPOINT = "INSERT OR REPLACE INTO checkpoints (job_id, value) VALUES (?, ?)"
 
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # unix time, on SQLite before 3.42
 _INSERT_JOB = (
@@ -177,6 +193,7 @@ _FORGET = (
     "DELETE FROM jobs WHERE id = ?",
     "DELETE FROM contents WHERE job_id = ?",
     "DELETE FROM progress WHERE job_id = ?",
+    "DELETE FROM checkpoints WHERE job_id = ?",
 )
 
 
@@ -263,6 +280,7 @@ class Journal:
                 log.info("created the journal %s", self.path)
             else:
                 self._check_meta(conn, tables)
+            conn.execute(_CHECKPOINTS)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -348,6 +366,8 @@ class Journal:
                 freed = True
         if batch.results:
             conn.executemany(_UPDATE_RESULT, batch.results)
+        if batch.checkpoints:
+            conn.executemany(_SAVE_CHECKPOINT, batch.checkpoints)
         if batch.progress:
             conn.executemany(_INSERT_PROGRESS, batch.progress)
             if self.progress_limit is not None:
@@ -415,9 +435,13 @@ class Journal:
                 "SELECT id, requirements, keys, ord, submitted_at, options, status, reason,"
                 " traceback, attempt, worker, result, changed_at FROM jobs ORDER BY ord"
             ).fetchall()
+            checkpoints = dict(conn.execute("SELECT job_id, value FROM checkpoints"))
         except sqlite3.Error as e:
             raise JournalError(self.path, f"cannot read it: {e}") from e
-        return [_job(row, contents, progress) for row in rows]
+        return [
+            replace(job, checkpoint=checkpoints.get(job.id)) if job.id in checkpoints else job
+            for job in (_job(row, contents, progress) for row in rows)
+        ]
 
 
 def _content_rows(submitted: Iterable[Submitted]) -> Iterator[tuple[str, int, Buffer]]:

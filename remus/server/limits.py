@@ -10,7 +10,8 @@ Part of the pure broker rules (``now`` passed in), driven by
 - ``kill``: ``kill_grace`` after such a cancel; a worker still silent about the job by then is
   killed if the broker spawned it (and that is not counted as a crash);
 - ``restart``: a job that was running when the broker restarted stops waiting for its worker
-  (:mod:`remus.server.recovery`).
+  (:mod:`remus.server.recovery`);
+- ``preempt``: ``preempt_grace`` after a preemption (:mod:`remus.server.preemption`).
 
 Deadlines are never removed from the heap: each one checks, when due, that it still applies
 (the job's run number for ``run``), which keeps adding one O(log n).
@@ -36,6 +37,8 @@ QUEUE = "queue"
 RUN = "run"
 KILL = "kill"
 RESTART = "restart"
+#: ``preempt_grace`` after a preemption (:mod:`remus.server.preemption`)
+PREEMPT = "preempt"
 
 
 class Limits:
@@ -69,6 +72,9 @@ class Limits:
     def _due(self, kind: str, job_id: str, run: int, now: float) -> None:
         core = self._core
         job = core.jobs.get(job_id)
+        if kind == PREEMPT:  # whatever became of the job, its old worker may still run it
+            core.preemption.grace_over(job_id, now)
+            return
         if job is None or (job.status.done and kind != KILL):
             return
         if kind == QUEUE and job.status is Status.QUEUED and job.worker is None:
@@ -83,7 +89,7 @@ class Limits:
             worker = core.workers.get(job.worker)
             core.finish(job, Status.FAILED, now, f"time limit: ran over {job.limits[1]:g} s")
             if worker is not None:
-                core.out.workers.append((worker.id, p.Cancel([job.id])))
+                core.out.workers.append((worker.id, p.Cancel([job.id], "time limit")))
                 self._cancelled[(worker.id, job.id)] = now
                 self.add(now + core.config.kill_grace, KILL, job)
         elif kind == KILL:

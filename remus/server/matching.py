@@ -1,97 +1,223 @@
 """Queued jobs meet workers with credit.
 
-Two indexes, each O(1) per job: queued jobs by queue key (io type, worker name, tag), and
-workers that still want jobs by every key they accept. A new job goes straight to a ready
-worker if there is one, else into its queue; new credit pulls the oldest matching queued jobs.
+Two indexes, each O(1) per job (O(log r) with r distinct ranks in a queue): queued jobs by queue
+key (io type, worker name, tag), and workers that still want jobs by every key they accept. A
+new job goes straight to a ready worker if there is one, else into its queue; new credit pulls
+the best matching queued jobs: protected before unprotected, then higher priority, then older
+(a job's ``rank``, :func:`remus.server.records.rank_of`). A worker with a free slot is preferred
+to one whose credit is only prefetch (it already holds as many jobs as it has slots).
+
 Nothing here touches a socket: assigned jobs collect in ``worker.outgoing`` and the core sends
 them as one message per worker per pass.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections import deque
 from collections.abc import Iterator
 
 from remus.server.records import JobRecord, QueueKey, WorkerRecord
 from remus.types import Status
 
+QUEUED = Status.QUEUED
+
+
+def _live(job: JobRecord) -> bool:
+    return job.status is QUEUED and job.worker is None
+
+
+class Level:
+    """The jobs of one rank: those queued again (requeued, preempted) in ``front``, in
+    submission order, ahead of the rest in ``back``, in arrival order."""
+
+    __slots__ = ("back", "front")
+
+    def __init__(self) -> None:
+        self.front: list[JobRecord] = []
+        self.back: deque[JobRecord] = deque()
+
+
+def _by_order(job: JobRecord) -> int:
+    return job.order
+
+
+class KeyQueue:
+    """The queued jobs of one key: a :class:`Level` per rank, the ranks in a heap (highest
+    first). A push is O(1) (O(log r) for a new rank; a job queued again goes into its rank's
+    short ``front`` list by submission order), and so is taking the best job.
+
+    Jobs leave lazily: one terminated or expired while queued stays where it is until it
+    reaches the head."""
+
+    __slots__ = ("levels", "ranks", "top", "top_rank")
+
+    def __init__(self) -> None:
+        self.levels: dict[int, Level] = {}
+        #: negated ranks of ``levels``
+        self.ranks: list[int] = []
+        #: the level of the highest rank (the fast path: most queues have one rank)
+        self.top: Level | None = None
+        self.top_rank = 0
+
+    def push(self, job: JobRecord, front: bool) -> None:
+        rank = job.rank
+        if self.top is not None and rank == self.top_rank:
+            level = self.top
+        else:
+            found = self.levels.get(rank)
+            if found is None:
+                found = self.levels[rank] = Level()
+                heapq.heappush(self.ranks, -rank)
+                if self.top is None or rank > self.top_rank:
+                    self.top, self.top_rank = found, rank
+            level = found
+        if front:
+            bisect.insort(level.front, job, key=_by_order)
+        else:
+            level.back.append(job)
+
+    def head(self) -> JobRecord | None:
+        """The best live job, or None (dead heads and empty ranks are dropped on the way)."""
+        while True:
+            level = self.top
+            if level is None:
+                return None
+            front = level.front
+            while front and not _live(front[0]):
+                del front[0]
+            if front:
+                return front[0]
+            back = level.back
+            while back and not _live(back[0]):
+                back.popleft()
+            if back:
+                return back[0]
+            # this rank is empty: the next one down
+            heapq.heappop(self.ranks)
+            del self.levels[self.top_rank]
+            if self.ranks:
+                self.top_rank = -self.ranks[0]
+                self.top = self.levels[self.top_rank]
+            else:
+                self.top = None
+
+    def pop(self) -> JobRecord:
+        """Take the job :meth:`head` returned."""
+        assert self.top is not None
+        if self.top.front:
+            return self.top.front.pop(0)
+        return self.top.back.popleft()
+
+    def __iter__(self) -> Iterator[JobRecord]:
+        for level in self.levels.values():
+            yield from level.front
+            yield from level.back
+
 
 class Matcher:
     def __init__(self) -> None:
-        self._queues: dict[QueueKey, deque[JobRecord]] = {}
-        #: live (still QUEUED, unassigned) jobs per key; the deques may hold terminated leftovers
+        self._queues: dict[QueueKey, KeyQueue] = {}
+        #: live (still QUEUED, unassigned) jobs per key; the queues may hold terminated leftovers
         self._counts: dict[QueueKey, int] = {}
+        #: of those, the protected ones (a protected job waiting may preempt)
+        self.protected: dict[QueueKey, int] = {}
+        #: workers with credit and a free slot, then those whose credit is only prefetch
         self._ready: dict[QueueKey, dict[bytes, WorkerRecord]] = {}
+        self._spare: dict[QueueKey, dict[bytes, WorkerRecord]] = {}
         self.queued = 0
         self.queued_bytes = 0
         #: workers that were given jobs since the last flush
         self.dirty: dict[bytes, WorkerRecord] = {}
+        #: a protected job was queued (not dispatched) since the core last looked
+        self.protected_waits = False
 
     # ------------------------------------------------------------------ jobs
 
     def enqueue(self, job: JobRecord, *, front: bool = False) -> WorkerRecord | None:
         """Give the job to a ready worker, or queue it. Returns the worker it went to."""
-        ready = self._ready.get(job.key)
+        key = job.key
+        ready = self._ready.get(key) or self._spare.get(key)
         if ready:
             worker = next(iter(ready.values()))
             self._assign(worker, job)
             if worker.credit:
                 # round robin: the next job of this key goes to the next ready worker
-                del ready[worker.id]
-                ready[worker.id] = worker
+                mine = self._tier(worker).get(key)
+                if mine is not None and mine.pop(worker.id, None) is not None:
+                    mine[worker.id] = worker
             return worker
-        queue = self._queues.get(job.key)
+        queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[job.key] = deque()
-        if front:
-            # a requeued job goes back among the oldest, in submission order
-            i = 0
-            while i < len(queue) and queue[i].order < job.order:
-                i += 1
-            queue.insert(i, job)
-        else:
-            queue.append(job)
-        self._counts[job.key] = self._counts.get(job.key, 0) + 1
+            queue = self._queues[key] = KeyQueue()
+        queue.push(job, front)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if job.rank >= PROTECTED_HALF:
+            self.protected[key] = self.protected.get(key, 0) + 1
+            self.protected_waits = True
         self.queued += 1
         self.queued_bytes += job.size
         return None
 
     def forget_queued(self, job: JobRecord) -> None:
         """A queued job left the queue without a worker (terminated, expired): lazy removal."""
-        self._counts[job.key] -= 1
+        self._left(job)
+
+    def _left(self, job: JobRecord) -> None:
+        key = job.key
+        self._counts[key] -= 1
+        if job.rank >= PROTECTED_HALF:
+            self.protected[key] -= 1
         self.queued -= 1
         self.queued_bytes -= job.size
 
-    def _pop_oldest(self, keys: tuple[QueueKey, ...]) -> JobRecord | None:
-        best: deque[JobRecord] | None = None
+    def _pop_best(self, keys: tuple[QueueKey, ...]) -> JobRecord | None:
+        best: KeyQueue | None = None
+        best_job: JobRecord | None = None
+        best_again = False
         for key in keys:
             queue = self._queues.get(key)
-            if not queue:
+            if queue is None:
                 continue
-            while queue and (queue[0].status is not Status.QUEUED or queue[0].worker is not None):
-                queue.popleft()  # terminated or expired while queued
-            if queue and (best is None or queue[0].order < best[0].order):
-                best = queue
-        if best is None:
+            job = queue.head()
+            if job is None:
+                continue
+            # queued again (its rank's front list): ahead of its equals under the other keys too
+            again = queue.top is not None and bool(queue.top.front) and queue.top.front[0] is job
+            if (
+                best_job is None
+                or job.rank > best_job.rank
+                or (
+                    job.rank == best_job.rank
+                    and (again > best_again or (again == best_again and job.order < best_job.order))
+                )
+            ):
+                best, best_job, best_again = queue, job, again
+        if best is None or best_job is None:
             return None
-        job = best.popleft()
-        self._counts[job.key] -= 1
-        self.queued -= 1
-        self.queued_bytes -= job.size
-        return job
+        best.pop()
+        self._left(best_job)
+        return best_job
 
     # ------------------------------------------------------------------ workers
+
+    def _tier(self, worker: WorkerRecord) -> dict[QueueKey, dict[bytes, WorkerRecord]]:
+        """Where a worker with credit waits: with the free slots, or with the prefetch."""
+        return self._ready if len(worker.jobs) < worker.slots else self._spare
 
     def add_credit(self, worker: WorkerRecord, credit: int) -> None:
         worker.credit += credit
         while worker.credit > 0:
-            job = self._pop_oldest(worker.keys)
+            job = self._pop_best(worker.keys)
             if job is None:
                 break
             self._assign(worker, job)
         if worker.credit > 0:
+            self._unready(worker)  # its tier may have changed
+            tier = self._tier(worker)
             for key in worker.keys:
-                self._ready.setdefault(key, {})[worker.id] = worker
+                tier.setdefault(key, {})[worker.id] = worker
 
     def set_credit(self, worker: WorkerRecord, credit: int) -> None:
         """The worker told us (on register) how many more jobs it wants: that is the truth."""
@@ -105,34 +231,56 @@ class Matcher:
         worker.credit = 0
 
     def _unready(self, worker: WorkerRecord) -> None:
-        for key in worker.keys:
-            ready = self._ready.get(key)
-            if ready is not None:
-                ready.pop(worker.id, None)
-                if not ready:
-                    del self._ready[key]
+        for tier in (self._ready, self._spare):
+            for key in worker.keys:
+                ready = tier.get(key)
+                if ready is not None:
+                    ready.pop(worker.id, None)
+                    if not ready:
+                        del tier[key]
 
     def _assign(self, worker: WorkerRecord, job: JobRecord) -> None:
         job.worker = worker.id
+        had_free_slot = len(worker.jobs) < worker.slots
         worker.jobs.add(job.id)
         worker.outgoing.append(job)
         worker.credit -= 1
         self.dirty[worker.id] = worker
         if worker.credit == 0:
             self._unready(worker)
+        elif had_free_slot and len(worker.jobs) >= worker.slots:
+            # its slots are full: what credit it has left is prefetch
+            for key in worker.keys:
+                ready = self._ready.get(key)
+                if ready is not None and ready.pop(worker.id, None) is not None:
+                    if not ready:
+                        del self._ready[key]
+                    self._spare.setdefault(key, {})[worker.id] = worker
+
+    def slot_freed(self, worker: WorkerRecord) -> None:
+        """A job of the worker ended: with credit left, it may move up to the free slots."""
+        if worker.credit > 0 and len(worker.jobs) == worker.slots - 1:
+            for key in worker.keys:
+                spare = self._spare.get(key)
+                if spare is not None and spare.pop(worker.id, None) is not None:
+                    if not spare:
+                        del self._spare[key]
+                    self._ready.setdefault(key, {})[worker.id] = worker
 
     # ------------------------------------------------------------------ reporting
 
     def demand(self) -> Iterator[tuple[JobRecord, int]]:
-        """For each key with waiting jobs: its oldest live job and how many wait."""
+        """For each key with waiting jobs: its best live job and how many wait."""
         for key, count in self._counts.items():
             if count <= 0:
                 continue
-            queue = self._queues[key]
-            while queue and (queue[0].status is not Status.QUEUED or queue[0].worker is not None):
-                queue.popleft()
-            if queue:
-                yield queue[0], count
+            job = self._queues[key].head()
+            if job is not None:
+                yield job, count
+
+    def waiting_protected(self) -> dict[QueueKey, int]:
+        """Keys with protected jobs queued, and how many."""
+        return {key: n for key, n in self.protected.items() if n > 0}
 
     def queued_jobs(self) -> Iterator[JobRecord]:
         """Every job in a queue, in no particular order; leftovers included (a job that left
@@ -141,4 +289,8 @@ class Matcher:
             yield from queue
 
     def ready_workers(self) -> int:
-        return len({wid for ready in self._ready.values() for wid in ready})
+        return len({wid for tier in (self._ready, self._spare) for r in tier.values() for wid in r})
+
+
+#: ranks at or above this are protected (``records.PROTECTED_RANK`` less the priority bound)
+PROTECTED_HALF = 1 << 31

@@ -26,23 +26,38 @@ def worker_keys(reqs: JobRequirements) -> tuple[QueueKey, ...]:
     return tuple(keys)
 
 
+#: a job's rank in its queue: protected jobs above every unprotected one, then by priority
+#: (``protocol.MAX_PRIORITY`` bounds it, so one int orders both)
+PROTECTED_RANK = 1 << 32
+
+
+def rank_of(priority: int, protected: bool) -> int:
+    return priority + (PROTECTED_RANK if protected else 0)
+
+
 class JobRecord:
     __slots__ = (
+        "assistants",
         "attempt",
         "blobs",
+        "checkpoint",
+        "controls",
         "counts",
         "dispatched_at",
         "error_retries",
         "evidence",
         "files",
         "finished_at",
+        "history",
         "id",
         "key",
         "keys",
         "limits",
         "losses",
         "order",
+        "parent",
         "progress",
+        "rank",
         "reason",
         "reqs",
         "result",
@@ -109,6 +124,25 @@ class JobRecord:
         self.counts: list[Any] | None = None
         #: (peak RSS bytes, CPU seconds) its worker says its last run used, None if unknown
         self.used: tuple[int, float] | None = None
+        #: its place in its queue (``rank_of``): protected and priority 0 unless submitted so
+        self.rank = PROTECTED_RANK
+        #: the master job of an assistant, and the assistants of a master (None: none)
+        self.parent: str | None = None
+        self.assistants: list[str] | None = None
+        #: the latest checkpoint its handler saved (bytes-like), None if none
+        self.checkpoint: Any = None
+        #: control messages sent to it, in order (each run gets all of them), None if none
+        self.controls: list[Any] | None = None
+        #: one line per preemption or requeue, oldest first (None until the first)
+        self.history: list[str] | None = None
+
+    @property
+    def protected(self) -> bool:
+        return self.rank >= PROTECTED_RANK // 2
+
+    @property
+    def priority(self) -> int:
+        return self.rank - PROTECTED_RANK if self.protected else self.rank
 
     @property
     def retries_left(self) -> bool:
@@ -138,6 +172,7 @@ class WorkerRecord:
         "outgoing",
         "pid",
         "reqs",
+        "slots",
         "usage",
     )
 
@@ -171,6 +206,8 @@ class WorkerRecord:
         self.finished = 0
         #: its process's latest (rss, peak_rss, cpu seconds), None until it sends them
         self.usage: tuple[int, int, float] | None = None
+        #: how many jobs it runs at once (credit beyond its free slots is prefetch)
+        self.slots = 1
 
     @property
     def name(self) -> str:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from remus import protocol as p
 from remus.server.limits import QUEUE, RESTART, RUN
-from remus.server.records import JobRecord, WorkerRecord, job_key
+from remus.server.records import JobRecord, WorkerRecord, job_key, rank_of
 from remus.types import Status
 
 if TYPE_CHECKING:
@@ -160,6 +160,12 @@ class Recovery:
                 opts.get("time_limit"),
                 opts.get("queue_time_limit"),
             )
+            job.rank = rank_of(opts.get("priority", 0), opts.get("protected", True))
+            job.checkpoint = saved.checkpoint
+            parent = core.jobs.get(opts.get("parent", ""))  # (restored before: older)
+            if parent is not None:
+                job.parent = parent.id
+                parent.assistants = [*(parent.assistants or ()), job.id]
             job.attempt = saved.attempt
             # the journal keeps the attempt, not what ended the earlier ones: count each
             # against both budgets (a restart errs on the side of fewer reruns)

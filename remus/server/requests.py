@@ -16,12 +16,16 @@ from remus import protocol as p
 from remus.errors import FileError
 from remus.server.introspection import AT_QUEUED, SUBMITTED
 from remus.server.limits import QUEUE
-from remus.server.records import JobRecord, job_key
+from remus.server.records import JobRecord, job_key, rank_of
 from remus.server.recovery import FILES_OPTION, saved_files
 from remus.types import JobRequirements, Status, matches
 
 if TYPE_CHECKING:
     from remus.server.core import BrokerCore
+
+
+#: the most control messages one job keeps (each run of it gets all of them)
+MAX_CONTROLS = 10_000
 
 
 class Requests:
@@ -80,6 +84,22 @@ class Requests:
             if unserved is not None:
                 core.out.clients.append((client, core.serving.no_worker(msg.rid, unserved)))
                 return
+        parent = None
+        parent_id = msg.options.get("parent")
+        if parent_id is not None:  # assistants of a running job
+            parent = core.jobs.get(parent_id)
+            if parent is None:
+                core.error(client, msg.rid, "unknown-job", f"parent job {parent_id} is unknown")
+                return
+            if parent.status.done:
+                core.error(
+                    client,
+                    msg.rid,
+                    "job-not-running",
+                    f"parent job {parent_id} is over ({parent.status.name}): it takes no "
+                    "assistants",
+                )
+                return
         origin = msg.options.get("host")
         origin = origin if type(origin) is str else ""
         try:
@@ -120,6 +140,7 @@ class Requests:
         )
         error_retries = opts.get("retries_on_error", 0)
         error_retries = error_retries if type(error_retries) is int and error_retries > 0 else 0
+        rank = rank_of(opts.get("priority", 0), opts.get("protected", True))
         journal = core.journal
         census = core.census
         # a batch shares its requirements objects: one census look-up for each
@@ -142,6 +163,12 @@ class Requests:
             job.files = fs
             job.limits = limits
             job.error_retries = error_retries
+            job.rank = rank
+            if parent is not None:
+                job.parent = parent.id
+                if parent.assistants is None:
+                    parent.assistants = []
+                parent.assistants.append(job.id)
             core.jobs[job.id] = job
             if sub.requirements is not reqs:
                 reqs = sub.requirements
@@ -174,13 +201,25 @@ class Requests:
         core = self._core
         job = core.jobs.get(job_id)
         if job is None:
-            return [job_id, int(Status.INVALID), None, "", 0, "", 0, ""]
+            return [job_id, int(Status.INVALID), None, "", 0, "", 0, "", "", [], []]
         last = job.last_progress()
         value, message = (last[1], last[2]) if last else (None, "")
         reason = core.serving.queued_reason(job) if job.status is Status.QUEUED else job.reason
         holder = None if job.worker is None or job.status.done else core.workers.get(job.worker)
         worker = holder.name if holder is not None else ""
-        return [job_id, int(job.status), value, message, job.seq, reason, job.attempt, worker]
+        return [
+            job_id,
+            int(job.status),
+            value,
+            message,
+            job.seq,
+            reason,
+            job.attempt,
+            worker,
+            job.parent or "",
+            job.assistants or [],
+            job.history or [],
+        ]
 
     def status(self, client: bytes, msg: p.StatusRequest, now: float) -> None:
         core = self._core
@@ -188,24 +227,42 @@ class Requests:
 
     def terminate(self, client: bytes, msg: p.TerminateRequest, now: float) -> None:
         core = self._core
-        cancels: dict[bytes, list[str]] = {}
         for job_id in msg.ids:
             job = core.jobs.get(job_id)
-            if job is None or job.status.done:
-                continue
-            holder = None if job.worker is None or job.status.done else core.workers.get(job.worker)
-            if holder is not None and job in holder.outgoing:
-                # assigned in this very pass and not sent yet: take it back, return the credit
-                holder.outgoing.remove(job)
-                core.finish(job, Status.TERMINATED, now, "terminated by a client")
-                core.matcher.add_credit(holder, 1)
-                continue
-            if holder is not None:
-                cancels.setdefault(holder.id, []).append(job_id)
-            core.finish(job, Status.TERMINATED, now, "terminated by a client")
-        for wid, ids in cancels.items():
-            core.out.workers.append((wid, p.Cancel(ids)))
+            if job is not None and not job.status.done:
+                core.end(job, Status.TERMINATED, now, "terminated by a client", "terminated")
         core.reply(client, msg.rid, [self.status_row(i) for i in msg.ids])
+
+    def control(self, client: bytes, msg: p.ControlRequest, now: float) -> None:
+        """A control message for a job: to its worker now, or when it starts."""
+        core = self._core
+        job = core.jobs.get(msg.id)
+        if job is None:
+            core.error(client, msg.rid, "unknown-job", f"job {msg.id} is unknown")
+            return
+        if job.status.done:
+            core.error(
+                client,
+                msg.rid,
+                "job-not-running",
+                f"job {msg.id} is over ({job.status.name}): no handler reads its messages",
+            )
+            return
+        if job.controls is None:
+            job.controls = []
+        if len(job.controls) >= MAX_CONTROLS:
+            core.error(
+                client,
+                msg.rid,
+                "busy",
+                f"job {msg.id} already has {MAX_CONTROLS} control messages: it takes no more",
+            )
+            return
+        job.controls.append(msg.data)
+        seq = len(job.controls)
+        if job.worker is not None and core.sent(job):
+            core.out.workers.append((job.worker, p.Controls([(job.id, seq, msg.data)])))
+        core.reply(client, msg.rid, seq)
 
     def result(self, client: bytes, msg: p.ResultRequest, now: float) -> None:
         core = self._core
