@@ -12,12 +12,28 @@ TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
 
+FORMAT = "%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s"
+
+
+class LinesFormatter(logging.Formatter):
+    """Formats a record that carries ``lines`` (many events logged at once, e.g. the jobs
+    that finished in one broker pass) as one line each, every line with the full prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = getattr(record, "lines", None)
+        if not lines:
+            return super().format(record)
+        record.msg, record.args = lines[0], None
+        head = super().format(record)
+        prefix = head[: len(head) - len(lines[0])]
+        return head + "".join("\n" + prefix + line for line in lines[1:])
+
+
 def configure(level: int | str = logging.INFO) -> None:
     """For command-line entry points only: libraries never configure logging."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=level, format=FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(LinesFormatter(FORMAT))
 
 
 def describe(frames: Sequence[Any]) -> str:

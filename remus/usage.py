@@ -115,7 +115,8 @@ class JobMeter:
                 self._running = True
                 _running += 1
             if _running == 1 and _clear_fd() >= 0:
-                _floor = max(_floor, _rusage()[0])
+                if not _floor:  # the peak before the first reset (then each stop adds its own)
+                    _floor = _rusage()[0]
                 try:
                     os.write(_clear_fd(), b"5")  # the high-water mark drops to the RSS now
                 except OSError:

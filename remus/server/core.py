@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 #: this logger's level apart from the rest
 jobs_log = logging.getLogger("remus.jobs")
 INFO, WARNING = logging.INFO, logging.WARNING
+#: by status value: the counter of a job that ends so, and its event topic (a list index
+#: costs far less than an enum's ``.name``)
+ENDING = [s.name.lower() for s in sorted(Status)]
+TOPIC = ["job." + name for name in ENDING]
 
 
 class Catalog(Protocol):
@@ -124,6 +128,10 @@ class BrokerCore:
         self.started_at = now
         #: the bound endpoints by role (client, worker, status), as the core thread tells them
         self.endpoints: dict[str, str] = {}
+        #: jobs that finished in this pass, for their INFO lines (None: INFO is off)
+        self._finished_lines: list[tuple[JobRecord, float]] | None = (
+            [] if jobs_log.isEnabledFor(INFO) else None
+        )
         #: how late the core thread ran the timed rules, as it measures it
         self.loop = ix.LoopLag()
         #: messages in and out per socket, as the core thread counts them
@@ -238,6 +246,9 @@ class BrokerCore:
                         self.out.workers.append((worker.id, p.Controls(controls)))
         self.recovery.flush(self.out)
         self.holds.flush()
+        if self._finished_lines:
+            self._log_finished(self._finished_lines)
+        self._finished_lines = [] if jobs_log.isEnabledFor(INFO) else None
         out, self.out = self.out, Outbox()
         return out
 
@@ -608,14 +619,16 @@ class BrokerCore:
         self, job: JobRecord, status: Status, now: float, reason: str = "", tb: str = ""
     ) -> None:
         # (a job waiting for its worker after a restart is QUEUED too, but in no queue)
-        if job.status is Status.QUEUED and job.worker is None and not self.recovery.forget(job.id):
+        if job.status is ix.QUEUED and job.worker is None and not self.recovery.forget(job.id):
             self.matcher.forget_queued(job)
         if job.worker is not None:
             worker = self.workers.get(job.worker)
             if worker is not None:
-                worker.jobs.discard(job.id)
-                self.matcher.slot_freed(worker)
-                if status is Status.FINISHED:
+                jobs = worker.jobs
+                jobs.discard(job.id)
+                if worker.credit and len(jobs) == worker.slots - 1:
+                    self.matcher.slot_freed(worker)
+                if status is ix.FINISHED:
                     worker.finished += 1
                     self.spawns.finished_job(worker)
             if job.rank < PROTECTED_HALF:
@@ -645,11 +658,13 @@ class BrokerCore:
         job.blobs = job.files = None  # contents are no longer needed once the job is over
         self.journal_status(job)
         self.ended.append((now, job.id))
-        self.counters[status.name.lower()] += 1
+        self.counters[ENDING[status]] += 1
         self.holds.ended(job)
-        if status is not ix.FINISHED or jobs_log.isEnabledFor(INFO):
+        if status is not ix.FINISHED:
             self._log_end(job, status, now, reason)
-        topic = "job." + status.name.lower()
+        elif self._finished_lines is not None:  # logged at the end of the pass, together
+            self._finished_lines.append((job, now))
+        topic = TOPIC[status]
         if self.wants_event(topic):
             self._event(topic, job, **self.ending(job, now, reason))
         if job.assistants is not None:  # a master's assistants end with it
@@ -692,14 +707,30 @@ class BrokerCore:
             extra["peak_rss"], extra["cpu"] = job.used
         return extra
 
+    def _log_finished(self, ended: list[tuple[JobRecord, float]]) -> None:
+        """The INFO lines of the jobs that finished in this pass, as one log record (one
+        line each; ``remus.log.configure``'s formatter prefixes every line): under load a
+        record per job would cost the broker a third of its throughput."""
+        workers = self.workers
+        lines = []
+        for job, now in ended:
+            holder = workers.get(job.worker) if job.worker is not None else None
+            dispatched = job.dispatched_at if job.dispatched_at is not None else now
+            attempt = f", attempt {job.attempt}" if job.attempt > 1 else ""
+            lines.append(
+                f"job {job.id} FINISHED: {job.reqs.io_type} on "
+                f"{holder.name if holder is not None else 'no worker'}, queued "
+                f"{dispatched - job.submitted_at:.3f} s, ran {now - dispatched:.3f} s{attempt}"
+            )
+        jobs_log.info("%s", "\n".join(lines), extra={"lines": lines})
+
     def _log_end(self, job: JobRecord, status: Status, now: float, reason: str) -> None:
-        """One line per job that ends: INFO when it finished, WARNING otherwise."""
+        """The WARNING line of a job that ended badly."""
         holder = self.workers.get(job.worker) if job.worker is not None else None
         dispatched = job.dispatched_at
         queued = (now if dispatched is None else dispatched) - job.submitted_at
         ran = "" if dispatched is None else f", ran {now - dispatched:.3f} s"
-        jobs_log.log(
-            INFO if status is ix.FINISHED else WARNING,
+        jobs_log.warning(
             "job %s %s: %s on %s, queued %.3f s%s%s%s",
             job.id,
             status.name,

@@ -6,23 +6,35 @@ from typing import Any
 
 from remus.types import JobRequirements, Status, tag_key
 
-#: A queue key: io type, worker name ("" = any), tag key (None = any)
-QueueKey = tuple[Any, str, str | None]
+#: A queue key: io type, worker name ("" = any) and tag key (None = any), as one string (a
+#: str caches its hash: the matcher looks keys up several times per job)
+QueueKey = str
+
+#: the keys made so far, by (io type, worker name, tag key)
+_KEYS: dict[tuple[Any, str, str | None], QueueKey] = {}
+
+
+def _key(io: Any, worker_name: str, tk: str | None) -> QueueKey:
+    parts = (io, worker_name, tk)
+    key = _KEYS.get(parts)
+    if key is None:
+        if len(_KEYS) > 100_000:  # requirements with ever new tags: do not grow for ever
+            _KEYS.clear()
+        key = _KEYS[parts] = repr((io.input, io.output, worker_name, tk))
+    return key
 
 
 def job_key(reqs: JobRequirements) -> QueueKey:
-    return (reqs.io_type, reqs.worker_name, tag_key(reqs.tag))
+    return _key(reqs.io_type, reqs.worker_name, tag_key(reqs.tag))
 
 
 def worker_keys(reqs: JobRequirements) -> tuple[QueueKey, ...]:
     """Every queue key whose jobs this worker can take (the matching rule, precomputed)."""
     tk = tag_key(reqs.tag)
-    keys = {
-        (reqs.io_type, "", None): None,
-        (reqs.io_type, reqs.worker_name, None): None,
-        (reqs.io_type, "", tk): None,
-        (reqs.io_type, reqs.worker_name, tk): None,
-    }
+    io, name = reqs.io_type, reqs.worker_name
+    keys = dict.fromkeys(
+        (_key(io, "", None), _key(io, name, None), _key(io, "", tk), _key(io, name, tk))
+    )
     return tuple(keys)
 
 
@@ -168,6 +180,7 @@ class WorkerRecord:
         "jobs",
         "keys",
         "last_seen",
+        "name",
         "next_beat",
         "outgoing",
         "pid",
@@ -188,6 +201,8 @@ class WorkerRecord:
         self.id = worker_id
         self.reqs = reqs
         self.keys = worker_keys(reqs)
+        #: ``worker_name@host:pid``, as job statuses and logs name it
+        self.name = f"{reqs.worker_name or 'worker'}@{host}:{pid}"
         self.heartbeat = heartbeat
         self.host = host
         self.pid = pid
@@ -208,10 +223,6 @@ class WorkerRecord:
         self.usage: tuple[int, int, float] | None = None
         #: how many jobs it runs at once (credit beyond its free slots is prefetch)
         self.slots = 1
-
-    @property
-    def name(self) -> str:
-        return f"{self.reqs.worker_name or 'worker'}@{self.host}:{self.pid}"
 
     def __repr__(self) -> str:
         return f"<WorkerRecord {self.name} credit={self.credit} jobs={len(self.jobs)}>"

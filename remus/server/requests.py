@@ -146,14 +146,19 @@ class Requests:
         # a batch shares its requirements objects: one census look-up for each
         reqs: JobRequirements | None = None
         counts: list[int] = []
+        key = ""
         wall = core._wall() if journal is not None else 0.0
         for sub, fs in zip(msg.jobs, file_sets, strict=True):
             values = list(sub.values)
             core.order += 1
+            if sub.requirements is not reqs:
+                reqs = sub.requirements
+                counts = census.counts_for(reqs.io_type)
+                key = job_key(reqs)
             job = JobRecord(
                 sub.id,
                 sub.requirements,
-                job_key(sub.requirements),
+                key,
                 keys_cache.setdefault(sub.keys, sub.keys),
                 values,
                 sum(len(v) for v in values) + (files.inline_size(fs) if fs is not None else 0),
@@ -170,9 +175,6 @@ class Requests:
                     parent.assistants = []
                 parent.assistants.append(job.id)
             core.jobs[job.id] = job
-            if sub.requirements is not reqs:
-                reqs = sub.requirements
-                counts = census.counts_for(reqs.io_type)
             job.counts = counts
             counts[AT_QUEUED] += 1
             counts[SUBMITTED] += 1
