@@ -69,14 +69,28 @@ class TimeoutError(RemusError, builtins.TimeoutError):
 
 
 class UnknownJobError(RemusError, KeyError):
-    """The broker does not know this job id (never submitted, or forgotten after its TTL)."""
+    """The broker does not know this job id (never submitted, or forgotten after its TTL).
+    ``message``, when given, is the broker's own sentence (e.g. about a submit's parent)."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, message: str = "") -> None:
         super().__init__(job_id)
         self.job_id = job_id
+        self.message = message
 
     def __str__(self) -> str:
+        if self.message:
+            return self.message
         return f"the broker does not know job {self.job_id} (never submitted, or forgotten)"
+
+
+class JobNotRunningError(ServerError):
+    """The job is over (finished, failed, terminated or expired), so it cannot take what was
+    sent to it: a control message, or an assistant job naming it as its parent. The message
+    says which job and its status."""
+
+    def __init__(self, message: str, *, job_id: str = "") -> None:
+        super().__init__(message, code="job-not-running")
+        self.job_id = job_id
 
 
 class JobNotFinishedError(RemusError):

@@ -256,6 +256,12 @@ class JobStatus:
     attempt: int = 1
     #: the worker that holds it (name@host:pid), "" while none does
     worker: str = ""
+    #: for an assistant job, the id of the job that submitted it ("" for any other job)
+    parent: str = ""
+    #: the ids of the assistant jobs this job submitted, in order
+    assistants: tuple[str, ...] = ()
+    #: one line per preemption or requeue, oldest first
+    history: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:

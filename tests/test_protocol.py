@@ -64,7 +64,7 @@ SAMPLES: list[p.Message] = [
             p.SubmittedJob("a-6", PLAIN, ("data",), [BIG], FILES),
             p.SubmittedJob("a-7", PLAIN, (), [], p.FileSet()),
         ],
-        {"priority": 3, "note": "x"},
+        {"priority": 3, "protected": False, "parent": "m-1", "note": "x"},
     ),
     p.StatusRequest(5, ["a-1", "a-2"]),
     p.TerminateRequest(6, ["a-1"]),
@@ -74,13 +74,14 @@ SAMPLES: list[p.Message] = [
     p.WorkersRequest(14),
     p.ListJobsRequest(15, Status.FAILED, EDGES, 20),
     p.StatsRequest(16),
+    p.ControlRequest(17, "a-1", BIG),
     p.Reply(
         10,
         {"results": [["a-1", 3, "", "", b"small"], ["a-2", 3, "", "", None]], "remaining": 1},
         [BIG],
     ),
     p.Error(11, "busy", "the queue is full"),
-    p.Register(NAMED, 0.5, "host-1", 4321, credit=3, held=["a-1", "a-2"]),
+    p.Register(NAMED, 0.5, "host-1", 4321, credit=3, held=["a-1", "a-2"], slots=4),
     p.Report(
         started=["a-1"],
         progress=[("a-1", 50, "half"), ("a-1", None, "no value")],
@@ -95,8 +96,14 @@ SAMPLES: list[p.Message] = [
         failures=[("a-3", "it broke", "Traceback ...")],
         credit=2,
         seq=7,
+        used=[("a-1", 1000, 0.5)],
+        usage=(2000, 3000, 1.5),
+        stopped=["a-8"],
+        # (inline only: a framed checkpoint is tested on its own, so that breaking
+        # "results" below leaves no frame that another field refers to)
+        checkpoints=[("a-1", b"cp"), ("a-9", b"")],
     ),
-    p.Heartbeat(),
+    p.Heartbeat((1, 2, 0.5), client="tcp://broker-host:50505"),
     p.Goodbye(),
     p.Jobs(
         [
@@ -104,10 +111,17 @@ SAMPLES: list[p.Message] = [
             p.AssignedJob("a-2", NAMED, ("data", "extra"), [BIG, b"three"]),
             p.AssignedJob("a-3", OTHER, (), []),
             p.AssignedJob("a-6", PLAIN, ("data",), [b"d"], FILES),
+            # the fifth element, extra: a framed checkpoint, a parent, spare capacity
+            p.AssignedJob(
+                "a-7", PLAIN, ("data",), [b"d"], checkpoint=BIG, parent="m-1", protected=False
+            ),
+            p.AssignedJob("a-8", OTHER, (), [], FILES, checkpoint=b"cp"),
+            p.AssignedJob("a-9", PLAIN, (), [], parent="m-1"),
         ],
         ack=6,
     ),
-    p.Cancel(["a-1", "a-2"]),
+    p.Cancel(["a-1", "a-2"], "preempted"),
+    p.Controls([("a-1", 1, b"stop"), ("a-1", 2, BIG), ("a-2", 1, b"")]),
     p.Shutdown("broker stopping"),
     p.Ack(7, [("a-1", "the job is already TERMINATED: terminated by a client")]),
 ]
@@ -118,7 +132,9 @@ SAMPLE_FRAMES: dict[type[p.Message], list[bytes]] = {
     p.SubmitRequest: [BIG, BIG * 2, BIG, BIG_FILE],
     p.Reply: [BIG],
     p.Report: [BIG, BIG_FILE, BIG],
-    p.Jobs: [BIG, BIG_FILE],
+    p.Jobs: [BIG, BIG_FILE, BIG, BIG_FILE],
+    p.ControlRequest: [BIG],
+    p.Controls: [BIG],
 }
 
 
@@ -207,6 +223,9 @@ def test_every_message_round_trips(msg: p.Message) -> None:
         p.Report(),
         p.Jobs([]),
         p.Cancel([]),
+        p.Controls([]),
+        p.ControlRequest(0, "j"),
+        p.Heartbeat(),
         p.Shutdown(),
         p.Ack(1),
         p.Ack(2**63 - 1, []),
@@ -228,7 +247,37 @@ def test_decode_fills_defaults_for_optional_fields() -> None:
         frames_of(b"register", {"reqs": PLAIN.to_wire(), "heartbeat": 2, "host": "h", "pid": 1})
     )
     assert same(reg, p.Register(PLAIN, 2.0, "h", 1, 0, []))
-    assert isinstance(reg.heartbeat, float)
+    assert isinstance(reg.heartbeat, float) and reg.slots == 1
+    assert p.decode(frames_of(b"cancel", {"ids": ["a"]})) == p.Cancel(["a"], "")
+    assert p.decode(frames_of(b"heartbeat", {})) == p.Heartbeat(None, "")
+    report = p.decode(frames_of(b"report", {}))
+    assert isinstance(report, p.Report)
+    assert list(report.stopped) == [] and list(report.checkpoints) == []
+    # a control request without data takes it from the next frame, like any nil slot
+    control = p.decode(frames_of(b"control", {"rid": 1, "id": "j"}, b"go"))
+    assert isinstance(control, p.ControlRequest) and bytes(control.data) == b"go"
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"priority": p.MAX_PRIORITY},
+        {"priority": -p.MAX_PRIORITY},
+        {"priority": 0, "protected": True},
+        {"protected": False, "parent": "m-1"},
+        {"parent": ""},
+    ],
+    ids=repr,
+)
+def test_submit_scheduling_options_in_range_round_trip(opts: dict[str, Any]) -> None:
+    msg = p.SubmitRequest(1, [p.SubmittedJob("j", PLAIN)], opts)
+    back = p.decode(p.encode(msg))
+    assert isinstance(back, p.SubmitRequest) and back.options == opts
+
+
+def test_a_bool_priority_is_refused() -> None:
+    err = decode_error(p.encode(p.SubmitRequest(1, [], {"priority": True})))
+    assert "'priority'" in str(err) and "bool" in str(err)
 
 
 def test_requirements_travel_once_per_distinct_value() -> None:
@@ -254,12 +303,20 @@ def file_data(fs: p.FileSet | None) -> list[Any]:
     return [] if fs is None else [e.data for e in fs.files if e.data is not None]
 
 
+def checkpoint_of(job: p.SubmittedJob | p.AssignedJob) -> list[Any]:
+    checkpoint = getattr(job, "checkpoint", None)
+    return [] if checkpoint is None else [checkpoint]
+
+
 def bulk_values(msg: p.Message) -> list[Any]:
-    """Every content, result and file's data a message carries, in wire order."""
+    """Every content, result, file's data and checkpoint a message carries, in wire order (a
+    job's contents, its files, its checkpoint; a report's checkpoints before its results)."""
     if isinstance(msg, (p.SubmitRequest, p.Jobs)):
-        return [v for j in msg.jobs for v in (*j.values, *file_data(j.files))]
+        return [v for j in msg.jobs for v in (*j.values, *file_data(j.files), *checkpoint_of(j))]
     if isinstance(msg, p.Report):
-        return [v for r in msg.results for v in (r[1], *file_data(r[2] if len(r) == 3 else None))]
+        return [c[1] for c in msg.checkpoints] + [
+            v for r in msg.results for v in (r[1], *file_data(r[2] if len(r) == 3 else None))
+        ]
     raise TypeError(type(msg).__name__)
 
 
@@ -428,8 +485,9 @@ FILES_WIRE = {
 
 
 def test_wire_shape_of_contents_and_results() -> None:
-    """The documented shapes: jobs ``[id, reqs_index, [[key, bin|nil], ...], files?]``,
-    results ``[[id, bin|nil, files?], ...]``."""
+    """The documented shapes: jobs ``[id, reqs_index, [[key, bin|nil], ...], files?, extra?]``
+    (files nil before an extra when the job has none), results ``[[id, bin|nil, files?],
+    ...]``, checkpoints ``[[id, bin|nil], ...]``, control messages ``[[id, seq, bin|nil]]``."""
     submit = body_of(sample(p.SubmitRequest))
     assert submit["jobs"] == [
         ["a-1", 0, [["data", b"one"]]],
@@ -447,8 +505,19 @@ def test_wire_shape_of_contents_and_results() -> None:
         ["a-2", 1, [["data", None], ["extra", b"three"]]],
         ["a-3", 2, []],
         ["a-6", 0, [["data", b"d"]], FILES_WIRE],
+        [
+            "a-7",
+            0,
+            [["data", b"d"]],
+            None,
+            {"checkpoint": None, "parent": "m-1", "protected": False},
+        ],
+        ["a-8", 2, [], FILES_WIRE, {"checkpoint": b"cp"}],
+        ["a-9", 0, [], None, {"parent": "m-1"}],
     ]
     report = body_of(sample(p.Report))
+    assert report["checkpoints"] == [["a-1", b"cp"], ["a-9", b""]]
+    assert report["stopped"] == ["a-8"]
     assert report["results"] == [
         ["a-1", b"r1"],
         ["a-2", None],
@@ -457,6 +526,60 @@ def test_wire_shape_of_contents_and_results() -> None:
         ["a-6", b"", FILES_WIRE],
         ["a-7", None, {"files": [["/out/x", "rb", b"x"]]}],
     ]
+    assert body_of(sample(p.Controls)) == {
+        "messages": [["a-1", 1, b"stop"], ["a-1", 2, None], ["a-2", 1, b""]]
+    }
+    assert body_of(sample(p.ControlRequest)) == {"rid": 17, "id": "a-1", "data": None}
+    assert body_of(p.ControlRequest(1, "a-1", b"go")) == {"rid": 1, "id": "a-1", "data": b"go"}
+    assert body_of(sample(p.Cancel)) == {"ids": ["a-1", "a-2"], "reason": "preempted"}
+    assert body_of(sample(p.Heartbeat)) == {
+        "usage": [1, 2, 0.5],
+        "client": "tcp://broker-host:50505",
+    }
+    assert body_of(sample(p.Register))["slots"] == 4
+    # and what is at its default stays out of the body
+    assert "slots" not in body_of(p.Register(PLAIN, 1.0, "h", 1))
+    assert "reason" not in body_of(p.Cancel(["a-1"]))
+    assert body_of(p.Heartbeat()) == {}
+    assert set(body_of(p.Report(credit=1))) == {"credit"}
+    row = body_of(p.Jobs([p.AssignedJob("a-1", PLAIN, (), [], protected=True)]))["jobs"][0]
+    assert row == ["a-1", 0, []], "a protected job with no checkpoint and no parent has no extra"
+
+
+def test_a_reports_checkpoint_frames_come_before_its_results() -> None:
+    """Checkpoints are applied before results, and their frames come first."""
+    cp, result = sized(p.INLINE_MAX + 1), sized(p.INLINE_MAX + 2)
+    msg = p.Report(results=[("a-1", result)], checkpoints=[("a-1", cp), ("a-2", b"small")])
+    frames = p.encode(msg)
+    assert frames[3:] == [cp, result]
+    back = p.decode(as_received(frames))
+    assert isinstance(back, p.Report)
+    assert back.checkpoints[0][1] is not None and bytes(back.checkpoints[0][1]) == cp
+    assert back.checkpoints[1] == ("a-2", b"small")
+    assert bytes(back.results[0][1]) == result
+    assert same(back, msg)
+
+
+def test_a_jobs_row_with_nil_files_and_with_an_empty_extra() -> None:
+    """nil files means no files (a row may carry it before its extra, or even alone); an
+    empty extra means the defaults; either way the row goes back out in its shortest form."""
+    body = {
+        "reqs": [PLAIN.to_wire()],
+        "jobs": [["a-1", 0, [], None], ["a-2", 0, [], None, {}], ["a-3", 0, [], FILES_WIRE, {}]],
+    }
+    back = p.decode(frames_of(b"jobs", body, BIG_FILE))
+    assert isinstance(back, p.Jobs)
+    one, two, three = back.jobs
+    assert one.files is None and two.files is None and three.files is not None
+    for job in back.jobs:
+        assert (job.checkpoint, job.parent, job.protected) == (None, "", True)
+    assert [len(r) for r in body_of(back)["jobs"]] == [3, 3, 4]
+
+
+def test_a_nil_file_set_is_refused_in_submit_and_report() -> None:
+    for command in (b"submit", b"report"):
+        err = decode_error(with_files(command, None))
+        assert "files must be a map" in str(err), command
 
 
 def test_decode_accepts_either_placement_and_encode_normalises_it() -> None:
@@ -606,11 +729,13 @@ REQUIRED = {
     p.WorkersRequest: ["rid"],
     p.ListJobsRequest: ["rid"],
     p.StatsRequest: ["rid"],
+    p.ControlRequest: ["rid", "id"],
     p.Reply: ["rid"],
     p.Error: ["code", "message"],
     p.Register: ["reqs", "heartbeat", "host", "pid"],
     p.Jobs: ["reqs", "jobs"],
     p.Cancel: ["ids"],
+    p.Controls: ["messages"],
     p.Ack: ["seq"],
 }
 
@@ -723,12 +848,58 @@ WRONG_TYPES: list[tuple[type[p.Message], str, Any, str]] = [
     (p.Report, "credit", 2.0, "'credit'"),
     (p.Jobs, "jobs", [["a-1", 0]], "[id, reqs index, contents"),
     (p.Jobs, "jobs", ["a-1"], "[id, reqs index, contents"),
-    (p.Jobs, "jobs", [["a-1", 0, [], {"files": []}, 1]], "[id, reqs index, contents"),
-    (p.Jobs, "jobs", [["a-1", 0, [], None]], "files must be a map"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None, {}, 1]], "[id, reqs index, contents"),
+    (p.Jobs, "jobs", [["a-1", 0, [], {"files": []}, 1]], "fifth element must be a map"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None, [{"parent": "m"}]]], "fifth element must be a map"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None, {"parent": 1}]], "'parent'"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None, {"protected": 0}]], "'protected'"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None, {"protected": "no"}]], "'protected'"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None, {"checkpoint": "text"}]], "checkpoint of a-1"),
+    (p.Jobs, "jobs", [["a-1", 0, [], None, {"checkpoint": None}]], "fewer frames"),
+    (p.Jobs, "jobs", [["a-1", 0, [], 1, {}]], "files must be a map"),
     (p.Jobs, "jobs", [[1, 0, [["data", b"x"]]]], "[id, reqs index, contents"),
     (p.Jobs, "jobs", [["a-1", 0, "data"]], "contents must be a list"),
     (p.Jobs, "jobs", [["a-1", 0, [["data", b"1"], ["data", b"2"]]]], "twice"),
     (p.Cancel, "ids", [1], "list of strings"),
+    (p.Cancel, "reason", 1, "'reason'"),
+    (p.Cancel, "reason", ["preempted"], "'reason'"),
+    (p.ControlRequest, "id", 7, "'id'"),
+    (p.ControlRequest, "id", None, "'id'"),
+    (p.ControlRequest, "data", "text", "control message of a-1: content must be bin or nil"),
+    (p.ControlRequest, "data", 5, "content must be bin or nil"),
+    (p.ControlRequest, "rid", "17", "'rid'"),
+    (p.Controls, "messages", "a-1", "'messages'"),
+    (p.Controls, "messages", {"a-1": b"x"}, "'messages'"),
+    (p.Controls, "messages", [["a-1", 1]], "[id, seq, bin or nil]"),
+    (p.Controls, "messages", [["a-1", 1, b"x", b"y"]], "[id, seq, bin or nil]"),
+    (p.Controls, "messages", [[1, 1, b"x"]], "[id, seq, bin or nil]"),
+    (p.Controls, "messages", [["a-1", "1", b"x"]], "[id, seq, bin or nil]"),
+    (p.Controls, "messages", [["a-1", 1.0, b"x"]], "[id, seq, bin or nil]"),
+    (p.Controls, "messages", ["a-1"], "[id, seq, bin or nil]"),
+    (p.Controls, "messages", [["a-1", 1, "text"]], "content must be bin or nil"),
+    (p.Register, "slots", "2", "'slots'"),
+    (p.Register, "slots", 2.0, "'slots'"),
+    (p.Report, "stopped", "a-8", "'stopped'"),
+    (p.Report, "stopped", [1], "list of strings"),
+    (p.Report, "checkpoints", "a-1", "'checkpoints'"),
+    (p.Report, "checkpoints", {"a-1": b"cp"}, "'checkpoints'"),
+    (p.Report, "checkpoints", [["a-1"]], "[id, bin or nil]"),
+    (p.Report, "checkpoints", [["a-1", b"x", b"y"]], "[id, bin or nil]"),
+    (p.Report, "checkpoints", [[1, b"x"]], "[id, bin or nil]"),
+    (p.Report, "checkpoints", [["a-1", "text"]], "checkpoint of a-1: content must be bin"),
+    (p.Report, "used", [["a-1", 1]], "used"),
+    (p.Heartbeat, "client", 1, "'client'"),
+    (p.Heartbeat, "client", b"tcp://h:1", "'client'"),
+    (p.Heartbeat, "usage", [1, 2], "usage"),
+    (p.SubmitRequest, "opts", {"priority": "3"}, "'priority'"),
+    (p.SubmitRequest, "opts", {"priority": 3.0}, "'priority'"),
+    (p.SubmitRequest, "opts", {"priority": None}, "'priority'"),
+    (p.SubmitRequest, "opts", {"protected": 0}, "'protected'"),
+    (p.SubmitRequest, "opts", {"protected": "no"}, "'protected'"),
+    (p.SubmitRequest, "opts", {"protected": None}, "'protected'"),
+    (p.SubmitRequest, "opts", {"parent": 5}, "'parent'"),
+    (p.SubmitRequest, "opts", {"parent": b"m-1"}, "'parent'"),
+    (p.SubmitRequest, "opts", {"parent": None}, "'parent'"),
     (p.Shutdown, "reason", 1, "'reason'"),
     (p.Report, "seq", "7", "'seq'"),
     (p.Report, "seq", 7.0, "'seq'"),
@@ -756,6 +927,8 @@ BOOL_FOR_INT: list[tuple[type[p.Message], str]] = [
     (p.Report, "seq"),
     (p.Jobs, "ack"),
     (p.Ack, "seq"),
+    (p.Register, "slots"),
+    (p.ControlRequest, "rid"),
 ]
 
 # values out of the documented range
@@ -776,6 +949,12 @@ OUT_OF_RANGE: list[tuple[type[p.Message], str, Any, str]] = [
     (p.Report, "seq", 2**63, "'seq' must be 0 to 2**63-1"),
     (p.Jobs, "ack", -1, "'ack' must be 0 to 2**63-1"),
     (p.Ack, "seq", -5, "'seq' must be 0 to 2**63-1"),
+    (p.Register, "slots", 0, "slots 0 must be 1-1024"),
+    (p.Register, "slots", -1, "slots -1 must be 1-1024"),
+    (p.Register, "slots", p.MAX_SLOTS + 1, "slots 1025 must be 1-1024"),
+    (p.SubmitRequest, "opts", {"priority": p.MAX_PRIORITY + 1}, "priority 1073741825"),
+    (p.SubmitRequest, "opts", {"priority": -p.MAX_PRIORITY - 1}, "priority -1073741825"),
+    (p.SubmitRequest, "opts", {"priority": 2**63}, "priority"),
 ]
 
 
@@ -1046,8 +1225,8 @@ def test_path_of_4096_chars_is_accepted() -> None:
     assert norm(msg.jobs[0].files) == norm(p.FileSet([p.FileEntry(path, "rb")]))
 
 
+# (nil files: see test_a_nil_file_set_is_refused_in_submit_and_report; a jobs row may say it)
 BAD_FILE_SETS: list[tuple[Any, str]] = [
-    (None, "files must be a map"),
     ([], "files must be a map"),
     ("/in/x", "files must be a map"),
     ({}, "missing field 'files'"),
@@ -1192,6 +1371,15 @@ if given is not None:
             "results",
             "failures",
             "reason",
+            "slots",
+            "stopped",
+            "checkpoints",
+            "used",
+            "usage",
+            "messages",
+            "client",
+            "seq",
+            "ack",
         }
     )
     REQS = st.tuples(
@@ -1288,6 +1476,26 @@ if given is not None:
     RESULT = st.tuples(PAIR, st.booleans(), FILE_SET).map(
         lambda t: [*t[0], t[2]] if t[1] and type(t[0]) is list else t[0]
     )
+    #: a jobs row's fifth element: a checkpoint slot, a parent, protection
+    EXTRA = mostly(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "checkpoint": SLOT,
+                "parent": mostly(st.text(max_size=3), SCALAR),
+                "protected": mostly(st.booleans(), SCALAR),
+            },
+        ),
+        VALUE,
+    )
+    #: a jobs row, now and then with files (or nil) and an extra after them
+    JOB_ROW = st.tuples(JOB_ENTRY_WITH_FILES, st.booleans(), st.one_of(st.none(), FILE_SET), EXTRA)
+    JOB_ROW_WITH_EXTRA = JOB_ROW.map(
+        lambda t: (
+            [*t[0][:3], t[2], t[3]] if t[1] and type(t[0]) is list and len(t[0]) >= 3 else t[0]
+        )
+    )
+    CHECKPOINTS = mostly(st.lists(PAIR, max_size=3), VALUE)
 
     def nils_in(body: dict[str, Any]) -> int:
         """How many frames a body refers to, if the rest of it is well-formed."""
@@ -1301,17 +1509,23 @@ if given is not None:
 
         nils = 0
         if "results" in body:
+            checkpoints = body.get("checkpoints")
+            if type(checkpoints) is list:
+                nils += sum(slot_nil(c, (2,), 1) for c in checkpoints)
             for r in body["results"]:
                 nils += slot_nil(r, (2, 3), 1)
                 if type(r) is list and len(r) == 3:
                     nils += file_nils(r[2])
             return nils
         for job in body["jobs"]:
-            if type(job) is list and len(job) in (3, 4):
+            if type(job) is list and len(job) in (3, 4, 5):
                 if type(job[2]) is list:
                     nils += sum(slot_nil(pair, (2,), 1) for pair in job[2])
-                if len(job) == 4:
+                if len(job) >= 4:
                     nils += file_nils(job[3])
+                extra = job[4] if len(job) == 5 else None
+                if type(extra) is dict and "checkpoint" in extra and extra["checkpoint"] is None:
+                    nils += 1
         return nils
 
     @st.composite
@@ -1320,10 +1534,13 @@ if given is not None:
         body: dict[str, Any]
         if command == b"report":
             body = {"results": draw(st.lists(RESULT, max_size=5))}
+            if draw(st.booleans()):
+                body["checkpoints"] = draw(CHECKPOINTS)
         else:
+            rows = JOB_ROW_WITH_EXTRA if command == b"jobs" else JOB_ENTRY_WITH_FILES
             body = {
                 "reqs": [PLAIN.to_wire(), NAMED.to_wire()],
-                "jobs": draw(st.lists(JOB_ENTRY_WITH_FILES, max_size=3)),
+                "jobs": draw(st.lists(rows, max_size=3)),
             }
             if command == b"submit":
                 body["rid"] = 1
@@ -1390,14 +1607,25 @@ if given is not None:
                 ),
                 [],
                 draw(st.integers(min_value=0, max_value=10)),
+                checkpoints=draw(st.lists(st.tuples(JOB_ID, BULK_VALUE), max_size=3)),
             )
-        jobs = []
+        jobs: list[Any] = []
         for _ in range(draw(st.integers(min_value=0, max_value=4))):
             keys, values = draw(keys_and_values())
-            job = (p.SubmittedJob if kind is p.SubmitRequest else p.AssignedJob)(
-                draw(JOB_ID), draw(REQS_VALUE), keys, values, draw(st.one_of(st.none(), FILE_SETS))
+            args = (draw(JOB_ID), draw(REQS_VALUE), keys, values)
+            files = draw(st.one_of(st.none(), FILE_SETS))
+            if kind is p.SubmitRequest:
+                jobs.append(p.SubmittedJob(*args, files))
+                continue
+            jobs.append(
+                p.AssignedJob(
+                    *args,
+                    files,
+                    checkpoint=draw(st.one_of(st.none(), BULK_VALUE)),
+                    parent=draw(st.text(max_size=4)),
+                    protected=draw(st.booleans()),
+                )
             )
-            jobs.append(job)
         if kind is p.SubmitRequest:
             return p.SubmitRequest(draw(st.integers(min_value=0, max_value=2**31)), jobs)
         return p.Jobs(jobs)

@@ -3,8 +3,8 @@
 ``remus server`` runs a broker; the other subcommands reach one at ``--client EP`` (default:
 ``$REMUS_CLIENT``, else tcp://127.0.0.1:50505) and give up after ``--timeout`` seconds of
 silence. One module per concept: ``server`` (run a broker), ``inspect`` (info, workers, jobs),
-``jobs`` (submit, status, result, cancel), ``watch`` (the status feed), ``top`` (a live view),
-``common`` (what they share).
+``jobs`` (submit, status, result, cancel, control), ``watch`` (the status feed), ``top`` (a live
+view), ``common`` (what they share).
 
 Exit codes, for every subcommand: 0 done; 1 the job failed, was terminated or expired (or the
 broker refused it: no worker, queue full); 2 a usage error; 3 no broker answers. Errors are one

@@ -116,6 +116,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def priority(text: str) -> int:
+    """A job's priority: a whole number within ±2**30 (higher runs first)."""
+    from remus.protocol import MAX_PRIORITY
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: use -2**30 to 2**30")
+    return value
+
+
 def io_type(text: str) -> IOType:
     """``IN:OUT`` (or ``IN->OUT``, as the tables show it)."""
     sep = "->" if "->" in text else ":"

@@ -1,9 +1,11 @@
-"""``remus submit``, ``remus status``, ``remus result``, ``remus cancel``: one job from the shell.
+"""``remus submit``, ``remus status``, ``remus result``, ``remus cancel``, ``remus control``:
+one job from the shell.
 
 ``remus submit IN OUT --data TEXT`` prints the job id. With ``--wait`` stdout is the result's
 bytes only (the job id goes to stderr), so ``remus submit ... --wait > out.bin`` works; ``-o
 PATH`` writes it to a file instead. A result with files is saved into ``-o DIR`` (default: the
-current folder) and their paths printed, one a line.
+current folder) and their paths printed, one a line. ``remus control JOB --data TEXT`` sends a
+queued or running job a control message and prints its number.
 """
 
 from __future__ import annotations
@@ -68,12 +70,25 @@ def add_parsers(sub: Any, reach: argparse.ArgumentParser) -> None:
         action="store_true",
         help="queue the job even if no worker or worker file serves it yet",
     )
+    s.add_argument(
+        "--priority",
+        type=c.priority,
+        default=0,
+        metavar="N",
+        help="higher runs first, among the jobs a worker could take (within ±2**30) [0]",
+    )
+    s.add_argument(
+        "--unprotected",
+        action="store_true",
+        help="a spare-capacity job: it runs only in slots no protected job wants, and is "
+        "preempted (queued again, no attempt lost) when one needs its slot",
+    )
     s.set_defaults(run=run_submit)
 
     st = sub.add_parser(
         "status",
         parents=[reach],
-        help="a job's status, attempt, worker, progress and reason",
+        help="a job's status, attempt, worker, progress, reason, parent, assistants, history",
         description="Where a job is. Exit 0 while it is queued, running or finished; 1 if it "
         "failed, was terminated or expired, or the broker does not know it.",
     )
@@ -103,6 +118,23 @@ def add_parsers(sub: Any, reach: argparse.ArgumentParser) -> None:
     )
     k.add_argument("job", metavar="JOB", help="the job id")
     k.set_defaults(run=run_cancel)
+
+    ctl = sub.add_parser(
+        "control",
+        parents=[reach],
+        help="send a job a control message; prints its number",
+        description="Send a queued or running job a control message: its worker's handler "
+        "reads it (job.control_messages()); a queued job gets it when it starts. Prints the "
+        "message's number among the job's messages (1, 2, ...). Exit 1 if the job is over or "
+        "the broker does not know it.",
+    )
+    ctl.add_argument("job", metavar="JOB", help="the job id")
+    message = ctl.add_mutually_exclusive_group(required=True)
+    message.add_argument("--data", metavar="TEXT", help="the message, as UTF-8 text")
+    message.add_argument(
+        "--data-file", metavar="PATH", help="read the message from a file ('-': stdin)"
+    )
+    ctl.set_defaults(run=run_control)
 
 
 # ------------------------------------------------------------------------------ submit
@@ -146,6 +178,8 @@ def run_submit(args: argparse.Namespace) -> int:
             args=args.arg,
             time_limit=args.time_limit,
             wait_for_worker=args.wait_for_worker,
+            priority=args.priority,
+            protected=not args.unprotected,
         )
         if not wait:
             print(job.id, flush=True)
@@ -205,6 +239,9 @@ def status_json(s: JobStatus) -> dict[str, Any]:
         "worker": s.worker,
         "progress": c.progress_json(s.progress),
         "reason": s.reason,
+        "parent": s.parent,
+        "assistants": list(s.assistants),
+        "history": list(s.history),
     }
 
 
@@ -232,6 +269,14 @@ def run_status(args: argparse.Namespace) -> int:
     if s.reason:
         label = "waits because" if s.status is Status.QUEUED else "reason"
         out.print(f"{label}: {s.reason}", markup=False)
+    if s.parent:
+        out.print(f"assistant of: {s.parent}", markup=False)
+    if s.assistants:
+        out.print(f"assistants: {', '.join(s.assistants)}", markup=False)
+    if s.history:
+        out.print("history:", markup=False)
+        for line in s.history:
+            out.print(f"  {line}", markup=False)
     return _exit_for(s.status)
 
 
@@ -260,4 +305,14 @@ def run_cancel(args: argparse.Namespace) -> int:
             return c.OK
         s = cl.terminate(args.job, timeout=args.timeout)
     print(f"job {s.job_id}: {s.status.name}", flush=True)
+    return c.OK
+
+
+def run_control(args: argparse.Namespace) -> int:
+    data = _data(args)
+    if data is None:  # (argparse requires one of them)
+        raise c.CliError("give the message with --data TEXT or --data-file PATH", c.USAGE)
+    with c.client(args) as cl:
+        seq = cl.send_control(args.job, data, timeout=args.timeout)
+    print(seq, flush=True)
     return c.OK

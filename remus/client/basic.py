@@ -31,14 +31,16 @@ from remus.client.client import (
     BATCH_JOBS,
     Client,
     Submission,
+    about_job,
     as_bytes,
     job_error,
     limits,
     results_of,
+    scheduling,
     used_fields,
 )
 from remus.client.patience import Patience
-from remus.errors import RemusError
+from remus.errors import JobNotRunningError, RemusError, UnknownJobError
 from remus.files import JobFileRequest
 from remus.types import (
     FileHandle,
@@ -115,6 +117,9 @@ class BasicClient:
         queue_time_limit: float | None = None,
         wait_for_worker: bool = False,
         retries_on_error: int | None = None,
+        priority: int = 0,
+        protected: bool = True,
+        parent: Job | str | None = None,
         timeout: float | None = None,
         **contents: Content,
     ) -> Job:
@@ -124,7 +129,10 @@ class BasicClient:
         With ``files`` (a list of paths or FileHandles) and ``args`` it is a JobFileRequest
         instead: the worker gets each file as a local path (docs/files.md). ``max_retries``,
         ``time_limit``, ``queue_time_limit``, ``wait_for_worker`` and ``retries_on_error`` are
-        per-job options (see ``remus.client.limits``); ``timeout`` bounds this call.
+        per-job options (see ``remus.client.limits``); ``priority`` (higher first),
+        ``protected`` (False: a spare-capacity job, preempted when a protected job needs its
+        slot) and ``parent`` (for assistants only) place it in the queue (see
+        ``remus.client.scheduling``); ``timeout`` bounds this call.
         """
         return self.client.submit_job(
             _submission(what, data, files, args, contents),
@@ -133,8 +141,19 @@ class BasicClient:
             queue_time_limit=queue_time_limit,
             wait_for_worker=wait_for_worker,
             retries_on_error=retries_on_error,
+            priority=priority,
+            protected=protected,
+            parent=parent,
             timeout=timeout,
         )
+
+    def send_control(
+        self, job: Job | str, data: bytes | str, *, timeout: float | None = None
+    ) -> int:
+        """Send a running or queued job a control message; returns its number (1, 2, ...)
+        among the job's messages. UnknownJobError for a job the broker does not know,
+        JobNotRunningError for one that is over (see ``Client.send_control``)."""
+        return self.client.send_control(job, data, timeout=timeout)
 
     def wait(
         self,
@@ -166,6 +185,9 @@ class BasicClient:
         queue_time_limit: float | None = None,
         wait_for_worker: bool = False,
         retries_on_error: int | None = None,
+        priority: int = 0,
+        protected: bool = True,
+        parent: Job | str | None = None,
         release: bool = False,
         **contents: Content,
     ) -> JobResult:
@@ -177,6 +199,7 @@ class BasicClient:
         here (its status then reads INVALID): for big one-shot results the broker need not
         keep for ``result_ttl``."""
         sub = _submission(what, data, files, args, contents)
+        place = scheduling(priority, protected, parent)  # checked before anything is sent
         c = self.client
         known = _Known()
         wait = Patience(c, timeout, "the job", lambda: str(known))
@@ -190,12 +213,17 @@ class BasicClient:
             "release": release,
             "host": c.host,
             **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
+            **place,
         }
         rid = c.send(p.SubmitRequest, [entry], opts)
         wait.sent(rid, hold)
         job_id = entry.id
         del entry  # inlined file bytes are ZeroMQ's now: freed once sent, not held for the wait
-        return self._follow(wait, rid, job_id, known, on_progress, release=release)
+        try:
+            return self._follow(wait, rid, job_id, known, on_progress, release=release)
+        except (UnknownJobError, JobNotRunningError) as e:
+            about_job(e, place.get("parent", ""))  # (a refused submit: its parent)
+            raise
 
     def _follow(
         self,
@@ -268,8 +296,8 @@ class BasicClient:
     def submit_many(
         self, submissions: Iterable[Submission], *, timeout: float | None = None, **limits: Any
     ) -> list[Job]:
-        """Queue many jobs in batches, without a round trip per job (options as in submit;
-        ``timeout`` bounds the whole call)."""
+        """Queue many jobs in batches, without a round trip per job (options as in submit,
+        ``priority`` and ``protected`` included; ``timeout`` bounds the whole call)."""
         return self.client.submit_jobs(submissions, timeout=timeout, **limits)
 
     def as_completed(

@@ -26,9 +26,11 @@ from remus.errors import (
     JobExpiredError,
     JobFailedError,
     JobNotFinishedError,
+    JobNotRunningError,
     JobTerminatedError,
     NoWorkerError,
     ProtocolError,
+    RemusError,
     ServerError,
     TimeoutError,
     UnknownJobError,
@@ -84,19 +86,28 @@ def _stopped(msg: p.Error) -> ServerError:
     return error
 
 
+def _job_of(msg: p.Error) -> str:
+    """The job an error is about, if the broker named it in ``data`` (else the caller, who
+    knows which job it asked about, fills it in: see :func:`about_job`)."""
+    job_id = (msg.data or {}).get("id")
+    return job_id if isinstance(job_id, str) else ""
+
+
 #: error code from the broker -> the exception raised for it (any other code: ServerError)
-ERRORS: dict[str, Callable[[p.Error], ServerError]] = {
+ERRORS: dict[str, Callable[[p.Error], RemusError]] = {
     "busy": lambda msg: BusyError(msg.message),
     "no-worker": _no_worker,
     "broker-stopping": _stopped,
     "broker-stopping-journaled": _stopped,
     "wrong-endpoint": lambda msg: WrongEndpointError(msg.message),
+    "unknown-job": lambda msg: UnknownJobError(_job_of(msg), msg.message),
+    "job-not-running": lambda msg: JobNotRunningError(msg.message, job_id=_job_of(msg)),
 }
 #: the code of a stopping broker whose journal keeps the job (a wait may ride out the restart)
 JOURNALED = "broker-stopping-journaled"
 
 
-def server_error(msg: p.Error) -> ServerError:
+def server_error(msg: p.Error) -> RemusError:
     """The exception that stands for an error message from the broker."""
     make = ERRORS.get(msg.code)
     return make(msg) if make is not None else ServerError(msg.message, code=msg.code)
@@ -115,11 +126,31 @@ def job_error(job_id: str, status: Status, reason: str, traceback: str = "") -> 
     return JobNotFinishedError(job_id, status.name)
 
 
+def _text(row: list[Any], at: int) -> str:
+    return row[at] if len(row) > at and isinstance(row[at], str) else ""
+
+
+def _texts(row: list[Any], at: int) -> tuple[str, ...]:
+    raw = row[at] if len(row) > at and isinstance(row[at], list) else ()
+    return tuple(x for x in raw if isinstance(x, str))
+
+
 def _status(row: list[Any]) -> JobStatus:
+    """A status row: [id, status, value, message, seq, reason, attempt, worker, parent,
+    assistants, history] (a broker from before scheduling sends the first eight)."""
     job_id, status, value, message, seq, reason, attempt = row[:7]
-    worker = row[7] if len(row) > 7 and isinstance(row[7], str) else ""
     progress = JobProgress(value, message, seq) if seq else None
-    return JobStatus(job_id, Status(status), progress, reason, attempt or 1, worker)
+    return JobStatus(
+        job_id,
+        Status(status),
+        progress,
+        reason,
+        attempt or 1,
+        worker=_text(row, 7),
+        parent=_text(row, 8),
+        assistants=_texts(row, 9),
+        history=_texts(row, 10),
+    )
 
 
 def limits(
@@ -149,6 +180,46 @@ def limits(
     if retries_on_error is not None:
         opts["retries_on_error"] = int(retries_on_error)
     return opts
+
+
+def scheduling(
+    priority: int = 0, protected: bool = True, parent: Job | str | None = None
+) -> dict[str, Any]:
+    """Submit options for where a job stands in the queue, checked here (TypeError,
+    ValueError) so a bad value never reaches the broker.
+
+    ``priority``: an int within ±2**30, higher first (default 0); among the jobs a worker
+    could take, the broker dispatches protected jobs first, then by priority, then in
+    submission order. ``protected=False`` makes a spare-capacity job: it runs only in slots
+    no protected job wants, and is preempted (cancelled, queued again without counting an
+    attempt) when a protected job needs its slot. ``parent`` (a Job or a job id) is for
+    assistants: the job that submits them, which must be running (``job.submit_assistant``
+    in a worker uses it; an assistant ends when its parent ends)."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, got {type(priority).__name__} {priority!r}")
+    if not -p.MAX_PRIORITY <= priority <= p.MAX_PRIORITY:
+        raise ValueError(f"priority {priority} is out of range: use -2**30 to 2**30")
+    if not isinstance(protected, bool):
+        raise TypeError(f"protected must be True or False, got {protected!r}")
+    opts: dict[str, Any] = {}
+    if priority:
+        opts["priority"] = priority
+    if not protected:
+        opts["protected"] = False
+    if parent is not None:
+        if isinstance(parent, Job):
+            parent = parent.id
+        if not isinstance(parent, str) or not parent:
+            raise TypeError(f"parent must be a Job or a job id, got {parent!r}")
+        opts["parent"] = parent
+    return opts
+
+
+def about_job(error: Exception, job_id: str) -> None:
+    """Name ``job_id`` in an UnknownJobError or JobNotRunningError that came without it (the
+    broker's words already do)."""
+    if isinstance(error, (UnknownJobError, JobNotRunningError)) and not error.job_id:
+        error.job_id = job_id
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -333,23 +404,39 @@ class Client:
         queue_time_limit: float | None = None,
         wait_for_worker: bool = False,
         retries_on_error: int | None = None,
+        priority: int = 0,
+        protected: bool = True,
+        parent: Job | str | None = None,
         timeout: float | None = None,
     ) -> list[Job]:
         """Queue many jobs, in batches, several batches in flight: no round trip per job.
 
-        The options are per-job limits (see ``remus.client.limits``). A job no connected worker
-        and no worker file can serve is refused with NoWorkerError unless ``wait_for_worker``.
-        ``timeout`` bounds the whole call (None: the client's timeout for each batch's answer).
-        A file that cannot be read raises FileError; batches sent before it stay queued."""
+        The options are per-job limits (see ``remus.client.limits``) and the jobs' place in
+        the queue: ``priority``, ``protected`` and, for assistants only, ``parent`` (see
+        ``remus.client.scheduling``; a parent the broker does not know raises UnknownJobError,
+        one that is over JobNotRunningError). A job no connected worker and no worker file can
+        serve is refused with NoWorkerError unless ``wait_for_worker``. ``timeout`` bounds the
+        whole call (None: the client's timeout for each batch's answer). A file that cannot be
+        read raises FileError; batches sent before it stay queued."""
+        opts = {
+            "host": self.host,
+            **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
+            **scheduling(priority, protected, parent),
+        }
+        try:
+            return self._submit_jobs(submissions, opts, timeout)
+        except (UnknownJobError, JobNotRunningError) as e:
+            about_job(e, opts.get("parent", ""))
+            raise
+
+    def _submit_jobs(
+        self, submissions: Iterable[Submission], opts: dict[str, Any], timeout: float | None
+    ) -> list[Job]:
         deadline = _deadline(timeout)
         jobs: list[Job] = []
         in_flight: list[int] = []
         batch: list[p.SubmittedJob] = []
         size = 0
-        opts = {
-            "host": self.host,
-            **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
-        }
 
         def flush() -> None:
             nonlocal batch, size
@@ -436,6 +523,34 @@ class Client:
         """Stop a job: a queued job never runs, a running one's worker is told to stop and its
         late result is dropped. Terminating a finished job changes nothing."""
         return _status(self.call(p.TerminateRequest, [_id(job)], timeout=timeout).data[0])
+
+    def send_control(
+        self, job: Job | str, data: bytes | str, *, timeout: float | None = None
+    ) -> int:
+        """Send a running or queued job a control message (bytes, or str sent as UTF-8);
+        returns its number among the job's messages (1, 2, ...).
+
+        The broker passes it to the worker that holds the job, in order (a queued job gets
+        its messages when it starts; a job that runs again gets all of them again); the
+        handler reads them with ``job.control_messages()``. Raises UnknownJobError for a job
+        the broker does not know, JobNotRunningError for one that is over: a message is
+        never dropped silently."""
+        job_id = _id(job)
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a control message is bytes or str, got {type(data).__name__}")
+        try:
+            reply = self.call(p.ControlRequest, job_id, data, timeout=timeout)
+        except UnknownJobError:
+            raise UnknownJobError(job_id) from None
+        except JobNotRunningError as e:
+            about_job(e, job_id)
+            raise
+        seq = reply.data
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ProtocolError(f"the broker's control reply is not a message number: {seq!r}")
+        return seq
 
     # -------------------------------------------------------------- inside the broker
 

@@ -79,11 +79,6 @@ class Requests:
                 "it takes no new job; submit again once it is back",
             )
             return
-        if not msg.options.get("wait_for_worker"):
-            unserved = core.serving.unserved(msg.jobs)
-            if unserved is not None:
-                core.out.clients.append((client, core.serving.no_worker(msg.rid, unserved)))
-                return
         parent = None
         parent_id = msg.options.get("parent")
         if parent_id is not None:  # assistants of a running job
@@ -99,6 +94,11 @@ class Requests:
                     f"parent job {parent_id} is over ({parent.status.name}): it takes no "
                     "assistants",
                 )
+                return
+        if not msg.options.get("wait_for_worker"):
+            unserved = core.serving.unserved(msg.jobs)
+            if unserved is not None:
+                core.out.clients.append((client, core.serving.no_worker(msg.rid, unserved)))
                 return
         origin = msg.options.get("host")
         origin = origin if type(origin) is str else ""
