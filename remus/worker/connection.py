@@ -19,6 +19,14 @@ answers again, the unacknowledged reports are sent again, in order. A result no 
 ever take is logged as a WARNING that names its job: one the broker refused (the job was
 terminated, ran over its time limit, went to another worker), or one still unacknowledged when
 the worker closes (after waiting up to ``CLOSE_WAIT`` seconds for the ack).
+
+Each job handed over gets a new :class:`~remus.worker.jobstate.JobState`, where this thread
+notes a ``cancel`` (with its reason) and the job's control messages (``controls``, copies
+dropped by ``seq``). A cancelled job is no longer listed as held: the broker has let go of it
+(ended it, or queued it again after a preemption). Reports saying a cancelled job ``stopped``,
+and those carrying checkpoints (only the latest per job), are numbered and kept until
+acknowledged like the others. The broker's answer to ``register`` names its client endpoint
+(where assistants are submitted): kept in :attr:`Connection.client_endpoint`.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import socket
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import zmq
@@ -40,6 +49,7 @@ from remus.hostid import host_id
 from remus.types import JobRequirements
 from remus.usage import current
 from remus.worker.job import Contents, Job
+from remus.worker.jobstate import Hub, JobState
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,9 @@ class Connection(threading.Thread):
         requirements: JobRequirements,
         heartbeat: float,
         identity: bytes,
+        *,
+        slots: int = 1,
+        hub: Hub | None = None,
     ) -> None:
         super().__init__(name=f"remus-worker-{identity.hex()[:8]}", daemon=True)
         self._context = context
@@ -70,7 +83,16 @@ class Connection(threading.Thread):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._signalled = False
-        self.cancelled: set[str] = set()
+        #: jobs the broker cancelled, with its reason (a job handed over again leaves it)
+        self.cancelled: dict[str, str] = {}
+        #: how many jobs the worker runs at once, as registered
+        self.slots = slots
+        self._hub = hub
+        #: the state of each job's current run, by id (written here, removed by ``forget``)
+        self._states: dict[str, JobState] = {}
+        self._states_lock = threading.Lock()
+        #: the broker's client endpoint (from its answer to register), for assistants
+        self.client_endpoint = ""
         self.shutdown = threading.Event()
         #: why this connection stopped by itself, if for an error (e.g. a wrong endpoint)
         self.error: Exception | None = None
@@ -103,6 +125,14 @@ class Connection(threading.Thread):
                 self._wake_w.send(b"\0")
             except OSError:
                 pass  # closed: the thread is gone
+
+    def forget(self, job: Job) -> None:
+        """The job's run is over here: drop its state (unless the job was handed over again
+        meanwhile and has a newer one)."""
+        if job.state is not None:
+            with self._states_lock:
+                if self._states.get(job.id) is job.state:
+                    del self._states[job.id]
 
     def close(self, timeout: float = 5.0) -> None:
         if self.is_alive():
@@ -176,9 +206,7 @@ class Connection(threading.Thread):
         register sent before restated it."""
         self._resend_due = False
         for r in self._unacked:
-            self._send(
-                sock, p.Report(r.started, r.progress, r.results, r.failures, 0, r.seq, r.used)
-            )
+            self._send(sock, replace(r, credit=0, usage=None))
 
     def _acked(self, seq: int, dropped: Any = ()) -> None:
         """The broker applied our reports up to ``seq``: forget them, and the jobs they end."""
@@ -202,6 +230,7 @@ class Connection(threading.Thread):
             os.getpid(),
             outstanding,
             sorted(self._held),
+            self.slots,
         )
 
     def _loop(self, sock: zmq.Socket[Any]) -> None:
@@ -288,16 +317,30 @@ class Connection(threading.Thread):
             if msg.ack:
                 self._acked(msg.ack)
             for assigned in msg.jobs:
-                contents = Contents(dict(zip(assigned.keys, assigned.values, strict=True)))
-                self._held.add(assigned.id)
-                self.inbox.put(
-                    Job(assigned.id, assigned.requirements, contents, wire_files=assigned.files)
-                )
+                self.inbox.put(self._job(assigned))
             self.received += len(msg.jobs)
         elif isinstance(msg, p.Ack):
             self._acked(msg.seq, msg.dropped)
         elif isinstance(msg, p.Cancel):
-            self.cancelled.update(msg.ids)
+            reason = msg.reason or "terminated"
+            for job_id in msg.ids:
+                self.cancelled[job_id] = reason
+                # the broker no longer counts it ours: a register after a broker restart must
+                # not claim it back while its handler stops
+                self._held.discard(job_id)
+                state = self._states.get(job_id)
+                if state is not None:
+                    state.cancel(reason)
+        elif isinstance(msg, p.Controls):
+            for job_id, seq, data in msg.messages:
+                state = self._states.get(job_id)
+                if state is None:
+                    log.debug("control message %d for job %s, which is over here", seq, job_id)
+                elif not state.control(seq, _bytes(data)):
+                    log.debug("dropped a copy of control message %d for job %s", seq, job_id)
+        elif isinstance(msg, p.Heartbeat):
+            if msg.client:
+                self.client_endpoint = client_endpoint(msg.client, self.endpoint)
         elif isinstance(msg, p.Shutdown):
             log.info("the broker told this worker to exit: %s", msg.reason or "no reason given")
             self.shutdown.set()
@@ -324,6 +367,25 @@ class Connection(threading.Thread):
                 log.warning("the broker refused a message: %s (%s)", msg.message, msg.code)
         return False
 
+    def _job(self, assigned: p.AssignedJob) -> Job:
+        """The job as handed to the user side, with a new run state."""
+        job_id = assigned.id
+        state = JobState(job_id, self._hub)
+        with self._states_lock:
+            self._states[job_id] = state
+        self.cancelled.pop(job_id, None)  # (a run before this one was cancelled)
+        self._held.add(job_id)
+        return Job(
+            job_id,
+            assigned.requirements,
+            Contents(dict(zip(assigned.keys, assigned.values, strict=True))),
+            wire_files=assigned.files,
+            last_checkpoint=None if assigned.checkpoint is None else _bytes(assigned.checkpoint),
+            parent=assigned.parent,
+            protected=assigned.protected,
+            state=state,
+        )
+
     def _flush_outbox(self, sock: zmq.Socket[Any], usage: p.Usage | None = None) -> bool:
         """Send everything queued as one report (with ``usage`` if given); True if the user
         side asked to stop."""
@@ -341,8 +403,11 @@ class Connection(threading.Thread):
         results: list[Any] = []
         failures: list[tuple[str, str, str]] = []
         used: list[tuple[str, int, float]] = []
+        stopped: list[str] = []
+        checkpoints: dict[str, bytes] = {}  # only the latest of each job goes
         credit = 0
         stop = False
+        slots = self.slots
         while True:
             try:
                 item = self.outbox.get_nowait()
@@ -361,14 +426,64 @@ class Connection(threading.Thread):
                 used.append(item[1:])
             elif kind == "credit":
                 credit += item[1]
+            elif kind == "stopped":  # a cancelled job's handler stopped: no result follows
+                stopped.append(item[1])
+            elif kind == "checkpoint":
+                checkpoints.pop(item[1], None)  # (in the order of the latest)
+                checkpoints[item[1]] = item[2]
+            elif kind == "slots":
+                slots = item[1]
             elif kind == "stop":
                 stop = True
+        if slots != self.slots:  # say so before the credit that counts on it
+            self.slots = slots
+            self._send(sock, self._register())
         self._credit_sent += credit
-        if started or progress or results or failures:
+        if started or progress or results or failures or stopped or checkpoints:
             self._seq += 1  # kept until acknowledged
-            report = p.Report(started, progress, results, failures, credit, self._seq, used, usage)
+            report = p.Report(
+                started,
+                progress,
+                results,
+                failures,
+                credit,
+                self._seq,
+                used,
+                usage,
+                stopped,
+                list(checkpoints.items()),
+            )
             self._unacked.append(report)
             self._send(sock, report)
         elif credit or used or usage is not None:
             self._send(sock, p.Report(credit=credit, used=used, usage=usage))
         return stop
+
+
+def _bytes(blob: Any) -> bytes:
+    """A blob off the wire (bytes, or a ZeroMQ frame for a big one) as bytes."""
+    if isinstance(blob, bytes):
+        return blob
+    if isinstance(blob, (bytearray, memoryview)):
+        return bytes(blob)
+    return bytes(blob.bytes)
+
+
+#: hosts that mean "every interface" in a bound endpoint
+WILDCARDS = frozenset({"*", "0.0.0.0", "::", "[::]", ""})
+
+
+def client_endpoint(named: str, worker_endpoint: str) -> str:
+    """The broker's client endpoint as a worker connected to ``worker_endpoint`` reaches it: a
+    wildcard host in ``named`` (``tcp://0.0.0.0:50505``) becomes the worker endpoint's host."""
+    scheme, sep, rest = named.partition("://")
+    if scheme != "tcp" or not sep:
+        return named
+    host, _, port = rest.rpartition(":")
+    if host not in WILDCARDS:
+        return named
+    w_scheme, _, w_rest = worker_endpoint.partition("://")
+    w_host = w_rest.rpartition(":")[0]
+    if w_scheme != "tcp" or w_host in WILDCARDS:
+        return named
+    return f"tcp://{w_host}:{port}"

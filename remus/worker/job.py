@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remus.types import DEFAULT_KEY, FileHandle, IOType, JobRequirements
+from remus.worker.jobstate import ControlCallback, Hub, JobState
+
+if TYPE_CHECKING:
+    from remus.client.basic import BasicClient
+    from remus.client.client import Submission
+    from remus.types import Job as ClientJob
 
 
 class Contents(Mapping[str, bytes]):
@@ -58,6 +64,22 @@ class Job:
 
     ``Worker.get_job`` returns an invalid job (falsy) when it times out or the broker tells the
     worker to exit, so ``if not job: ...`` covers both.
+
+    While it runs (docs/workers.md, "Slots, cancels, checkpoints, control messages,
+    assistants"):
+
+    - ``job.cancelled``, ``job.cancel_reason`` ("terminated", "time limit", "preempted",
+      "parent ended") and ``job.preempted``: the broker told the worker to stop this run. A
+      handler run by ``Worker.run`` that then returns (or raises) is reported stopped, not
+      finished; a preempted job runs again later.
+    - ``job.checkpoint(data)`` saves where it is; ``job.last_checkpoint`` is the latest one
+      saved by an earlier run of the job (None on its first run).
+    - ``job.control_messages()`` and ``job.on_control(callback)``: the messages clients sent it.
+    - ``job.submit_assistant(submission)``, ``job.assistants`` and ``job.client``: jobs that
+      help it, and the client to wait for them with.
+    - ``job.send_progress(value, message)``: as ``Worker.send_progress(job, ...)``.
+    - ``job.parent``: the master's id for an assistant (else ""); ``job.protected``: False for
+      a spare-capacity job, the first to be preempted.
     """
 
     id: str = ""
@@ -73,6 +95,14 @@ class Job:
     scratch: Any = field(default=None, repr=False, compare=False)
     #: the files as they came off the wire, until the Worker hands the job out (internal)
     wire_files: Any = field(default=None, repr=False, compare=False)
+    #: the latest checkpoint an earlier run of this job saved (None: none did)
+    last_checkpoint: bytes | None = field(default=None, repr=False)
+    #: the master job's id, for an assistant ("" for any other job)
+    parent: str = ""
+    #: False for a spare-capacity job (submitted with protected=False)
+    protected: bool = True
+    #: what this run shares with the worker's connection thread (internal)
+    state: JobState | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.contents, Contents):
@@ -110,6 +140,106 @@ class Job:
     def paths(self) -> list[str]:
         """The local path of each input file."""
         return [f.path for f in self.files]
+
+    # -------------------------------------------------------------- while it runs
+
+    def _live(self, what: str) -> tuple[JobState, Hub]:
+        state = self.state
+        if state is None or state.hub is None:
+            raise RuntimeError(f"{what}: job {self.id or '(invalid)'} does not come from a worker")
+        return state, state.hub
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the broker told the worker to stop this run (see :attr:`cancel_reason`)."""
+        return self.state is not None and self.state.reason is not None
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """Why this run was cancelled: "terminated" (by a client), "time limit", "preempted"
+        (a protected job needs the slot: the job runs again later, its attempt not counted) or
+        "parent ended" (an assistant whose master is over); None while it was not."""
+        return None if self.state is None else self.state.reason
+
+    @property
+    def preempted(self) -> bool:
+        """True once this run was cancelled to make room for a protected job."""
+        return self.cancel_reason == "preempted"
+
+    def send_progress(self, value: int | None = None, message: str = "") -> None:
+        """Report progress (``value`` 0–100 or None), as ``Worker.send_progress(job, ...)``."""
+        state, hub = self._live("send_progress")
+        if state.reason is not None:
+            return  # a cancelled run: nobody takes its progress any more
+        if value is not None:
+            value = max(0, min(100, int(value)))
+        hub.post("progress", self.id, value, str(message))
+
+    def checkpoint(self, data: bytes | bytearray | memoryview) -> None:
+        """Save ``data`` as this job's checkpoint: when the job runs again (it was preempted,
+        or its worker was lost), the new run finds the latest one in :attr:`last_checkpoint`.
+
+        Checkpoints go with the worker's next report (only the latest of those made in
+        between); the broker keeps the latest per job (in its journal when it has one).
+        Save them as you go: one made after the run was cancelled is not kept (the broker has
+        already given the job back to the queue), so it is dropped here."""
+        state, hub = self._live("checkpoint")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a checkpoint is bytes, got {type(data).__name__}")
+        if state.reason is not None:
+            return
+        hub.post("checkpoint", self.id, bytes(data))
+
+    def control_messages(self) -> list[bytes]:
+        """The control messages clients sent this job (``Client.send_control``) that arrived
+        and were not returned by an earlier call, oldest first. Never waits."""
+        return self._live("control_messages")[0].take_controls()
+
+    def on_control(self, callback: ControlCallback) -> None:
+        """Call ``callback(data)`` for each control message of this job, in order: at once for
+        those already received, then as they arrive. Independent of :meth:`control_messages`
+        (each sees every message).
+
+        Callbacks run on the worker's ``remus-controls`` thread, one at a time for all jobs:
+        keep them short (set an Event, put into a queue); an exception is logged. None is
+        called after the worker closes."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        self._live("on_control")[0].on_control(callback)
+
+    @property
+    def client(self) -> BasicClient:
+        """A BasicClient of the broker this job came from (its client endpoint), for waiting
+        on assistants: ``job.client.wait(a)``, ``job.client.as_completed(job.assistants)``.
+
+        It belongs to the calling thread (a ZeroMQ socket must not be shared between threads):
+        each handler thread gets its own, kept by the worker for its next jobs and closed with
+        it. Use it from the thread that asked for it."""
+        return self._live("client")[1].client()
+
+    def submit_assistant(self, submission: Submission, **options: Any) -> ClientJob:
+        """Submit an assistant job: it carries this job's id as its parent, and it is
+        terminated (reason "parent ended") when this job ends, however it ends.
+
+        ``submission`` is a JobSubmission (or JobFileRequest); ``options`` are those of
+        ``Client.submit_jobs``: ``priority``, ``time_limit``, ``max_retries``,
+        ``queue_time_limit``, ``wait_for_worker``, ``retries_on_error``, ``timeout`` and
+        ``protected``, which defaults to False here (assistants use spare slots, and are the
+        first to be preempted). Returns the client-side Job, also kept in :attr:`assistants`.
+        Submitted from the calling thread's :attr:`client`."""
+        state, hub = self._live("submit_assistant")
+        if "parent" in options:
+            raise TypeError("an assistant's parent is always the job that submits it")
+        options.setdefault("protected", False)
+        client = hub.client()
+        assistant = client.client.submit_job(submission, parent=self.id, **options)
+        state.assistants.append(assistant)
+        return assistant
+
+    @property
+    def assistants(self) -> list[ClientJob]:
+        """The assistants this run submitted, in order (a copy)."""
+        return [] if self.state is None else list(self.state.assistants)
 
     @property
     def workdir(self) -> str:

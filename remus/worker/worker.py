@@ -7,6 +7,9 @@
 
 or step by step with ``get_job`` / ``send_progress`` / ``return_result``. Every method may be
 called from any thread; the socket itself lives in a background thread that also heartbeats.
+
+``Worker(..., slots=4)`` runs up to four jobs at once: ``run`` calls the handler on a pool of
+threads (or processes, ``pool="process"``; see ``remus.worker.runner``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ import dataclasses
 import logging
 import queue
 import secrets
-import time
-import traceback
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
@@ -27,9 +29,12 @@ from remus.files import PathLike, Scratch, materialize, result_files
 from remus.hostid import host_id
 from remus.server.config import check_endpoint, endpoint_from_env
 from remus.types import IOType, JobRequirements
-from remus.usage import JobMeter
 from remus.worker.connection import Connection
 from remus.worker.job import INVALID, Job
+from remus.worker.jobstate import Hub
+
+if TYPE_CHECKING:
+    from remus.client.basic import BasicClient
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +44,27 @@ BIG_INPUT = 1 << 20
 #: a handler returns the result's bytes (str: UTF-8; None: empty), or a list of files
 Handler = Callable[[Job], "bytes | bytearray | memoryview | str | list[Any] | None"]
 
+#: the most jobs one worker runs at once (the broker's limit too)
+MAX_SLOTS = 1024
+
+
+def check_slots(slots: int) -> int:
+    if isinstance(slots, bool) or not isinstance(slots, int):
+        raise TypeError(f"slots must be an int, got {type(slots).__name__} {slots!r}")
+    if not 1 <= slots <= MAX_SLOTS:
+        raise ValueError(f"slots must be between 1 and {MAX_SLOTS}, got {slots}")
+    return slots
+
 
 class Worker:
     """A worker for one kind of job, connected to ``endpoint`` (else ``$REMUS_WORKER``, else
     ``tcp://127.0.0.1:50510``). ``heartbeat_interval`` (s) is declared to the broker, which
-    declares the worker lost after a few silent intervals."""
+    declares the worker lost after a few silent intervals.
+
+    ``slots`` (1–1024) is how many jobs it runs at once, declared to the broker (``run`` runs
+    that many handlers concurrently). ``client_endpoint`` is where its jobs submit assistants;
+    by default the client endpoint the broker names when the worker registers (a wildcard host
+    there, such as ``0.0.0.0``, means the host of ``endpoint``)."""
 
     def __init__(
         self,
@@ -52,20 +73,34 @@ class Worker:
         *,
         heartbeat_interval: float = 1.0,
         context: zmq.Context[Any] | None = None,
+        slots: int = 1,
+        client_endpoint: str | None = None,
     ) -> None:
         endpoint = check_endpoint(endpoint_from_env(endpoint, "worker"), "worker")
         if not 0.001 <= heartbeat_interval <= 3600:
             raise ValueError("heartbeat_interval must be between 0.001 and 3600 seconds")
+        check_slots(slots)
+        if client_endpoint is not None:
+            check_endpoint(client_endpoint, "client")
         self.requirements = JobRequirements.of(requirements)
         self.endpoint = endpoint
         self.identity = b"w-" + secrets.token_bytes(8)
+        self._context = context or zmq.Context.instance()
+        self._client_endpoint = client_endpoint
+        #: the assistants' clients, one per thread that asked (a socket belongs to one thread)
+        self._clients: dict[int, BasicClient] = {}
+        self._clients_lock = threading.Lock()
+        self._hub = Hub(f"remus-controls-{self.identity.hex()[4:12]}", self._assistant_client)
         self._conn = Connection(
-            context or zmq.Context.instance(),
+            self._context,
             endpoint,
             self.requirements,
             heartbeat_interval,
             self.identity,
+            slots=slots,
+            hub=self._hub,
         )
+        self._hub.post = self._conn.post
         self._conn.start()
         self._closed = False
         #: this worker's host id: file results go as paths only to a submitter on it
@@ -73,8 +108,17 @@ class Worker:
         #: private folders of the file jobs handed out and not yet ended
         self._scratches: dict[str, Scratch] = {}
         self.jobs_done = 0
-        #: what each job run by ``run`` uses, sent with its result
-        self._meter = JobMeter()
+
+    @property
+    def slots(self) -> int:
+        """How many jobs this worker runs at once (as declared to the broker)."""
+        return self._conn.slots
+
+    def _declare_slots(self, slots: int) -> None:
+        """Declare another slot count to the broker (it registers again)."""
+        check_slots(slots)
+        if slots != self._conn.slots:
+            self._conn.post("slots", slots)
 
     # -------------------------------------------------------------- taking jobs
 
@@ -120,6 +164,8 @@ class Worker:
             # the next heartbeat: a quick job costs one message, not two (a worker that dies
             # before saying so has its oldest job counted as an attempt by the broker). A file
             # job's or a big job's goes now, so the broker can let go of its input meanwhile.
+            if job.cancelled:  # cancelled before it started: the caller says it stopped
+                return job
             big = sum(job.contents.size(k) for k in job.contents) > BIG_INPUT
             self._conn.post("started", job.id, wake=big or job.wire_files is not None)
             if job.wire_files is None:
@@ -146,16 +192,19 @@ class Worker:
         )
 
     def _end(self, job: Job) -> None:
-        """The job is over here: remove its private folder."""
+        """The job is over here: remove its private folder, forget its run."""
         scratch = self._scratches.pop(job.id, None)
         if scratch is not None:
             scratch.remove()
+        self._conn.forget(job)
 
     # -------------------------------------------------------------- reporting
 
     def send_progress(self, job: Job, value: int | None = None, message: str = "") -> None:
         """Report progress: ``value`` 0–100 (or None for a message only). Every update reaches
         the broker, in order; none is coalesced or dropped."""
+        if job.cancelled:
+            return  # nobody takes a cancelled run's progress any more
         if value is not None:
             value = max(0, min(100, int(value)))
         self._conn.post("progress", job.id, value, str(message))
@@ -194,8 +243,18 @@ class Worker:
         self._conn.post("failure", job.id, str(reason), traceback_text)
         self._end(job)
 
+    def send_stopped(self, job: Job) -> None:
+        """Say that the job's handler stopped after the broker cancelled it (``job.cancelled``):
+        no result follows. The broker stops counting down the grace after which it would kill a
+        spawned worker that ignores a cancel. ``run`` does this by itself."""
+        self._conn.post("stopped", job.id)
+        self._end(job)
+
     def job_should_be_terminated(self, job: Job) -> bool:
-        """True once a client terminated this job (or the broker gave up on it)."""
+        """True once the broker cancelled this job: a client terminated it, it ran over its
+        time limit, it was preempted, or its parent ended (``job.cancel_reason`` says which)."""
+        if job.state is not None:
+            return job.cancelled
         return job.id in self._conn.cancelled
 
     @property
@@ -221,7 +280,9 @@ class Worker:
         self,
         handler: Handler,
         *,
-        prefetch: int = 1,
+        slots: int | None = None,
+        prefetch: int = 0,
+        pool: Literal["thread", "process"] = "thread",
         max_jobs: int | None = None,
         idle_timeout: float | None = None,
     ) -> int:
@@ -229,72 +290,68 @@ class Worker:
 
         The handler's return value (bytes, or str as UTF-8, or None for empty) is the result,
         or a list of files (paths or FileHandles) for a file result; an exception fails the
-        job with its message and traceback. ``prefetch`` jobs are asked
-        for at once (raise it for many small jobs). Returns after ``max_jobs`` jobs, after
-        ``idle_timeout`` seconds without one, or when the broker stops. Returns the job count.
+        job with its message and traceback. A job the broker cancelled (``job.cancelled``)
+        whose handler then returns or raises is reported stopped instead.
+
+        Up to ``slots`` handlers run at once (default: the worker's ``slots``; another number
+        is declared to the broker first), on a pool of threads (with one slot: on the calling
+        thread, as ever), or of processes with ``pool="process"`` for CPU-bound pure-Python
+        handlers (see ``remus.worker.runner``: the handler must be picklable and gets a
+        :class:`~remus.worker.runner.ProcessJob`, which cannot send progress, checkpoints or
+        assistants). Each handler's thread must be able to run alongside the others: share
+        nothing unlocked between them.
+
+        The worker asks for its free slots plus ``prefetch`` jobs, and for one more each time
+        a job ends (in the same message as its result). ``prefetch=0``, the default, is what
+        ``run`` always did with one slot: one job at a time, the next asked for with the result
+        of the last. A prefetch keeps jobs waiting here so that a slot that frees starts the
+        next job at once (raise it for many small jobs); their time limits count meanwhile.
+
+        Returns after ``max_jobs`` jobs, after ``idle_timeout`` seconds with no job running or
+        arriving, or when the broker stops, once the running handlers have returned. Returns
+        the job count.
         """
-        if prefetch < 1:
-            raise ValueError("prefetch must be at least 1")
-        self.ask_for_jobs(prefetch)
-        done = 0
-        idle_since = time.monotonic()
-        while not self.should_terminate and (max_jobs is None or done < max_jobs):
-            wait = (
-                1.0
-                if idle_timeout is None
-                else max(0.0, idle_timeout - (time.monotonic() - idle_since))
-            )
-            job = self._take(block=True, timeout=wait)
-            if not job:
-                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
-                    log.info("no job for %.1f s; worker exits", idle_timeout)
-                    break
-                continue
-            done += 1
-            if max_jobs is None or done + self._conn.inbox.qsize() < max_jobs:
-                # the replacement credit travels in the same report as this job's result
-                self.ask_for_jobs(1, _wake=False)
-            self._handle(handler, job)
-            idle_since = time.monotonic()
+        from remus.worker.runner import Runner
+
+        if slots is not None:
+            self._declare_slots(slots)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be an int of 0 or more, got {prefetch!r}")
+        if max_jobs is not None and max_jobs < 1:
+            raise ValueError("max_jobs must be at least 1")
+        runner = Runner(
+            self,
+            handler,
+            slots=slots or self._conn.slots,
+            prefetch=prefetch,
+            pool=pool,
+            max_jobs=max_jobs,
+            idle_timeout=idle_timeout,
+        )
+        done = runner.run()
         self.jobs_done += done
         return done
 
-    def _handle(self, handler: Handler, job: Job) -> None:
-        log.info("job %s taken (%s)", job.id, self.requirements.io_type)
-        meter = self._meter
-        meter.start()
-        try:
-            result = handler(job)
-        except Exception as e:
-            self._used(job, meter)
-            log.warning("job %s failed: %s: %s", job.id, type(e).__name__, e)
-            self.send_failure(job, f"{type(e).__name__}: {e}", traceback.format_exc())
-            return
-        seconds = self._used(job, meter)
-        if self.job_should_be_terminated(job):
-            # the broker has already closed this job: no broker will take its result
-            log.warning(
-                "job %s was cancelled while it ran (terminated, or over its time limit): "
-                "its result is dropped",
-                job.id,
-            )
-            self._end(job)
-            return
-        if isinstance(result, (list, tuple)):
-            try:
-                self.return_result(job, files=result)
-            except FileError as e:
-                log.info("job %s failed: result file %s", job.id, e)
-                return
-        else:
-            self.return_result(job, b"" if result is None else result)
-        log.info("job %s finished (%.3f s of CPU)", job.id, seconds)
+    # -------------------------------------------------------------- assistants
 
-    def _used(self, job: Job, meter: JobMeter) -> float:
-        """Send what the job used, to ride with its result; its CPU seconds."""
-        peak, cpu = meter.stop()
-        self._conn.post("used", job.id, peak, cpu, wake=False)
-        return cpu
+    def _assistant_client(self) -> BasicClient:
+        """The calling thread's client of the broker's client endpoint (made on first use)."""
+        from remus.client.basic import BasicClient
+
+        me = threading.get_ident()
+        with self._clients_lock:
+            client = self._clients.get(me)
+            if client is None:
+                if self._closed:
+                    raise RuntimeError("this worker is closed")
+                endpoint = self._client_endpoint or self._conn.client_endpoint
+                if not endpoint:
+                    raise RuntimeError(
+                        f"the broker at {self.endpoint} has not named its client endpoint "
+                        "(where assistants are submitted): pass Worker(client_endpoint=...)"
+                    )
+                client = self._clients[me] = BasicClient(endpoint, context=self._context)
+        return client
 
     # -------------------------------------------------------------- lifetime
 
@@ -303,6 +360,11 @@ class Worker:
         if not self._closed:
             self._closed = True
             self._conn.close()
+            self._hub.dispatcher.close()
+            with self._clients_lock:
+                clients, self._clients = list(self._clients.values()), {}
+            for client in clients:
+                client.close()
             for job_id in list(self._scratches):
                 self._scratches.pop(job_id).remove()
 
@@ -315,6 +377,6 @@ class Worker:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("stopping" if self.should_terminate else "running")
         return (
-            f"<Worker {state} {self.requirements.io_type} {self.endpoint} "
+            f"<Worker {state} {self.requirements.io_type} {self.endpoint} slots={self.slots} "
             f"pending={self.pending_job_count()} done={self.jobs_done}>"
         )

@@ -1,0 +1,426 @@
+"""``Worker.run``'s loop: up to ``slots`` handlers at once, on threads or processes.
+
+The calling thread takes jobs (only while a slot is free) and hands each to a pool; the thread
+that sees a handler end reports it: its result, its failure, or, for a job the broker cancelled
+meanwhile, that it stopped, with one credit back in the same message. The worker's credit is
+thus always its free slots plus the prefetch.
+
+**Threads** (``pool="thread"``, the default): a ``ThreadPoolExecutor`` of ``slots`` threads
+named ``remus-slot``; with one slot, the thread that called ``run`` itself, as ever (so a
+handler may still do what only the main thread may, such as set signal handlers). The handler
+gets the :class:`~remus.worker.job.Job`, with everything it
+offers (progress, cancels, checkpoints, control messages, assistants). Right for handlers that
+wait (I/O, subprocesses) or release the GIL (NumPy and most native code).
+
+**Processes** (``pool="process"``): a ``ProcessPoolExecutor`` of ``slots`` processes, started
+with ``spawn`` (never ``fork``: the worker has threads and a ZeroMQ context), for CPU-bound
+pure-Python handlers, which threads would run one at a time. The handler must be picklable (a
+function defined at the top level of an importable module, with a ``__main__`` guard in a
+script) and so must its return value; it gets a :class:`ProcessJob`: the job's id, contents
+(bytes), files and args, ``last_checkpoint``, ``parent``, ``protected``, and ``cancelled`` /
+``cancel_reason`` / ``preempted``, which follow the broker's cancels through shared memory.
+Progress, checkpoints, control messages and assistants are NOT available there: those methods
+raise :class:`RuntimeError` saying so. A handler process that dies fails its job (and the pool
+is started again for the next ones).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from remus.errors import FileError
+from remus.types import DEFAULT_KEY, FileHandle, JobRequirements
+from remus.usage import JobMeter
+from remus.worker.job import Job
+from remus.worker.jobstate import CANCEL_REASONS
+
+if TYPE_CHECKING:
+    from remus.worker.worker import Worker
+
+#: what the worker says of its jobs goes where it always went (users filter on that name)
+log = logging.getLogger("remus.worker.worker")
+
+POOLS = ("thread", "process")
+
+#: what a process handler cannot do, and why
+NOT_IN_A_PROCESS = (
+    "{what} is not available to a handler run with pool='process' (it runs in another process, "
+    "without the worker's connection); use pool='thread' for handlers that need it"
+)
+
+
+class Runner:
+    """One ``Worker.run`` call."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        handler: Callable[[Any], Any],
+        *,
+        slots: int,
+        prefetch: int,
+        pool: str,
+        max_jobs: int | None,
+        idle_timeout: float | None,
+    ) -> None:
+        if pool not in POOLS:
+            raise ValueError(f"pool must be 'thread' or 'process', got {pool!r}")
+        if pool == "process":
+            try:
+                pickle.dumps(handler)
+            except Exception as e:
+                raise TypeError(
+                    "pool='process' needs a picklable handler (a function defined at the top "
+                    f"level of a module, not a lambda, closure or bound method): {e}"
+                ) from e
+        self.worker = worker
+        self.handler = handler
+        self.slots = slots
+        self.prefetch = prefetch
+        self.pool = pool
+        self.max_jobs = max_jobs
+        self.idle_timeout = idle_timeout
+        self._cond = threading.Condition()
+        self.running = 0
+        #: credit asked for in this run (never more than max_jobs)
+        self.asked = 0
+        self._idle_since = time.monotonic()
+        self._procs: _Processes | None = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        w = self.worker
+        first = self.slots + self.prefetch
+        if self.max_jobs is not None:
+            first = min(first, self.max_jobs)
+        self.asked = first
+        w.ask_for_jobs(first)
+        executor: cf.Executor | None = None  # None: the handler runs on this thread
+        if self.pool == "process":
+            executor = self._procs = _Processes(self.slots)
+        elif self.slots > 1:
+            executor = cf.ThreadPoolExecutor(self.slots, thread_name_prefix="remus-slot")
+        taken = 0
+        try:
+            while not w.should_terminate and (self.max_jobs is None or taken < self.max_jobs):
+                if not self._wait_for_a_slot():
+                    break
+                job = w._take(block=True, timeout=self._wait())
+                if not job:
+                    if self._idle_over():
+                        log.info("no job for %.1f s; worker exits", self.idle_timeout)
+                        break
+                    continue
+                taken += 1
+                with self._cond:
+                    self.running += 1
+                if job.cancelled:  # cancelled while it waited here: it never starts
+                    self._ended(job, None, None, None)
+                    continue
+                log.info("job %s taken (%s)", job.id, w.requirements.io_type)
+                if self._procs is not None:
+                    self._procs.start(self, job)
+                elif executor is not None:
+                    executor.submit(self._in_thread, job)
+                else:
+                    self._in_thread(job)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True)
+        return taken
+
+    def _wait_for_a_slot(self) -> bool:
+        """Wait until fewer than ``slots`` handlers run; False if the worker must stop."""
+        w = self.worker
+        with self._cond:
+            while self.running >= self.slots and not w.should_terminate:
+                self._cond.wait(0.5)  # (woken when a handler ends; the timeout rechecks the stop)
+        return not w.should_terminate
+
+    def _wait(self) -> float:
+        """How long to wait for a job before looking at the idle timeout and the stop again."""
+        if self.idle_timeout is None or self.running:
+            return 1.0
+        return max(0.0, self.idle_timeout - (time.monotonic() - self._idle_since))
+
+    def _idle_over(self) -> bool:
+        with self._cond:
+            return (
+                self.idle_timeout is not None
+                and not self.running
+                and time.monotonic() - self._idle_since >= self.idle_timeout
+            )
+
+    # ------------------------------------------------------------------ one job
+
+    def _in_thread(self, job: Job) -> None:
+        meter = JobMeter()
+        meter.start()
+        error: tuple[str, str] | None = None
+        result: Any = None
+        try:
+            result = self.handler(job)
+        except Exception as e:
+            error = (f"{type(e).__name__}: {e}", traceback.format_exc())
+        self._ended(job, result, error, meter.stop())
+
+    def _ended(
+        self,
+        job: Job,
+        result: Any,
+        error: tuple[str, str] | None,
+        used: tuple[int, float] | None,
+    ) -> None:
+        """Report how the job ended, with a credit back for its slot (any thread). ``used``:
+        (peak RSS, CPU seconds) of its handler, if it ran and that is known."""
+        w = self.worker
+        try:
+            cpu = 0.0
+            if used is not None:
+                peak, cpu = used
+                w._conn.post("used", job.id, peak, cpu, wake=False)
+            self._credit_back()  # rides with what follows
+            if job.cancelled:
+                # the broker has let go of it: it hears the job stopped, no result
+                when = "before it started" if used is None else "while it ran"
+                if job.preempted:
+                    log.info("job %s was cancelled %s (preempted): stopped", job.id, when)
+                else:
+                    log.warning(
+                        "job %s was cancelled %s (%s): stopped, no result sent",
+                        job.id,
+                        when,
+                        job.cancel_reason,
+                    )
+                w.send_stopped(job)
+            elif error is not None:
+                log.warning("job %s failed: %s", job.id, error[0])
+                w.send_failure(job, *error)
+            elif isinstance(result, (list, tuple)):
+                try:
+                    w.return_result(job, files=result)
+                except FileError as e:
+                    log.info("job %s failed: result file %s", job.id, e)
+            else:
+                try:
+                    w.return_result(job, b"" if result is None else result)
+                except TypeError as e:
+                    log.warning("job %s failed: %s", job.id, e)
+                    w.send_failure(job, f"the handler's return value is not a result: {e}")
+                else:
+                    log.info("job %s finished (%.3f s of CPU)", job.id, cpu)
+        except Exception:
+            log.exception("job %s: could not report its end", job.id)
+        finally:
+            with self._cond:
+                self.running -= 1
+                self._idle_since = time.monotonic()
+                self._cond.notify_all()
+
+    def _credit_back(self) -> None:
+        with self._cond:  # (also keeps the worker's request count exact across threads)
+            if self.max_jobs is not None and self.asked >= self.max_jobs:
+                return
+            self.asked += 1
+            self.worker.ask_for_jobs(1, _wake=False)
+
+
+# ====================================================================== process pool
+
+
+@dataclass(frozen=True)
+class ProcessJob:
+    """What a handler run with ``pool="process"`` gets: a picklable view of the job.
+
+    ``job[key]`` / ``job.contents``, ``job.files`` and ``job.args`` (file requests),
+    ``job.last_checkpoint``, ``job.parent``, ``job.protected``; ``job.cancelled``,
+    ``job.cancel_reason`` and ``job.preempted`` as on a :class:`~remus.worker.job.Job`.
+    ``send_progress``, ``checkpoint``, ``control_messages``, ``on_control``,
+    ``submit_assistant`` and ``client`` raise RuntimeError: they need the worker's connection,
+    which stays in the worker process."""
+
+    id: str
+    requirements: JobRequirements | None
+    contents: dict[str, bytes]
+    files: tuple[FileHandle, ...] = ()
+    args: tuple[str, ...] = ()
+    last_checkpoint: bytes | None = None
+    parent: str = ""
+    protected: bool = True
+    workdir: str | None = None
+    #: which cancel flag is this job's (internal)
+    flag: int = field(default=-1, repr=False)
+
+    def __getitem__(self, key: str) -> bytes:
+        try:
+            return self.contents[key]
+        except KeyError:
+            raise KeyError(
+                f"job {self.id} has no content {key!r}; it has {sorted(self.contents)}"
+            ) from None
+
+    def get(self, key: str = DEFAULT_KEY, default: bytes | None = None) -> bytes | None:
+        return self.contents.get(key, default)
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.id)
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
+
+    @property
+    def cancel_reason(self) -> str | None:
+        code = _FLAGS[self.flag] if _FLAGS is not None and self.flag >= 0 else 0
+        if not code:
+            return None
+        return CANCEL_REASONS[code - 1] if code <= len(CANCEL_REASONS) else "cancelled"
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_reason is not None
+
+    @property
+    def preempted(self) -> bool:
+        return self.cancel_reason == "preempted"
+
+    def _unsupported(self, what: str) -> RuntimeError:
+        return RuntimeError(NOT_IN_A_PROCESS.format(what=what))
+
+    def send_progress(self, value: int | None = None, message: str = "") -> None:
+        raise self._unsupported("progress")
+
+    def checkpoint(self, data: bytes) -> None:
+        raise self._unsupported("job.checkpoint")
+
+    def control_messages(self) -> list[bytes]:
+        raise self._unsupported("job.control_messages")
+
+    def on_control(self, callback: Any) -> None:
+        raise self._unsupported("job.on_control")
+
+    def submit_assistant(self, submission: Any, **options: Any) -> Any:
+        raise self._unsupported("job.submit_assistant")
+
+    @property
+    def client(self) -> Any:
+        raise self._unsupported("job.client")
+
+    @property
+    def assistants(self) -> Any:
+        raise self._unsupported("job.assistants")
+
+
+#: in a handler process: one cancel flag per slot, written by the worker (0: not cancelled,
+#: else 1 + the index of the reason in CANCEL_REASONS; past them: another reason)
+_FLAGS: Any = None
+
+
+def _init_process(flags: Any) -> None:
+    global _FLAGS
+    _FLAGS = flags
+
+
+def _call(handler: Callable[[ProcessJob], Any], job: ProcessJob) -> tuple[Any, ...]:
+    """In a handler process: run the handler, measured; never raises."""
+    meter = JobMeter()
+    meter.start()
+    try:
+        result = handler(job)
+    except Exception as e:
+        peak, cpu = meter.stop()
+        return ("error", f"{type(e).__name__}: {e}", traceback.format_exc(), peak, cpu)
+    peak, cpu = meter.stop()
+    return ("ok", result, peak, cpu)
+
+
+def _code(reason: str) -> int:
+    try:
+        return CANCEL_REASONS.index(reason) + 1
+    except ValueError:
+        return len(CANCEL_REASONS) + 1
+
+
+class _Processes(cf.Executor):
+    """A process pool with a cancel flag per slot; started again if a handler process dies."""
+
+    def __init__(self, slots: int) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._flags = self._ctx.RawArray("b", slots)
+        self._slots = slots
+        self._free = list(range(slots))
+        self._owner: dict[int, object] = {}  # flag -> the run it belongs to
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            self._slots, mp_context=self._ctx, initializer=_init_process, initargs=(self._flags,)
+        )
+
+    def start(self, runner: Runner, job: Job) -> None:
+        with self._lock:
+            flag = self._free.pop()
+            self._flags[flag] = 0
+            self._owner[flag] = job.state
+        if job.state is not None:
+            job.state.on_cancel(lambda reason: self._cancelled(flag, job.state, reason))
+        view = ProcessJob(
+            job.id,
+            job.requirements,
+            {k: job.contents[k] for k in job.contents},
+            job.files,
+            job.args,
+            job.last_checkpoint,
+            job.parent,
+            job.protected,
+            None if job.scratch is None else job.workdir,
+            flag,
+        )
+
+        def done(future: cf.Future[tuple[Any, ...]]) -> None:
+            with self._lock:
+                self._owner.pop(flag, None)
+                self._free.append(flag)
+            try:
+                out = future.result()
+            except BrokenProcessPool as e:
+                runner._ended(job, None, (f"the handler's process died: {e}", ""), None)
+                return
+            except Exception as e:  # e.g. a result that cannot be pickled
+                error = (f"{type(e).__name__}: {e}", traceback.format_exc())
+                runner._ended(job, None, error, None)
+                return
+            if out[0] == "ok":
+                runner._ended(job, out[1], None, (out[2], out[3]))
+            else:
+                runner._ended(job, None, (out[1], out[2]), (out[3], out[4]))
+
+        try:
+            future = self._pool.submit(_call, runner.handler, view)
+        except BrokenProcessPool:
+            log.warning("a handler process died: starting the process pool again")
+            self._pool.shutdown(wait=False)
+            self._pool = self._new_pool()
+            future = self._pool.submit(_call, runner.handler, view)
+        future.add_done_callback(done)
+
+    def _cancelled(self, flag: int, state: object, reason: str) -> None:
+        with self._lock:
+            if self._owner.get(flag) is state:  # (not a flag handed on to another job since)
+                self._flags[flag] = _code(reason)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
