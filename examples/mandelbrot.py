@@ -15,8 +15,9 @@ slot preempts them (the broker runs them again later), and they end when their m
 An assistant still QUEUED when the master has finished its own band is terminated and computed
 by the master, so a master never waits for slots that other masters hold.
 
-The broker starts it from mandelbrot.rw as ``mandelbrot.py <worker endpoint> --slots 4``: a
-master and its three assistants fit in one worker (as threads: they share one CPU; start more
+The broker starts it from mandelbrot.rw (``"Slots": 4``, which the worker finds in
+``$REMUS_SLOTS``) as ``mandelbrot.py <worker endpoint>``: a master and its three assistants fit
+in one worker (as threads: they share one CPU; start more
 workers, ``--max-workers``, to spread them).
 """
 
@@ -84,7 +85,12 @@ def master(job, spec: dict, count: int) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("endpoint", help="the broker's worker endpoint, e.g. tcp://127.0.0.1:50510")
-    parser.add_argument("--slots", type=int, default=4, help="jobs this worker runs at once")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="jobs this worker runs at once (default: the worker file's Slots, else 1)",
+    )
     parser.add_argument("--bands", type=int, default=4, help="bands per image (one per job)")
     args = parser.parse_args()
 

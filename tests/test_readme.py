@@ -56,7 +56,9 @@ class Snippet:
 
     @property
     def is_worker(self) -> bool:
-        return "from remus.worker import" in self.code
+        """A worker program (started the way the README shows), not a whole example that
+        runs its own broker and workers."""
+        return "from remus.worker import" in self.code and not self.starts_a_broker
 
     @property
     def starts_a_broker(self) -> bool:
@@ -145,6 +147,16 @@ def monitors(ran: Ran) -> None:
     assert any(ln.startswith("job.failed: waited ") for ln in lines)
 
 
+def scheduling(ran: Ran) -> None:
+    urgent, heard, master, spares, preempted = ran.out.splitlines()
+    assert (urgent, heard, master) == ("b'URGENT'", "b'heard stop early'", "b'PART 1 + PART 2'")
+    done = ast.literal_eval(spares)
+    assert done[0] == "spare done, resumed at 0", "one spare job was never preempted"
+    assert re.fullmatch(r"spare done, resumed at [1-3]", done[1]), "the other resumed"
+    times = ast.literal_eval(preempted.removeprefix("times preempted: "))
+    assert times[0] == 0 and times[1] >= 1
+
+
 #: what a script run must show, by snippet name
 CHECKS: dict[str, Callable[[Ran], None]] = {
     "upper_client.py": upper_client,
@@ -152,6 +164,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "broker.py": broker,
     "mesh_client.py": mesh_client,
     "monitors.py": monitors,
+    "scheduling.py": scheduling,
 }
 
 #: the files a script names, made in its folder first

@@ -291,6 +291,31 @@ def test_after_the_worker_stops_the_preempted_job_the_protected_one_takes_its_sl
     assert totals(c)["preempted"] == 1
 
 
+def test_a_preempted_run_may_save_a_checkpoint_as_it_stops() -> None:
+    c = one_spare_running()
+    c.submit("prot")
+    c.flush()
+    c.report(W1, checkpoints={"spare": b"stopped at 40%"}, stopped=["spare"], credit=1)
+    c.flush()  # W1 takes "prot"
+    assert c.core.jobs["spare"].checkpoint == b"stopped at 40%"
+    c.report(W1, started=["prot"], results={"prot": b"r"}, credit=1)
+    (again,) = to_worker(c.flush(), W1, p.Jobs)
+    assert [(j.id, j.checkpoint) for j in again.jobs] == [("spare", b"stopped at 40%")]
+
+
+def test_a_preempted_runs_checkpoint_is_refused_once_the_job_runs_elsewhere() -> None:
+    c = one_spare_running()
+    register(c, W2, credit=0)
+    c.submit("prot")
+    c.flush()  # "spare" is preempted on W1 and queued again
+    c.report(W2, credit=2)
+    assert ids_sent(c.flush(), W2) == ["prot", "spare"], "an idle worker takes both at once"
+    c.report(W2, checkpoints={"spare": b"new run"})
+    c.report(W1, checkpoints={"spare": b"old run"}, stopped=["spare"])
+    c.flush()
+    assert c.core.jobs["spare"].checkpoint == b"new run"
+
+
 def test_a_worker_silent_about_a_preempted_job_past_the_grace_is_killed_once() -> None:
     c = one_spare_running(preempt_grace=2.0)
     c.submit("prot")
@@ -725,7 +750,7 @@ def test_the_latest_checkpoint_goes_with_the_job_when_it_runs_again() -> None:
     assert (bytes(sent.checkpoint or b""), list(sent.values)) == (b"c2", [b"j"])
 
 
-def test_a_preempted_job_runs_again_from_its_checkpoint_and_stale_ones_are_ignored() -> None:
+def test_a_preempted_job_runs_again_from_its_latest_checkpoint() -> None:
     c = one_spare_running()
     c.report(W1, checkpoints={"spare": b"halfway"})
     c.submit("prot")
@@ -734,7 +759,7 @@ def test_a_preempted_job_runs_again_from_its_checkpoint_and_stale_ones_are_ignor
     c.flush()
     c.report(W1, results={"prot": b"r"}, credit=1)
     sent = assigned(c.flush(), W1)["spare"]
-    assert sent.checkpoint == b"halfway", "a run that was preempted no longer holds the job"
+    assert sent.checkpoint == b"from the stopped run", "saved as it stopped, before a new run"
 
 
 def journaled(**config: Any) -> Core:

@@ -318,7 +318,7 @@ def test_a_preempted_job_runs_again_from_its_checkpoint_without_losing_an_attemp
             until(lambda: job.cancelled, "the preemption")
             with lock:
                 runs.append(("spare", job.last_checkpoint, job.cancel_reason, job.preempted))
-            job.checkpoint(b"too late")  # after the cancel: not kept
+            job.checkpoint(b"step-2")  # as it stops: kept, it starts nowhere else meanwhile
             return b"not finished"
         with lock:
             runs.append((data.decode(), job.last_checkpoint, job.cancel_reason, job.protected))
@@ -336,11 +336,11 @@ def test_a_preempted_job_runs_again_from_its_checkpoint_without_losing_an_attemp
     )
     protected = c.submit(IO, "protected")
     assert c.wait(protected, timeout=WAIT).data == b"protected done"
-    assert c.wait(spare, timeout=WAIT).data == b"resumed from step-1"
+    assert c.wait(spare, timeout=WAIT).data == b"resumed from step-2"
     assert runs == [
         ("spare", None, "preempted", True),
         ("protected", None, None, True),
-        ("spare", b"step-1", None, False),  # (its last field: job.protected)
+        ("spare", b"step-2", None, False),  # (its last field: job.protected)
     ]
     status = c.client.job_status(spare)
     assert status.attempt == 1

@@ -255,3 +255,27 @@ def test_check_report(tmp_path: Path) -> None:
     assert f"ok    {good}" in report
     assert f'FAIL  {bad}: missing required key "OutputType"' in report
     assert report.splitlines()[-1] == "1 usable, 3 with problems"
+
+
+def test_slots_reach_the_spawned_worker_in_its_environment(tmp_path: Path) -> None:
+    wf = load_worker_file(write_worker_file(tmp_path, Slots=4))
+    assert wf.environment["REMUS_SLOTS"] == "4"
+    assert "REMUS_SLOTS" not in load_worker_file(write_worker_file(tmp_path)).environment
+
+
+@pytest.mark.parametrize("slots", [0, 1025, "4", 2.5, True])
+def test_bad_slots_are_refused_with_the_rule(tmp_path: Path, slots: object) -> None:
+    with pytest.raises(WorkerFileError, match='"Slots" must be a whole number from 1 to 1024'):
+        load_worker_file(write_worker_file(tmp_path, Slots=slots))
+
+
+def test_a_worker_takes_its_slots_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remus.worker.worker import slots_from_env
+
+    monkeypatch.setenv("REMUS_SLOTS", "3")
+    assert slots_from_env() == 3
+    monkeypatch.setenv("REMUS_SLOTS", "many")
+    with pytest.raises(ValueError, match="REMUS_SLOTS='many'"):
+        slots_from_env()
+    monkeypatch.delenv("REMUS_SLOTS")
+    assert slots_from_env() == 1

@@ -428,7 +428,11 @@ class BrokerCore:
         jobs = self.jobs
         for job_id, blob in msg.checkpoints:
             job = jobs.get(job_id)
-            if job is not None and job.worker == wid and not job.status.done:
+            if job is None or job.status.done:
+                continue
+            if job.worker == wid or (
+                job.worker is None and self.preemption.stopping_on(wid, job_id)
+            ):  # (a preempted run saving where it stopped, before the job starts elsewhere)
                 job.checkpoint = blob
                 if self.journal is not None:
                     self.journal.checkpoints.append((job_id, blob))

@@ -73,6 +73,10 @@ class Preemption:
             for job_id in job_ids:
                 self._stopping.pop((wid, job_id), None)
 
+    def stopping_on(self, wid: bytes, job_id: str) -> bool:
+        """Was the job preempted on this worker, which has not said it stopped yet?"""
+        return (wid, job_id) in self._stopping
+
     # ------------------------------------------------------------------ the rule
 
     def check(self, now: float) -> None:

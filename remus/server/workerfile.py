@@ -49,7 +49,10 @@ KNOWN_KEYS = (
     "Environment",
     "File",
     "FileFormat",
+    "Slots",
 )
+#: the variable a spawned worker finds its worker file's "Slots" in
+SLOTS_VARIABLE = "REMUS_SLOTS"
 MAX_WORKER_FILE_BYTES = 1 << 20
 MAX_REQUIREMENT_FILE_BYTES = 16 << 20
 
@@ -107,6 +110,11 @@ def load_worker_file(path: str | os.PathLike[str]) -> WorkerFile:
 
     arguments = _arguments(path, raw.get("Arguments", []))
     environment = _environment(path, raw.get("Environment", {}))
+    slots = raw.get("Slots", 1)
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 1024:
+        raise WorkerFileError(path, f'"Slots" must be a whole number from 1 to 1024, got {slots!r}')
+    if "Slots" in raw:  # the worker reads it (remus.worker.Worker's default slots)
+        environment = {**environment, SLOTS_VARIABLE: str(slots)}
     content, content_format = _requirement_content(path, folder, raw)
 
     try:

@@ -181,12 +181,13 @@ class Job:
 
         Checkpoints go with the worker's next report (only the latest of those made in
         between); the broker keeps the latest per job (in its journal when it has one).
-        Save them as you go: one made after the run was cancelled is not kept (the broker has
-        already given the job back to the queue), so it is dropped here."""
+        Save them as you go. After a preemption a handler may still save one as it stops: the
+        broker keeps it unless the job has already started elsewhere. After any other cancel
+        the job is over and a checkpoint is dropped here."""
         state, hub = self._live("checkpoint")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"a checkpoint is bytes, got {type(data).__name__}")
-        if state.reason is not None:
+        if state.reason is not None and state.reason != "preempted":
             return
         hub.post("checkpoint", self.id, bytes(data))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -48,6 +49,17 @@ Handler = Callable[[Job], "bytes | bytearray | memoryview | str | list[Any] | No
 MAX_SLOTS = 1024
 
 
+def slots_from_env() -> int:
+    """``$REMUS_SLOTS`` (what a worker file's ``"Slots"`` says), else 1."""
+    raw = os.environ.get("REMUS_SLOTS", "").strip()
+    if not raw:
+        return 1
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"REMUS_SLOTS={raw!r} is not a whole number of slots") from None
+
+
 def check_slots(slots: int) -> int:
     if isinstance(slots, bool) or not isinstance(slots, int):
         raise TypeError(f"slots must be an int, got {type(slots).__name__} {slots!r}")
@@ -62,9 +74,10 @@ class Worker:
     declares the worker lost after a few silent intervals.
 
     ``slots`` (1–1024) is how many jobs it runs at once, declared to the broker (``run`` runs
-    that many handlers concurrently). ``client_endpoint`` is where its jobs submit assistants;
-    by default the client endpoint the broker names when the worker registers (a wildcard host
-    there, such as ``0.0.0.0``, means the host of ``endpoint``)."""
+    that many handlers concurrently); by default ``$REMUS_SLOTS`` (a worker file's ``"Slots"``,
+    set by the broker that spawns it), else 1. ``client_endpoint`` is where its jobs submit
+    assistants; by default the client endpoint the broker names when the worker registers (a
+    wildcard host there, such as ``0.0.0.0``, means the host of ``endpoint``)."""
 
     def __init__(
         self,
@@ -73,13 +86,13 @@ class Worker:
         *,
         heartbeat_interval: float = 1.0,
         context: zmq.Context[Any] | None = None,
-        slots: int = 1,
+        slots: int | None = None,
         client_endpoint: str | None = None,
     ) -> None:
         endpoint = check_endpoint(endpoint_from_env(endpoint, "worker"), "worker")
         if not 0.001 <= heartbeat_interval <= 3600:
             raise ValueError("heartbeat_interval must be between 0.001 and 3600 seconds")
-        check_slots(slots)
+        slots = check_slots(slots if slots is not None else slots_from_env())
         if client_endpoint is not None:
             check_endpoint(client_endpoint, "client")
         self.requirements = JobRequirements.of(requirements)
