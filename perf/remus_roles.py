@@ -48,7 +48,7 @@ def _handler(kind: str, w: Any) -> Callable[[Any], Any]:
 
         def sleep(job: Any) -> bytes:
             time.sleep(SLEEP)  # the job's own work: waiting on I/O
-            return b"ok"
+            return job["data"]
 
         return sleep
     if kind == "preempt":
@@ -215,12 +215,13 @@ def _preemption(c: Any, io: Any) -> float:
 
     hold = c.submit(io, b"hold", protected=False)
     deadline = time.monotonic() + 30
-    while c.job_status(hold).status is not Status.IN_PROGRESS:
+    while c.client.job_status(hold).status is not Status.IN_PROGRESS:
         if time.monotonic() > deadline:
             raise RuntimeError("the unprotected job did not start within 30 s")
         time.sleep(0.002)  # polling a status under a deadline
     t0 = time.monotonic()
     started = float(c.run(io, b"go").data)
+    c.client.terminate(hold)  # it runs again once the slot is free: stop it for the next round
     return started - t0
 
 
