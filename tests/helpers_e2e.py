@@ -46,6 +46,7 @@ def _ready_ports(proc: subprocess.Popen[str]) -> ServerPorts | None:
     if not line.startswith("remus server ready:"):
         return None
     fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split())
+    proc.ready = fields  # type: ignore[attr-defined]  # every field, e.g. metrics=URL
     return ServerPorts(fields["client"], fields["worker"], fields["status"])
 
 

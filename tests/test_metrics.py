@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from helpers_cli import ECHO, Handler
-from helpers_e2e import REMUS_SCRIPT, free_tcp_endpoint, launch_cli_server, wait_exit
+from helpers_e2e import free_tcp_endpoint, launch_cli_server, start_cli_server, wait_exit
 from prometheus_client.parser import text_string_to_metric_families
 
 from remus.client import BasicClient
@@ -32,30 +32,10 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 def start_with_metrics(make_process: Any, *extra: str) -> tuple[ServerPorts, str]:
     """``remus server --metrics 0`` on free ports: its endpoints and its metrics URL, both
     from the ready line."""
-    ports = ServerPorts.ephemeral()
-    proc = make_process(
-        [
-            REMUS_SCRIPT,
-            "server",
-            "--client",
-            ports.client,
-            "--worker",
-            ports.worker,
-            "--status",
-            ports.status,
-            "--metrics",
-            "0",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("remus server ready:"), f"{line!r} (exit code {proc.poll()})"
-    fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split())
-    url = fields["metrics"]
-    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics"), line
-    return ServerPorts(fields["client"], fields["worker"], fields["status"]), url
+    proc, ports = start_cli_server(make_process, "--metrics", "0", *extra)
+    url = proc.ready["metrics"]  # type: ignore[attr-defined]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics"), proc.ready  # type: ignore[attr-defined]
+    return ports, url
 
 
 def scrape(url: str) -> Samples:

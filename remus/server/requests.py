@@ -82,18 +82,8 @@ class Requests:
         parent = None
         parent_id = msg.options.get("parent")
         if parent_id is not None:  # assistants of a running job
-            parent = core.jobs.get(parent_id)
+            parent = self._running(client, msg.rid, parent_id, "parent job", "takes no assistants")
             if parent is None:
-                core.error(client, msg.rid, "unknown-job", f"parent job {parent_id} is unknown")
-                return
-            if parent.status.done:
-                core.error(
-                    client,
-                    msg.rid,
-                    "job-not-running",
-                    f"parent job {parent_id} is over ({parent.status.name}): it takes no "
-                    "assistants",
-                )
                 return
         if not msg.options.get("wait_for_worker"):
             unserved = core.serving.unserved(msg.jobs)
@@ -235,20 +225,28 @@ class Requests:
                 core.end(job, Status.TERMINATED, now, "terminated by a client", "terminated")
         core.reply(client, msg.rid, [self.status_row(i) for i in msg.ids])
 
+    def _running(
+        self, client: bytes, rid: int, job_id: str, what: str, so: str
+    ) -> JobRecord | None:
+        """The job ``job_id`` if it is not over; else None, the client told why
+        (``unknown-job``, or ``job-not-running``: "WHAT ID is over (STATUS): SO")."""
+        core = self._core
+        job = core.jobs.get(job_id)
+        if job is None:
+            core.error(client, rid, "unknown-job", f"{what} {job_id} is unknown")
+        elif job.status.done:
+            core.error(
+                client, rid, "job-not-running", f"{what} {job_id} is over ({job.status.name}): {so}"
+            )
+        else:
+            return job
+        return None
+
     def control(self, client: bytes, msg: p.ControlRequest, now: float) -> None:
         """A control message for a job: to its worker now, or when it starts."""
         core = self._core
-        job = core.jobs.get(msg.id)
+        job = self._running(client, msg.rid, msg.id, "job", "no handler reads its messages")
         if job is None:
-            core.error(client, msg.rid, "unknown-job", f"job {msg.id} is unknown")
-            return
-        if job.status.done:
-            core.error(
-                client,
-                msg.rid,
-                "job-not-running",
-                f"job {msg.id} is over ({job.status.name}): no handler reads its messages",
-            )
             return
         if job.controls is None:
             job.controls = []

@@ -51,6 +51,15 @@ class Contents(Mapping[str, bytes]):
         return "{" + ", ".join(f"{k!r}: <{len(v)} bytes>" for k, v in self._raw.items()) + "}"
 
 
+def content(job_id: str, contents: Any, key: str) -> bytes:
+    """``contents[key]``, or a KeyError that names the job and the keys it has."""
+    try:
+        value: bytes = contents[key]
+        return value
+    except KeyError:
+        raise KeyError(f"job {job_id} has no content {key!r}; it has {sorted(contents)}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """``job.id``, ``job.requirements``, ``job["data"]`` (or any content key), ``job.valid``.
@@ -116,12 +125,7 @@ class Job:
         return self.valid
 
     def __getitem__(self, key: str) -> bytes:
-        try:
-            return self.contents[key]
-        except KeyError:
-            raise KeyError(
-                f"job {self.id} has no content {key!r}; it has {sorted(self.contents)}"
-            ) from None
+        return content(self.id, self.contents, key)
 
     def buffer(self, key: str = DEFAULT_KEY) -> memoryview:
         """The content without copying it (valid as long as the job is referenced)."""

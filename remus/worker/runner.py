@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from remus.errors import FileError
 from remus.types import DEFAULT_KEY, FileHandle, JobRequirements
 from remus.usage import JobMeter
-from remus.worker.job import Job
+from remus.worker.job import Job, content
 from remus.worker.jobstate import CANCEL_REASONS
 
 if TYPE_CHECKING:
@@ -263,12 +263,7 @@ class ProcessJob:
     flag: int = field(default=-1, repr=False)
 
     def __getitem__(self, key: str) -> bytes:
-        try:
-            return self.contents[key]
-        except KeyError:
-            raise KeyError(
-                f"job {self.id} has no content {key!r}; it has {sorted(self.contents)}"
-            ) from None
+        return content(self.id, self.contents, key)
 
     def get(self, key: str = DEFAULT_KEY, default: bytes | None = None) -> bytes | None:
         return self.contents.get(key, default)
