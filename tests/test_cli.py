@@ -97,6 +97,16 @@ def test_workers_table_and_json(broker: Broker) -> None:
     assert "Text->Echo" in ran.out and "idle" in ran.out
     for key in ("id", "host", "jobs_held", "jobs_running", "credit", "last_heard", "jobs"):
         assert key in w
+    assert w["slots"] == 1
+    for head in ("SLOTS", "RSS", "CPU"):
+        assert head in ran.out
+    # the worker's memory and CPU, once it has sent them with a heartbeat
+    wait_for(
+        lambda: (
+            "rss" in json.loads(cli("workers", "--json", "--client", broker.ep).out)[0]["resources"]
+        )
+    )
+    assert "MiB" in cli("workers", "--client", broker.ep).out
 
     held = submit(broker, "hold")
     wait_for(lambda: status_of(broker, held)["status"] == "IN_PROGRESS")

@@ -177,21 +177,26 @@ def run_workers(args: argparse.Namespace) -> int:
     table = Table(
         title=f"{c.plural(len(workers), 'worker')} at {args.client}", title_justify="left"
     )
-    for head in ("WORKER", "IO TYPE", "STATE", "HELD", "RUNNING", "CREDIT", "HEARD", "DONE"):
+    heads = ("WORKER", "IO TYPE", "STATE", "SLOTS", "HELD", "RUNNING", "CREDIT", "HEARD", "DONE")
+    for head in (*heads, "RSS", "CPU"):
         table.add_column(head, no_wrap=head in ("WORKER", "IO TYPE"))
     table.add_column("JOBS")
     table.add_column("FILE")
     for w in workers:
         jobs = ", ".join(w.jobs[:3]) + (", …" if len(w.jobs) > 3 else "")
+        rss, cpu = w.resources.get("rss"), w.resources.get("cpu")
         table.add_row(
             c.cell(w.name),
             c.cell(w.io_type),
             c.cell(w.state),
+            str(w.slots),
             str(w.jobs_held),
             str(w.jobs_running),
             str(w.credit),
             f"{c.duration(w.last_heard)} ago",
             f"{w.jobs_finished:,}",
+            c.size(rss) if rss is not None else "-",
+            f"{cpu:.1f} s" if cpu is not None else "-",
             c.cell(jobs or "-"),
             c.cell(w.worker_file or "-"),
         )
@@ -217,6 +222,7 @@ def worker_json(w: WorkerInfo) -> dict[str, Any]:
         "worker_file": w.worker_file,
         "jobs": list(w.jobs),
         "resources": w.resources,
+        "slots": w.slots,
     }
 
 
@@ -275,4 +281,8 @@ def job_json(j: JobInfo) -> dict[str, Any]:
         "running_for": j.running_for,
         "progress": c.progress_json(j.progress),
         "reason": j.reason,
+        "resources": j.resources,
+        "priority": j.priority,
+        "protected": j.protected,
+        "parent": j.parent,
     }
