@@ -201,6 +201,7 @@ class Recovery:
                         f"no retry left (max_retries={job.limits[0]}): " + job.evidence[0],
                     )
                     continue
+                job.history = [job.evidence[0] + "; requeued"]
                 job.attempt += 1
                 job.losses += 1
             if job.limits[2] is not None:  # the queue time limit starts again with the broker
@@ -297,6 +298,7 @@ class Recovery:
             )
             return
         self.forget(job.id)
+        job.history = [*(job.history or ()), line + "; requeued"]
         log.warning("job %s: %s; requeued", job.id, line)
         job.attempt += 1
         job.losses += 1
