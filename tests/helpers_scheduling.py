@@ -45,7 +45,9 @@ def rendezvous(job: Any) -> bytes:
 
 
 def until_cancelled(job: Any, path: str) -> bytes:
-    """Runs until the broker cancels it; writes the reason into the file at ``path``."""
+    """Runs until the broker cancels it; writes the reason into the file at ``path`` (and
+    ``PATH.started`` when it starts: a job cancelled before it starts never does)."""
+    Path(path + ".started").touch()
     deadline = time.monotonic() + NEVER_LONGER_THAN
     while not job.cancelled and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -51,7 +51,9 @@ class Terminal:
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 200, 0, 0))
         self.master = master
-        env = {"TERM": "xterm-256color", "COLUMNS": "", "LINES": ""}
+        # (COLUMNS and LINES as the pty says: make_process merges the runner's environment,
+        # where pytest-xdist, say, sets them to 80 x 24)
+        env = {"TERM": "xterm-256color", "COLUMNS": "200", "LINES": "60"}
         try:
             self.proc: subprocess.Popen[str] = make_process(
                 ["-c", CONTROLLING_TTY, REMUS_SCRIPT, *args],

@@ -206,9 +206,11 @@ def test_terminated_queued_job_never_runs(make_worker, server, make_client):
 
 def test_terminate_running_job_worker_sees_it_and_status_stays(make_worker, server, make_client):
     told = threading.Event()
+    running = threading.Event()
 
     def handler(job):
         if job["data"] == b"long":
+            running.set()
             wait_for(lambda: w.job_should_be_terminated(job), timeout=5)
             told.set()
             return b"a result nobody wants"
@@ -218,6 +220,9 @@ def test_terminate_running_job_worker_sees_it_and_status_stays(make_worker, serv
     c = make_client(server.ports.client)
     job = c.submit_job(JobSubmission(TET, {"data": b"long"}))
     wait_for(lambda: status_of(c, job) is Status.IN_PROGRESS, timeout=5)
+    # (IN_PROGRESS from the hand-over on: a job cancelled before its handler starts never
+    # starts, so wait until it runs)
+    assert running.wait(5)
 
     assert c.terminate(job).status is Status.TERMINATED
     assert told.wait(5), "the worker never saw job_should_be_terminated"
