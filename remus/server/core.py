@@ -659,7 +659,8 @@ class BrokerCore:
         job.reason = reason
         job.traceback = tb
         job.finished_at = now
-        job.blobs = job.files = None  # contents are no longer needed once the job is over
+        # contents, a checkpoint, control messages: no longer needed once the job is over
+        job.blobs = job.files = job.checkpoint = job.controls = None
         self.journal_status(job)
         self.ended.append((now, job.id))
         self.counters[ENDING[status]] += 1

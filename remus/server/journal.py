@@ -182,6 +182,7 @@ _UPDATE_STATUS = (
     f" changed_at = {_NOW} WHERE id = ?1"
 )
 _DELETE_CONTENTS = "DELETE FROM contents WHERE job_id = ?"
+_DELETE_CHECKPOINT = "DELETE FROM checkpoints WHERE job_id = ?"
 # a result is written after the pass's status changes, so that no later UPDATE of the row
 # in the same batch rewrites a big result (SQLite rewrites the whole record)
 _UPDATE_RESULT = "UPDATE jobs SET result = ?2 WHERE id = ?1"
@@ -357,17 +358,18 @@ class Journal:
         if batch.submitted:
             conn.executemany(_INSERT_JOB, self._job_rows(batch.submitted))
             conn.executemany(_INSERT_CONTENT, _content_rows(batch.submitted))
+        if batch.checkpoints:  # (before the status changes: a job over drops its own)
+            conn.executemany(_SAVE_CHECKPOINT, batch.checkpoints)
         freed = False
         if batch.status:
             conn.executemany(_UPDATE_STATUS, batch.status)
             final = [(row[0],) for row in batch.status if row[1] >= _FINAL]
             if final:
                 conn.executemany(_DELETE_CONTENTS, final)
+                conn.executemany(_DELETE_CHECKPOINT, final)
                 freed = True
         if batch.results:
             conn.executemany(_UPDATE_RESULT, batch.results)
-        if batch.checkpoints:
-            conn.executemany(_SAVE_CHECKPOINT, batch.checkpoints)
         if batch.progress:
             conn.executemany(_INSERT_PROGRESS, batch.progress)
             if self.progress_limit is not None:
