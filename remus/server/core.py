@@ -15,7 +15,7 @@ import logging
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from remus import files
@@ -33,6 +33,7 @@ from remus.server.recovery import Recovery
 from remus.server.requests import Requests
 from remus.server.serving import Serving
 from remus.server.spawns import Spawns
+from remus.server.worker_messages import WorkerMessages
 from remus.types import IOType, JobRequirements, Status
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,12 @@ class BrokerCore:
             p.StatsRequest: introspection.stats,
             p.ControlRequest: requests.control,
         }
+        workers = WorkerMessages(self)
         self._worker_handlers: dict[type, Callable[[bytes, Any, float], None]] = {
-            p.Register: self._register,
-            p.Report: self._report,
-            p.Heartbeat: self._heartbeat,
-            p.Goodbye: self._goodbye,
+            p.Register: workers.register,
+            p.Report: workers.report,
+            p.Heartbeat: workers.heartbeat,
+            p.Goodbye: workers.goodbye,
         }
 
     # ================================================================ entry points
@@ -349,167 +351,6 @@ class BrokerCore:
                 row.append(list(job.used))
             rows.append(row)
         return rows, frames
-
-    # ================================================================ worker messages
-
-    def _register(self, wid: bytes, msg: p.Register, now: float) -> None:
-        worker = self.workers.get(wid)
-        if worker is not None and worker.reqs != msg.requirements:
-            self.lose_worker(worker, now, "worker re-registered with other requirements")
-            worker = None
-        if worker is None:
-            worker = WorkerRecord(wid, msg.requirements, msg.heartbeat, msg.host, msg.pid, now)
-            self.workers[wid] = worker
-            self.serving.joined(worker)
-            self.spawns.registered(worker)
-            log.info("worker %s registered for %s", worker.name, msg.requirements.io_type)
-            self._worker_event("worker.registered", worker)
-            # A worker we do not know that holds jobs: this broker restarted from its journal
-            # while the worker kept working. Give it back the jobs it holds that are waiting
-            # to run again, rather than run them twice.
-            self.recovery.claim(worker, msg.held, now)
-            for job_id in msg.held:
-                job = self.jobs.get(job_id)
-                if job is not None and job.status is Status.QUEUED and job.worker is None:
-                    self.matcher.forget_queued(job)
-                    job.worker = wid
-                    self.census.move(job, Status.IN_PROGRESS)
-                    job.dispatched_at = now
-                    job.started = True
-                    worker.jobs.add(job_id)
-                    self.journal_status(job)
-        else:
-            # A reconnect: jobs we assigned that the worker never saw go back to the queue
-            # (with its credit at zero, so they do not come straight back to it); started jobs
-            # it no longer holds are lost with whatever it did not manage to report.
-            worker.heartbeat = msg.heartbeat
-            self.matcher.set_credit(worker, 0)
-            worker.outgoing = []
-            held = set(msg.held)
-            for job in sorted((self.jobs[i] for i in worker.jobs), key=lambda j: j.order):
-                if job.id in held:
-                    continue
-                worker.jobs.discard(job.id)
-                if not job.started:
-                    self.requeue(job)
-                else:
-                    reason = "it no longer held the job when it reconnected"
-                    self._retry_or_fail(job, worker, reason, now)
-        worker.last_seen = now
-        worker.slots = msg.slots
-        # answer at once, naming the client endpoint (where its jobs submit assistants): the
-        # worker knows it is registered, so Worker.connected is true within one round trip
-        self.out.workers.append((wid, p.Heartbeat(client=self.endpoints.get("client", ""))))
-        worker.next_beat = now + worker.heartbeat
-        self.matcher.set_credit(worker, 0 if self.draining else msg.credit)
-        if msg.credit and self.wants_event("worker.ready"):
-            self._worker_event("worker.ready", worker)
-
-    def _known(self, wid: bytes, what: str) -> WorkerRecord | None:
-        worker = self.workers.get(wid)
-        if worker is None:
-            self.out.workers.append(
-                (
-                    wid,
-                    p.Error(
-                        -1, "unknown-worker", f"{what} from an unregistered worker: register first"
-                    ),
-                )
-            )
-        return worker
-
-    def _report(self, wid: bytes, msg: p.Report, now: float) -> None:
-        worker = self._known(wid, "report")
-        if worker is None:
-            return
-        worker.last_seen = now
-        if msg.seq and not self.recovery.fresh(worker, msg.seq):
-            return  # a copy of a report already applied (its ack was lost): acked again
-        jobs = self.jobs
-        for job_id, blob in msg.checkpoints:
-            job = jobs.get(job_id)
-            if job is None or job.status.done:
-                continue
-            if job.worker == wid or (
-                job.worker is None and self.preemption.stopping_on(wid, job_id)
-            ):  # (a preempted run saving where it stopped, before the job starts elsewhere)
-                job.checkpoint = blob
-                if self.journal is not None:
-                    self.journal.checkpoints.append((job_id, blob))
-        for job_id in msg.started:
-            job = jobs.get(job_id)
-            if job is not None and job.worker == wid and not job.started and not job.status.done:
-                job.started = True
-                if not job.retries_left and not job.error_retries and job.rank >= PROTECTED_HALF:
-                    # it will never be sent again (no retry left if its worker is lost), so its
-                    # contents can go now: a big input and its big result are not held together
-                    job.blobs = job.files = None
-                self._event("job.started", job)
-        limit = self.config.max_progress_history
-        for job_id, value, message in msg.progress:
-            job = jobs.get(job_id)
-            if job is None or job.worker != wid or job.status.done:
-                continue
-            job.started = True  # progress says so even before a lazy "started" arrives
-            job.seq += 1
-            if job.progress is None:
-                job.progress = []
-            job.progress.append((job.seq, value, message))
-            if len(job.progress) > limit:
-                del job.progress[: len(job.progress) - limit]
-            if self.journal is not None:
-                self.journal.progress.append((job_id, job.seq, value, message))
-            self.holds.updated(job)
-            if self.wants_event("job.progress"):
-                self._event("job.progress", job, value=value, message=message, seq=job.seq)
-        if msg.usage is not None:
-            self._usage(worker, msg.usage)
-        for job_id, peak, cpu in msg.used:  # (before the results: their endings tell it)
-            job = jobs.get(job_id)
-            if job is not None and job.worker == wid:
-                job.used = (peak, cpu)
-        if msg.results or msg.failures or msg.stopped:  # a cancelled job did stop
-            over = (*(r[0] for r in msg.results), *(f[0] for f in msg.failures), *msg.stopped)
-            self.limits.heard(wid, over)
-            self.preemption.heard(wid, over)
-        for job_id, blob, *result_files in msg.results:
-            job = jobs.get(job_id)
-            if job is None or job.worker != wid or job.status.done:
-                self.counters["dropped_results"] += 1
-                self.recovery.refused(worker, job_id, job, Status.FINISHED, "")
-                continue
-            job.result = blob
-            if result_files:  # paths in it are on the worker's host
-                job.result_files = replace(result_files[0], host=worker.host)
-            if self.journal is not None:
-                self.journal.results.append((job_id, blob))
-            self.finish(job, Status.FINISHED, now)
-        for job_id, reason, tb in msg.failures:
-            job = jobs.get(job_id)
-            if job is None or job.worker != wid or job.status.done:
-                self.recovery.refused(worker, job_id, job, Status.FAILED, reason)
-                continue
-            self._handler_failed(job, worker, reason, tb, now)
-        if msg.credit and not self.draining:  # draining: nothing new starts
-            self.matcher.add_credit(worker, msg.credit)
-
-    def _heartbeat(self, wid: bytes, msg: p.Heartbeat, now: float) -> None:
-        worker = self._known(wid, "heartbeat")
-        if worker is not None:
-            worker.last_seen = now
-            if msg.usage is not None:
-                self._usage(worker, msg.usage)
-
-    def _usage(self, worker: WorkerRecord, usage: p.Usage) -> None:
-        worker.usage = usage
-        if self.wants_event("worker.usage"):
-            rss, peak, cpu = usage
-            self._worker_event("worker.usage", worker, rss=rss, peak_rss=peak, cpu=cpu)
-
-    def _goodbye(self, wid: bytes, msg: p.Goodbye, now: float) -> None:
-        worker = self.workers.get(wid)
-        if worker is not None:
-            self.lose_worker(worker, now, f"worker {worker.name} exited", topic="worker.exited")
 
     # ================================================================ lifecycle helpers
 
