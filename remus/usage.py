@@ -99,6 +99,45 @@ def current() -> Usage:
     return Usage(peak if rss is None else rss, peak, cpu)
 
 
+#: the high-water mark is reset before a job at least this often (seconds)...
+RESET_EVERY = 0.1
+#: ...and before any job that follows one that raised it by this much (bytes)
+RESET_RISE = 8 << 20
+
+
+class _Marks:
+    """When the kernel's high-water mark needs a reset before a job. A reset takes the
+    process's mmap lock (≈15 µs in a busy worker, as much as a tiny job's whole handling), so
+    it is done only when it changes the answer: after a job that raised the mark well above
+    where it stood after the last reset (a big job: the next job must not inherit its peak),
+    and at least every RESET_EVERY seconds (so a job's peak includes at most that much of
+    the process's recent past)."""
+
+    def __init__(self) -> None:
+        self.at = -RESET_EVERY
+        self.base = 0  # the mark right after the last reset (the RSS then)
+        self.last = 0  # the mark when the latest job stopped
+
+    def reset(self, base: int) -> None:
+        self.at = time.monotonic()
+        self.base = self.last = base
+
+    def stopped(self, peak: int) -> None:
+        self.last = peak
+
+    def due(self) -> bool:
+        return (
+            self.last - self.base >= RESET_RISE or time.monotonic() - self.at >= RESET_EVERY
+        )
+
+
+_marks = _Marks()
+
+
+def _reset_due() -> bool:
+    return _marks.due()
+
+
 class JobMeter:
     """Measures one job: ``start()`` before the handler, ``stop()`` after it, in one thread."""
 
@@ -114,13 +153,14 @@ class JobMeter:
             if not self._running:
                 self._running = True
                 _running += 1
-            if _running == 1 and _clear_fd() >= 0:
+            if _running == 1 and _reset_due() and _clear_fd() >= 0:
                 if not _floor:  # the peak before the first reset (then each stop adds its own)
                     _floor = _rusage()[0]
                 try:
                     os.write(_clear_fd(), b"5")  # the high-water mark drops to the RSS now
                 except OSError:
                     JobMeter._clear = -1
+                _marks.reset(_rusage()[0])
         self._cpu0 = time.thread_time()
 
     def stop(self) -> tuple[int, float]:
@@ -130,6 +170,7 @@ class JobMeter:
         peak = _rusage()[0]
         with _lock:
             _floor = max(_floor, peak)
+            _marks.stopped(peak)
             if self._running:
                 self._running = False
                 _running -= 1
