@@ -13,6 +13,8 @@ T = TypeVar("T")
 
 WORKERS = Path(__file__).resolve().parent / "workers"
 PROBE = str(WORKERS / "probe.py")
+#: the worker of the scheduling tests (tests/workers/scheduling_worker.py)
+SCHEDULING_WORKER = str(WORKERS / "scheduling_worker.py")
 
 
 def poll_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01) -> T:
@@ -34,6 +36,18 @@ def write_worker_file(folder: Path, name: str = "probe.rw", **keys: Any) -> Path
     path = folder / name
     path.write_text(json.dumps(body, indent=2))
     return path
+
+
+def write_scheduling_worker_file(folder: Path, io: Any, records: Path) -> Path:
+    """``sched.rw``: the scheduling tests' worker for ``io``, recording its pid in ``records``."""
+    return write_worker_file(
+        folder,
+        "sched.rw",
+        ExecutableName=SCHEDULING_WORKER,
+        InputType=io.input,
+        OutputType=io.output,
+        Arguments=["--record", str(records)],
+    )
 
 
 def write_executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:

@@ -81,6 +81,25 @@ def launch_cli_server(
     return proc, got
 
 
+def restart_cli_server(
+    make_process: Callable[..., subprocess.Popen[str]],
+    ports: ServerPorts,
+    *extra: str,
+    timeout: float = 15.0,
+) -> subprocess.Popen[str]:
+    """``remus server EXTRA`` again on exactly ``ports``. A port freed by a kill can be taken
+    in between (by some outgoing connection): try again until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc, got = launch_cli_server(make_process, *extra, ports=ports)
+        if got is not None:
+            assert got == ports
+            return proc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the broker did not start again on {ports} within {timeout} s")
+        time.sleep(0.1)  # pacing between attempts, not a wait for a condition
+
+
 def start_cli_server(
     make_process: Callable[..., subprocess.Popen[str]],
     *extra: str,

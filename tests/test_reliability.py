@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from factory_helpers import pid_gone, write_worker_file
-from helpers_e2e import ECHO_WORKER, launch_cli_server
+from helpers_e2e import ECHO_WORKER, launch_cli_server, restart_cli_server
 
 import remus
 from remus import IOType, JobRequirements, JobSubmission, Status
@@ -272,17 +272,8 @@ def launch(
 def restart(
     make_process: MakeProcess, journal: Path, ports: ServerPorts, timeout: float = 15.0
 ) -> subprocess.Popen[str]:
-    """Start the broker again on the same journal and endpoints. A freed port can be taken in
-    between (by some outgoing connection): try again until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        proc, got = launch(make_process, journal, ports)
-        if got is not None:
-            assert got == ports
-            return proc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the broker did not start again on {ports} within {timeout} s")
-        time.sleep(0.1)  # pacing between attempts, not a wait for a condition
+    """Start the broker again on the same journal and endpoints."""
+    return restart_cli_server(make_process, ports, "--journal", str(journal), timeout=timeout)
 
 
 def kill(proc: subprocess.Popen[str]) -> None:

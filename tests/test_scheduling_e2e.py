@@ -20,12 +20,16 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from factory_helpers import pid_gone, write_worker_file
-from helpers_e2e import launch_cli_server
+from factory_helpers import (
+    SCHEDULING_WORKER,
+    pid_gone,
+    write_scheduling_worker_file,
+)
+from helpers_e2e import launch_cli_server, restart_cli_server
 
 from remus import IOType, JobRequirements, JobStatus, JobSubmission, Status
 from remus.client import Client
-from remus.server import Server, ServerConfig, ServerPorts
+from remus.server import Server, ServerConfig
 from remus.server.factory import Backoff, WorkerFactory
 from remus.worker import Job as WorkerJob
 
@@ -38,7 +42,6 @@ pytestmark = [
 SCHED = IOType("Sched", "Run")
 #: served by an in-process worker that notes the order in which its jobs start
 LATER = IOType("Sched", "Later")
-SCHEDULING_WORKER = str(Path(__file__).resolve().parent / "workers" / "scheduling_worker.py")
 #: a deadline for any one thing to happen (a worker process starts in well under it)
 WAIT = 20.0
 #: short, so that a restarted broker soon runs elsewhere what its lost worker held
@@ -75,20 +78,6 @@ def cancels(records: Path) -> list[str]:
 
 def spawned_pids(records: Path) -> set[int]:
     return {int(f.stem) for f in records.glob("*.json")}
-
-
-def relaunch(make_process: MakeProcess, ports: ServerPorts, *extra: str) -> subprocess.Popen[str]:
-    """``remus server EXTRA`` again on the same endpoints. A freed port can be taken in
-    between (by some outgoing connection): try again for a while."""
-    deadline = time.monotonic() + 15.0
-    while True:
-        proc, got = launch_cli_server(make_process, *extra, ports=ports)
-        if got is not None:
-            assert got == ports
-            return proc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the broker did not start again on {ports}")
-        time.sleep(0.1)  # pacing between attempts, not a wait for a condition
 
 
 def sigkill(proc: subprocess.Popen[str]) -> None:
@@ -144,7 +133,7 @@ def test_the_journal_keeps_priorities_protection_parents_and_checkpoints(
 
     sigkill(broker)
     sigkill(worker)  # gone too: nothing it held can reach the new broker but the journal
-    broker = relaunch(make_process, ports, *options)
+    broker = restart_cli_server(make_process, ports, *options)
 
     # parents and assistants
     ms, a = c.job_statuses([master, assistant])
@@ -179,11 +168,18 @@ def test_the_journal_keeps_priorities_protection_parents_and_checkpoints(
     # does not submit a second assistant; the assistant runs in the slot the saver frees
     second = tmp_path / "second"
     second.mkdir()
+    said_before = progress_messages(c, master).count("running until cancelled")
     make_process([SCHEDULING_WORKER, ports.worker, "--record", str(second), "--slots", "2"])
     wait_status(c, saver, lambda s: s.status.done)
     assert c.retrieve_result(saver).data == b"resumed from cp-1"
     wait_status(c, assistant, lambda s: s.status is Status.IN_PROGRESS)
     wait_for(lambda: "running until cancelled" in progress_messages(c, assistant), timeout=WAIT)
+    # the master's second run is under way too (its first may have said the same): a
+    # job cancelled before its handler starts would never note its cancel
+    wait_for(
+        lambda: progress_messages(c, master).count("running until cancelled") > said_before,
+        timeout=WAIT,
+    )
     assert c.job_status(master).status is Status.IN_PROGRESS
 
     # the parent link is live: ending the master ends its assistant
@@ -208,14 +204,7 @@ def test_a_spawned_worker_that_ignores_a_preemption_is_killed_after_the_grace(
 ) -> None:
     records = tmp_path / "records"
     records.mkdir()
-    write_worker_file(
-        tmp_path,
-        "sched.rw",
-        ExecutableName=SCHEDULING_WORKER,
-        InputType=SCHED.input,
-        OutputType=SCHED.output,
-        Arguments=["--record", str(records)],
-    )
+    write_scheduling_worker_file(tmp_path, SCHED, records)
     factory = WorkerFactory([tmp_path], max_workers=1, backoff=Backoff(quick_exit=0.0))
     config = ServerConfig(preempt_grace=PREEMPT_GRACE, stop_timeout=1.0)
     server = make_server(factory=factory, config=config)

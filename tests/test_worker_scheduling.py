@@ -20,7 +20,10 @@ import helpers_scheduling
 import pytest
 import zmq
 from conftest import ROOT, wait_for
-from factory_helpers import pid_gone, write_worker_file
+from factory_helpers import (
+    pid_gone,
+    write_scheduling_worker_file,
+)
 from helpers_e2e import free_tcp_endpoint, start_cli_server
 
 from remus import IOType, JobRequirements, JobSubmission, JobTerminatedError, Status
@@ -37,7 +40,6 @@ pytestmark = pytest.mark.timeout(60)
 IO = IOType("Sched", "Run")
 #: a deadline for any one thing to happen (a worker process starts in well under it)
 WAIT = 20.0
-SCHEDULING_WORKER = str(Path(__file__).resolve().parent / "workers" / "scheduling_worker.py")
 
 
 @pytest.fixture
@@ -245,14 +247,7 @@ def test_a_spawned_worker_that_stops_at_its_time_limit_is_not_killed(
     works well past the grace."""
     records = tmp_path / "records"
     records.mkdir()
-    write_worker_file(
-        tmp_path,
-        "sched.rw",
-        ExecutableName=SCHEDULING_WORKER,
-        InputType=IO.input,
-        OutputType=IO.output,
-        Arguments=["--record", str(records)],
-    )
+    write_scheduling_worker_file(tmp_path, IO, records)
     factory = WorkerFactory([tmp_path], max_workers=1, backoff=Backoff(quick_exit=0.0))
     server = make_server(factory=factory, config=ServerConfig(kill_grace=0.3, stop_timeout=1.0))
     c = make_client(server.ports.client, basic=True)
@@ -453,8 +448,10 @@ def test_terminating_a_master_terminates_its_assistants(
     c = make_client(server.ports.client, basic=True)
     reasons: dict[str, str | None] = {}
     assistants: list[str] = []
+    running: set[str] = set()
 
     def handler(job: Job) -> bytes:
+        running.add(job.id)
         if job["data"] == b"master":
             for _ in range(3):
                 assistants.append(job.submit_assistant(JobSubmission.of(IO, "helper")).id)
@@ -467,8 +464,9 @@ def test_terminating_a_master_terminates_its_assistants(
     start_worker(server.ports.worker, handler, slots=4, client_endpoint=server.ports.client)
     master = c.submit(IO, "master")
     wait_for(lambda: len(assistants) == 3, timeout=WAIT)
-    for a in assistants:
-        wait_for(lambda a=a: c.client.job_status(a).status is Status.IN_PROGRESS, timeout=WAIT)
+    # every handler runs (IN_PROGRESS comes at the hand-over; a job cancelled before its
+    # handler starts never starts, and then says nothing of its cancel)
+    wait_for(lambda: running >= {master.id, *assistants}, timeout=WAIT)
     c.client.terminate(master)
     for a in assistants:
         wait_for(lambda a=a: c.client.job_status(a).status.done, timeout=WAIT)

@@ -250,22 +250,26 @@ class Matcher:
             self._unready(worker)
         elif had_free_slot and len(worker.jobs) >= worker.slots:
             # its slots are full: what credit it has left is prefetch
-            for key in worker.keys:
-                ready = self._ready.get(key)
-                if ready is not None and ready.pop(worker.id, None) is not None:
-                    if not ready:
-                        del self._ready[key]
-                    self._spare.setdefault(key, {})[worker.id] = worker
+            self._move(worker, self._ready, self._spare)
 
     def slot_freed(self, worker: WorkerRecord) -> None:
         """A job of the worker ended: with credit left, it may move up to the free slots."""
         if worker.credit > 0 and len(worker.jobs) == worker.slots - 1:
-            for key in worker.keys:
-                spare = self._spare.get(key)
-                if spare is not None and spare.pop(worker.id, None) is not None:
-                    if not spare:
-                        del self._spare[key]
-                    self._ready.setdefault(key, {})[worker.id] = worker
+            self._move(worker, self._spare, self._ready)
+
+    def _move(
+        self,
+        worker: WorkerRecord,
+        src: dict[QueueKey, dict[bytes, WorkerRecord]],
+        dst: dict[QueueKey, dict[bytes, WorkerRecord]],
+    ) -> None:
+        """Move a ready worker from one tier to the other, for every key it takes."""
+        for key in worker.keys:
+            here = src.get(key)
+            if here is not None and here.pop(worker.id, None) is not None:
+                if not here:
+                    del src[key]
+                dst.setdefault(key, {})[worker.id] = worker
 
     # ------------------------------------------------------------------ reporting
 
