@@ -52,6 +52,14 @@ class BrokerStoppedError(ServerError):
         super().__init__(message, code="broker-stopping")
 
 
+class ForbiddenError(ServerError):
+    """Secure mode: the broker refused this key for what it asked (a worker key registering an
+    io type its allow-list entry does not name, or a key revoked while connected)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="forbidden")
+
+
 class WrongEndpointError(ServerError):
     """This peer reached the wrong broker socket: a client at the worker endpoint, or a worker
     at the client endpoint. The message says which socket it reached and where to connect."""

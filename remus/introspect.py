@@ -160,6 +160,9 @@ class BrokerStats:
     messages: dict[str, int] = field(default_factory=dict)
     #: the broker process's own (rss, peak_rss, cpu), as in WorkerInfo.resources
     resources: dict[str, float] = field(default_factory=dict)
+    #: "mode" ("plain" or "curve"); in secure mode the keys allowed (client_keys, admin_keys,
+    #: worker_keys) and the connections refused since the start (refused_clients/_workers)
+    security: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> BrokerStats:
@@ -183,4 +186,5 @@ class BrokerStats:
             loop=dict(raw.get("loop") or {}),
             messages=dict(raw.get("messages") or {}),
             resources=dict(zip(("rss", "peak_rss", "cpu"), raw.get("usage") or (), strict=False)),
+            security=dict(raw.get("security") or {}),
         )

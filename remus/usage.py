@@ -126,9 +126,7 @@ class _Marks:
         self.last = peak
 
     def due(self) -> bool:
-        return (
-            self.last - self.base >= RESET_RISE or time.monotonic() - self.at >= RESET_EVERY
-        )
+        return self.last - self.base >= RESET_RISE or time.monotonic() - self.at >= RESET_EVERY
 
 
 _marks = _Marks()

@@ -42,6 +42,7 @@ from remus.client.client import (
 from remus.client.patience import Patience
 from remus.errors import JobNotRunningError, RemusError, UnknownJobError
 from remus.files import JobFileRequest
+from remus.security import KeyArg, KeyPair
 from remus.types import (
     FileHandle,
     IOType,
@@ -96,8 +97,16 @@ class BasicClient:
         *,
         timeout: float = 10.0,
         context: zmq.Context[Any] | None = None,
+        server_key: KeyArg | bytes = None,
+        secret_key: KeyArg | KeyPair = None,
     ) -> None:
-        self.client = Client(endpoint, timeout=timeout, context=context)
+        self.client = Client(
+            endpoint,
+            timeout=timeout,
+            context=context,
+            server_key=server_key,
+            secret_key=secret_key,
+        )
 
     @property
     def endpoint(self) -> str:

@@ -23,6 +23,7 @@ from remus.errors import (
     BrokerStoppedError,
     BusyError,
     FileError,
+    ForbiddenError,
     JobExpiredError,
     JobFailedError,
     JobNotFinishedError,
@@ -39,6 +40,7 @@ from remus.errors import (
 from remus.files import JobFileRequest
 from remus.hostid import host_id
 from remus.introspect import BrokerStats, JobInfo, WorkerInfo
+from remus.security import HandshakeWatch, KeyArg, KeyPair, peer_keys
 from remus.server.config import check_endpoint, endpoint_from_env
 from remus.types import (
     IOType,
@@ -100,6 +102,7 @@ ERRORS: dict[str, Callable[[p.Error], RemusError]] = {
     "broker-stopping": _stopped,
     "broker-stopping-journaled": _stopped,
     "wrong-endpoint": lambda msg: WrongEndpointError(msg.message),
+    "forbidden": lambda msg: ForbiddenError(msg.message),
     "unknown-job": lambda msg: UnknownJobError(_job_of(msg), msg.message),
     "job-not-running": lambda msg: JobNotRunningError(msg.message, job_id=_job_of(msg)),
 }
@@ -248,16 +251,24 @@ class Client:
         *,
         timeout: float = 10.0,
         context: zmq.Context[Any] | None = None,
+        server_key: KeyArg | bytes = None,
+        secret_key: KeyArg | KeyPair = None,
     ) -> None:
         endpoint = check_endpoint(endpoint_from_env(endpoint, "client"), "client")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        #: secure mode: this client's keys and the broker's (None: plain mode)
+        self.keys = peer_keys(server_key, secret_key)
         self.endpoint = endpoint
         self.timeout = timeout
         self._context = context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = self._context.socket(zmq.DEALER)
         self._sock.linger = 0
         self._sock.sndhwm = self._sock.rcvhwm = 0
+        self._handshake: HandshakeWatch | None = None
+        if self.keys is not None:
+            self.keys.apply(self._sock)
+            self._handshake = HandshakeWatch(self._sock)
         self._sock.connect(endpoint)
         self._rids = itertools.count(1)
         self._prefix = secrets.token_hex(6)
@@ -280,7 +291,17 @@ class Client:
         if self._sock is None:
             raise RuntimeError("this Client is closed")
         rid = next(self._rids)
-        self._sock.send_multipart(p.encode(make(rid, *args)), copy=False)
+        frames = p.encode(make(rid, *args))
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # no connection to queue on: a secure broker refused ours (it is not retried)
+            if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):
+                raise TimeoutError(
+                    f"cannot send to the broker at {self.endpoint}: {self.why_silent()}",
+                    endpoint=self.endpoint,
+                ) from None
+            self._sock.send_multipart(frames, copy=False)
         self._pending.add(rid)
         self.calls += 1
         return rid
@@ -293,7 +314,8 @@ class Client:
         if got is None:
             self.forget((rid,))
             raise TimeoutError(
-                f"the broker at {self.endpoint} did not answer within {wait:.3g} s; is it running?",
+                f"the broker at {self.endpoint} did not answer within {wait:.3g} s; "
+                + self.why_silent(),
                 endpoint=self.endpoint,
             )
         return got[1]
@@ -592,8 +614,20 @@ class Client:
 
     # -------------------------------------------------------------- lifetime
 
+    def why_silent(self) -> str:
+        """What a timeout message says about a silent broker: a refused key if the CURVE
+        handshake failed, else the likely causes."""
+        failed = self._handshake.failure() if self._handshake is not None else ""
+        if failed:
+            return failed
+        if self.keys is None:
+            return "is it running? (a broker in secure mode needs server_key= and secret_key=)"
+        return "is it running?"
+
     def close(self) -> None:
         if self._sock is not None:
+            if self._handshake is not None:
+                self._handshake.close(self._sock)
             self._sock.close(0)
             self._sock = None
 

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from remus import files
 from remus import protocol as p
@@ -36,6 +36,9 @@ from remus.server.spawns import Spawns
 from remus.server.worker_messages import WorkerMessages
 from remus.types import IOType, JobRequirements, Status
 
+if TYPE_CHECKING:
+    from remus.server.auth import AllowLists
+
 log = logging.getLogger(__name__)
 #: one line per job that ends (INFO when it finished, WARNING when not): an operator may set
 #: this logger's level apart from the rest
@@ -45,6 +48,14 @@ INFO, WARNING = logging.INFO, logging.WARNING
 #: costs far less than an enum's ``.name``)
 ENDING = [s.name.lower() for s in sorted(Status)]
 TOPIC = ["job." + name for name in ENDING]
+#: the families of event topics (an admin's subscription to everything is to each of these)
+TOPIC_FAMILIES = ("job.", "worker.")
+
+
+def owned_topic(owner: bytes, topic: str) -> str:
+    """Secure mode: the topic a job's event has for its owner, ``@KEY topic`` (the 40
+    characters of the owner's public key between ``@`` and a space)."""
+    return f"@{owner.decode()} {topic}"
 
 
 class Catalog(Protocol):
@@ -129,6 +140,13 @@ class BrokerCore:
         self.started_at = now
         #: the bound endpoints by role (client, worker, status), as the core thread tells them
         self.endpoints: dict[str, str] = {}
+        #: secure mode: the allow-lists in force (None: plain mode, no keys, no owners)
+        self.auth: AllowLists | None = None
+        #: secure mode: peers the ZAP handler refused, by domain (its counters, read only)
+        self.refused: dict[str, int] | None = None
+        #: secure mode: the authenticated public key (Z85) of the message being handled, set
+        #: by the core thread before each message (None in plain mode)
+        self.sender: bytes | None = None
         #: jobs that finished in this pass, for their INFO lines (None: INFO is off)
         self._finished_lines: list[tuple[JobRecord, float]] | None = (
             [] if jobs_log.isEnabledFor(INFO) else None
@@ -180,6 +198,8 @@ class BrokerCore:
 
     def worker_message(self, worker: bytes, msg: p.Message, now: float) -> None:
         self._now = now
+        if self.sender is not None and not self._worker_may(worker, msg):
+            return
         handler = self._worker_handlers.get(type(msg))
         if handler is None:
             self.out.workers.append(
@@ -187,6 +207,54 @@ class BrokerCore:
             )
             return
         handler(worker, msg, now)
+
+    # ================================================================ ownership (secure mode)
+
+    def may_see(self, job: JobRecord, key: bytes | None) -> bool:
+        """Whether the client with ``key`` may see and touch ``job``: its owner, or an admin
+        (anyone in plain mode, where ``key`` is None)."""
+        return (
+            key is None or job.owner == key or (self.auth is not None and key in self.auth.admins)
+        )
+
+    def visible(self, job_id: str, key: bytes | None = None) -> JobRecord | None:
+        """The job ``job_id`` as the sender (or ``key``) may know it: None when it does not
+        exist and when it belongs to another key (the two look the same from outside)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        return job if self.may_see(job, key if key is not None else self.sender) else None
+
+    def _worker_may(self, wid: bytes, msg: p.Message) -> bool:
+        """Secure mode: a worker speaks for its own registration only, and registers only io
+        types its key may serve. A refusal is answered with ``forbidden``."""
+        key = self.sender
+        assert key is not None and self.auth is not None
+        worker = self.workers.get(wid)
+        if worker is not None and worker.peer_key != key:
+            why = "this worker id is registered under another key"
+        elif isinstance(msg, p.Register) and not self.auth.may_serve(key, msg.requirements.io_type):
+            why = (
+                f"key {key.decode()} may not serve {msg.requirements.io_type} (its .io_types "
+                "file in the broker's worker allow-list does not name it)"
+            )
+        else:
+            return True
+        log.warning("refused worker %s: %s", wid.hex(), why)
+        self.out.workers.append((wid, p.Error(-1, "forbidden", why)))
+        return False
+
+    def revoke(self, lists: AllowLists, now: float) -> None:
+        """New allow-lists: every connected worker whose key is gone (or may no longer serve
+        its io type) is told to exit and forgotten, its jobs requeued."""
+        self.auth = lists
+        for worker in list(self.workers.values()):
+            key = worker.peer_key
+            if key is None or lists.may_serve(key, worker.reqs.io_type):
+                continue
+            reason = f"worker {worker.name}'s key was revoked"
+            self.out.workers.append((worker.id, p.Shutdown(reason)))
+            self.lose_worker(worker, now, reason, topic="worker.revoked")
 
     def tick(self, now: float) -> None:
         """Time-driven rules: heartbeats, lost workers, held-reply deadlines, forgetting."""
@@ -333,11 +401,14 @@ class BrokerCore:
         if self.journal is not None:
             self.journal.forgotten.append(job.id)
 
-    def result_rows(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
+    def result_rows(self, ids: list[str], key: bytes | None) -> tuple[list[Any], list[Any]]:
+        """Result rows of ``ids`` as the client with ``key`` may see them."""
         rows: list[Any] = []
         frames: list[Any] = []
         for job_id in ids:
             job = self.jobs.get(job_id)
+            if job is not None and key is not None and not self.may_see(job, key):
+                job = None
             if job is None:
                 rows.append([job_id, int(Status.INVALID), "", "", None])
                 continue
@@ -641,6 +712,9 @@ class BrokerCore:
     # ================================================================ events
 
     def _event(self, topic: str, job: JobRecord, **extra: Any) -> None:
+        """A job's event. In secure mode it goes out twice when both are wanted: under its
+        topic (which only admins may follow) and under ``@OWNER topic`` (see ``owned_topic``),
+        which only the job's owner may follow."""
         if not self.wants_event(topic):
             return
         payload = {"job": job.id, "status": job.status.name, "io_type": job.reqs.io_type.to_wire()}
@@ -648,6 +722,10 @@ class BrokerCore:
             payload["worker"] = self.workers[job.worker].name
         payload.update(extra)
         self.out.events.append((topic, payload))
+        if job.owner is not None:
+            owned = owned_topic(job.owner, topic)
+            if self.wants_event(owned):
+                self.out.events.append((owned, payload))
 
     def _worker_event(self, topic: str, worker: WorkerRecord, **extra: Any) -> None:
         if not self.wants_event(topic):

@@ -19,8 +19,10 @@ from remus import protocol as p
 from remus.errors import ProtocolError
 from remus.hostid import host_id
 from remus.log import TRACE
+from remus.security import CLIENT_DOMAIN
+from remus.server.auth import Gate
 from remus.server.config import ServerConfig
-from remus.server.core import BrokerCore, Outbox
+from remus.server.core import TOPIC_FAMILIES, BrokerCore, Outbox
 from remus.server.edge import DRAIN, STATISTICS, TERMINATE, pipe_parts_read
 from remus.server.factory_base import ASKED_TO_LEAVE, QUARANTINED, SPAWNED, WorkerSeen
 from remus.server.factory_base import EXITED as REAPED
@@ -49,6 +51,10 @@ LIFT_QUARANTINE = b"lift-quarantine "
 CLOSING = 0.25
 #: how often the factory is asked to reap and to start workers for waiting jobs
 FACTORY_PERIOD = 0.05
+#: where the topic starts in an owner's subscription ``@KEY topic`` (40 Z85 characters)
+OWNED_AT = 42
+#: control message from the Server: read the allow-lists again (secure mode)
+RELOAD_KEYS = b"reload-keys"
 
 
 class CoreThread(threading.Thread):
@@ -66,8 +72,11 @@ class CoreThread(threading.Thread):
         factory: Any = None,
         journal: Journal | None = None,
         monitors: tuple[str, frozenset[str]] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         super().__init__(name="remus-core", daemon=True)
+        #: secure mode: keys and allow-lists (None: plain mode)
+        self._gate = gate
         #: (the monitor thread's pipe endpoint, the topics its monitors want), if any
         self._monitors = monitors
         self._monitor_pipe: MonitorPipe | None = None
@@ -102,9 +111,44 @@ class CoreThread(threading.Thread):
         if wanted is None:
             raw = topic.encode()
             wanted = any(raw.startswith(s) for s in self._subscriptions)
+            if not wanted and self._gate is not None and not raw.startswith(b"@"):
+                # an owner following "@KEY job." wants job events made (then sent as owned)
+                wanted = any(
+                    s[OWNED_AT:] and raw.startswith(s[OWNED_AT:])
+                    for s in self._subscriptions
+                    if s.startswith(b"@")
+                )
             pipe = self._monitor_pipe
             self._wanted[topic] = wanted = wanted or (pipe is not None and topic in pipe.topics)
         return wanted
+
+    def _secure_subscription(self, status: zmq.Socket[Any], frame: zmq.Frame) -> None:
+        """Secure mode (a manual XPUB): apply what the subscriber's key may follow. An admin
+        follows any topic ("" is every family); any other client only ``@ITS-KEY ...``
+        ("" is all of its own jobs' events). Anything else is not applied."""
+        raw = frame.bytes
+        if not raw or raw[0] not in (0, 1):
+            return
+        key = str(frame.get("User-Id")).encode()
+        topic = raw[1:]
+        assert self._gate is not None
+        lists = self._gate.lists
+        own = b"@" + key + b" "
+        if not lists.client_allowed(key):
+            applied: list[bytes] = []
+        elif key in lists.admins:
+            applied = [t.encode() for t in TOPIC_FAMILIES] if topic == b"" else [topic]
+        elif topic == b"":
+            applied = [own]
+        elif topic.startswith(own):
+            applied = [topic]
+        else:
+            log.debug("a subscriber that is not an admin asked for %r: not applied", topic)
+            applied = []
+        option = zmq.SUBSCRIBE if raw[0] == 1 else zmq.UNSUBSCRIBE
+        for t in applied:
+            status.setsockopt(option, t)
+            self._subscription(raw[:1] + t)
 
     def _subscription(self, frame: bytes) -> None:
         if not frame:
@@ -138,6 +182,13 @@ class CoreThread(threading.Thread):
             worker.bind(self._endpoints[2])
             for edge, endpoint in zip(edges, self._edge_controls, strict=True):
                 edge.connect(endpoint)
+            if self._gate is not None:
+                keys = self._gate.own
+                status.curve_server = True
+                status.curve_secretkey = keys.secret
+                status.curve_publickey = keys.public
+                status.zap_domain = CLIENT_DOMAIN.encode()
+                status.xpub_manual = 1
             try:
                 status.bind(self._status_bind)
             except zmq.ZMQError as e:
@@ -160,6 +211,9 @@ class CoreThread(threading.Thread):
             wall_clock=time.time,
         )
         self.core.endpoints = {**self._bound, "status": self.status_endpoint}
+        if self._gate is not None:
+            self.core.auth = self._gate.lists
+            self.core.refused = self._gate.guard.refused
         if self._journal is not None:
             try:
                 gone = local_process_gone(self.core.host)  # no wait for a worker that died
@@ -206,6 +260,8 @@ class CoreThread(threading.Thread):
             if not client.poll(max(1, int(left * 1000))):
                 continue
             frames = client.recv_multipart()
+            if self._gate is not None:
+                del frames[1]  # the sender's key
             rid = p.request_id(frames[1:]) if len(frames) >= 4 else -1
             self._forward(client, [frames[0], *p.encode(p.Error(rid, code, words))])
 
@@ -264,6 +320,10 @@ class CoreThread(threading.Thread):
                 elif order.startswith(DRAIN_FOR):
                     drain_until = now + float(order[len(DRAIN_FOR) :])
                     core.drain()
+                elif order == RELOAD_KEYS and self._gate is not None:
+                    lists = self._gate.reload()
+                    if lists is not None:
+                        core.revoke(lists, now)
             if drain_until is not None and (core.running_count() == 0 or now >= drain_until):
                 left = core.running_count()
                 if left:
@@ -284,9 +344,16 @@ class CoreThread(threading.Thread):
             if status in ready:
                 while True:
                     try:
-                        self._subscription(status.recv(zmq.NOBLOCK))
+                        if self._gate is None:
+                            self._subscription(status.recv(zmq.NOBLOCK))
+                        else:
+                            self._secure_subscription(status, status.recv(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
+            if self._gate is not None:
+                lists = self._gate.poll(now)
+                if lists is not None:
+                    core.revoke(lists, now)
             if now >= tick_due:
                 core.loop.observe(now, now - tick_due)
                 core.tick(now)
@@ -312,12 +379,21 @@ class CoreThread(threading.Thread):
         """Read and handle up to DRAIN messages from ``pipe``; how many were read."""
         core = self.core
         assert core is not None
+        secure = self._gate is not None
         for count in range(DRAIN):
             try:
                 frames = pipe.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return count
             identity = frames[0].bytes
+            if secure:
+                key = frames.pop(1).bytes
+                refusal = self._refusal(identity, key, allowed is p.WORKER_COMMANDS)
+                if refusal:
+                    rid = p.request_id(frames[1:]) if len(frames) >= 4 else -1
+                    self._forward(pipe, [identity, *p.encode(p.Error(rid, "forbidden", refusal))])
+                    continue
+                core.sender = key
             try:
                 if sum(len(f) for f in frames) > self._max_bytes:
                     raise ProtocolError(
@@ -365,6 +441,22 @@ class CoreThread(threading.Thread):
                     )
                     self._forward(pipe, [identity, *p.encode(err)])
         return DRAIN
+
+    def _refusal(self, identity: bytes, key: bytes, from_worker: bool) -> str:
+        """Secure mode: why a message from ``key`` is refused ("" if it is not). Its key was
+        allowed when it connected, but may have been revoked since; and a routing id the
+        broker could have assigned itself could be claimed by another peer, so it must be one
+        the peer chose (remus's clients and workers choose random ones)."""
+        assert self._gate is not None
+        lists = self._gate.lists
+        if not (lists.worker_allowed(key) if from_worker else lists.client_allowed(key)):
+            return f"key {key.decode()} is no longer allowed by this broker (revoked)"
+        if not identity or identity[0] == 0:
+            return (
+                "in secure mode a peer must set its own random routing id (ZMQ_ROUTING_ID, 16 "
+                "random bytes): the broker's own ids can be guessed"
+            )
+        return ""
 
     def _wrong_endpoint(self, frames: list[Any], allowed: frozenset[bytes]) -> str:
         """The words for a peer at the wrong socket: a client's command on the worker pipe, or

@@ -7,6 +7,13 @@ an edge can forward inside libzmq with ``zmq.proxy_steerable``: no Python, no GI
 message. That is what keeps the mandated three-thread shape close to a one-thread broker in
 latency. With trace logging on, a Python loop forwards instead and logs every message.
 
+In secure mode (``curve`` given) the ROUTER is a CURVE server whose peers the ZAP handler
+checked at connect time, and a Python loop forwards: libzmq drops a message's metadata when it
+is sent on, so the loop reads each message's authenticated key (its ``User-Id``) and puts it
+in a frame after the identity: ``[identity, key, *message]``. Handover is off, so a connected
+peer's routing id cannot be taken by another connection. A socket monitor reports handshakes
+that fail before ZAP (a plain-text peer, a wrong server key) to ``on_refused``.
+
 Each edge also binds a control PAIR that speaks the proxy's commands: ``STATISTICS`` (eight
 uint64 counters; index 4 is how many message parts it has read from the core's pipe) and
 ``TERMINATE``. The core stops an edge only after the edge has read everything the core sent it,
@@ -23,8 +30,10 @@ import threading
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from remus.log import TRACE, describe
+from remus.security import KeyPair
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,9 @@ class EdgeThread(threading.Thread):
         control: str,
         max_message_bytes: int,
         linger_ms: int,
+        curve: KeyPair | None = None,
+        domain: str = "",
+        on_refused: Any = None,
     ) -> None:
         super().__init__(name=f"remus-{role}", daemon=True)
         self.role = role
@@ -56,6 +68,9 @@ class EdgeThread(threading.Thread):
         self._control = control
         self._max_bytes = max_message_bytes
         self._linger = linger_ms
+        self._curve = curve
+        self._domain = domain
+        self._on_refused = on_refused
         self.ready = threading.Event()
         #: set when the thread is about to exit (the core waits on it to stop the edge)
         self.finished = threading.Event()
@@ -75,6 +90,12 @@ class EdgeThread(threading.Thread):
             sock.sndhwm = 0  # replies and jobs are bounded by the protocol, never dropped
             sock.rcvhwm = 100_000
             pipe.sndhwm = pipe.rcvhwm = 0
+            if self._curve is not None:
+                sock.router_handover = 0
+                sock.curve_server = True
+                sock.curve_secretkey = self._curve.secret
+                sock.curve_publickey = self._curve.public
+                sock.zap_domain = self._domain.encode()
             try:
                 sock.bind(self._bind)
             except zmq.ZMQError as e:
@@ -91,8 +112,8 @@ class EdgeThread(threading.Thread):
             return
         self.ready.set()
         try:
-            if log.isEnabledFor(TRACE):
-                self._trace_loop(sock, pipe, control)
+            if self._curve is not None or log.isEnabledFor(TRACE):
+                self._python_loop(sock, pipe, control)
             else:
                 zmq.proxy_steerable(sock, pipe, None, control)
         except zmq.ContextTerminated:
@@ -105,13 +126,39 @@ class EdgeThread(threading.Thread):
             sock.close()
             self.finished.set()
 
-    def _trace_loop(
+    def _python_loop(
         self, sock: zmq.Socket[Any], pipe: zmq.Socket[Any], control: zmq.Socket[Any]
     ) -> None:
-        """What the proxy does, in Python, logging each message (``remus server -v``)."""
+        """What the proxy does, in Python: logging each message (``remus server -v``) and, in
+        secure mode, putting each message's authenticated key after its identity."""
+        tracing = log.isEnabledFor(TRACE)
+        stamp = self._curve is not None
         poller = zmq.Poller()
         for s in (sock, pipe, control):
             poller.register(s, zmq.POLLIN)
+        monitor = None
+        if stamp:
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            )
+            poller.register(monitor, zmq.POLLIN)
+        try:
+            self._forward(sock, pipe, control, poller, monitor, tracing, stamp)
+        finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(0)
+
+    def _forward(
+        self,
+        sock: zmq.Socket[Any],
+        pipe: zmq.Socket[Any],
+        control: zmq.Socket[Any],
+        poller: zmq.Poller,
+        monitor: zmq.Socket[Any] | None,
+        tracing: bool,
+        stamp: bool,
+    ) -> None:
         parts_read = 0
         while True:
             ready = dict(poller.poll())
@@ -122,13 +169,14 @@ class EdgeThread(threading.Thread):
                     except zmq.Again:
                         break
                     parts_read += len(frames)
-                    log.log(
-                        TRACE,
-                        "%s out -> %s %s",
-                        self.role,
-                        frames[0].bytes.hex(),
-                        describe(frames[1:]),
-                    )
+                    if tracing:
+                        log.log(
+                            TRACE,
+                            "%s out -> %s %s",
+                            self.role,
+                            frames[0].bytes.hex(),
+                            describe(frames[1:]),
+                        )
                     sock.send_multipart(frames, copy=False)
             if sock in ready:
                 for _ in range(DRAIN):
@@ -136,14 +184,25 @@ class EdgeThread(threading.Thread):
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    log.log(
-                        TRACE,
-                        "%s in <- %s %s",
-                        self.role,
-                        frames[0].bytes.hex(),
-                        describe(frames[1:]),
-                    )
+                    if tracing:
+                        log.log(
+                            TRACE,
+                            "%s in <- %s %s",
+                            self.role,
+                            frames[0].bytes.hex(),
+                            describe(frames[1:]),
+                        )
+                    if stamp:
+                        # every message from a CURVE peer carries the key ZAP accepted
+                        try:
+                            key = str(frames[-1].get("User-Id")).encode()
+                        except zmq.ZMQError:  # no handshake, so no key: the core refuses it
+                            key = b""
+                        pipe.send_multipart([frames[0], key, *frames[1:]], copy=False)
+                        continue
                     pipe.send_multipart(frames, copy=False)
+            if monitor is not None and monitor in ready:
+                self._handshake_failed(recv_monitor_message(monitor))
             if control in ready:
                 order = control.recv()
                 if order == TERMINATE:
@@ -152,6 +211,16 @@ class EdgeThread(threading.Thread):
                     stats = [0] * 8
                     stats[PIPE_PARTS_READ] = parts_read
                     control.send_multipart([struct.pack("Q", n) for n in stats])
+
+    def _handshake_failed(self, event: Any) -> None:
+        """A peer whose handshake failed before ZAP saw it: plain text, or not our server key.
+        libzmq names only our own endpoint here, not the peer's address."""
+        if self._on_refused is not None:
+            self._on_refused(
+                self._domain,
+                f"{self.role} endpoint {event.get('endpoint', b'').decode('utf-8', 'replace')}",
+                "a peer without CURVE or with the wrong server key (handshake failed)",
+            )
 
 
 def pipe_parts_read(reply: list[bytes]) -> int:

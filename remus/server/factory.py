@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remus.errors import WorkerFileError
+from remus.security import PeerKeys
 from remus.server.factory_base import (
     ASKED_TO_LEAVE,
     EXITED,
@@ -148,6 +149,8 @@ class WorkerFactory(WorkerFactoryBase):
         self._children: dict[int, _Child] = {}
         self._health = Health(backoff)
         self._stopped = False
+        #: secure mode: the keys its workers get, in their environment (see use_keys)
+        self._key_env: dict[str, str] = {}
         self.rescan()
 
     def __repr__(self) -> str:
@@ -157,6 +160,11 @@ class WorkerFactory(WorkerFactoryBase):
             f" quarantined={len(self._health.quarantined)}"
             f"{' stopped' if self._stopped else ''}>"
         )
+
+    def use_keys(self, keys: PeerKeys) -> None:
+        """Secure mode: the workers it starts get ``keys`` in their environment
+        ($REMUS_SECRET_KEY_Z85 and $REMUS_SERVER_KEY), never on their command line."""
+        self._key_env = keys.env()
 
     # -- what it can start -------------------------------------------------------------------
 
@@ -323,7 +331,7 @@ class WorkerFactory(WorkerFactoryBase):
     def _spawn(self, wf: WorkerFile, endpoint: str, now: float) -> list[FactoryEvent]:
         argv = [wf.executable, endpoint, *self.arguments, *wf.arguments]
         try:
-            proc, tail = start_process(argv, wf.environment)
+            proc, tail = start_process(argv, {**wf.environment, **self._key_env})
         except (OSError, subprocess.SubprocessError) as e:
             failure = StartFailure(0, 0.0, error=str(e))
             retry_in = self._health.failed(wf.path, now, failure)

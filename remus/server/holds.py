@@ -41,6 +41,8 @@ class _Waiter:
     release: bool = False
     answered: bool = False
     watch: _Watch | None = None
+    #: secure mode: the asking client's key (it sees only jobs it may see)
+    key: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -60,6 +62,8 @@ class _Watch:
     news: dict[str, None] = field(default_factory=dict)
     #: per job, the seq of the last update handed over
     sent: dict[str, int] = field(default_factory=dict)
+    #: secure mode: the watching client's key (it sees only jobs it may see)
+    key: bytes | None = None
 
 
 class Holds:
@@ -83,8 +87,9 @@ class Holds:
             msg.since,
             msg.with_result,
             msg.with_result and msg.release,
+            key=self._core.sender,
         )
-        job = self._core.jobs.get(msg.id)
+        job = self._core.visible(msg.id)
         if job is None or job.status.done or job.seq > msg.since or not msg.wait > 0:
             self._answer_progress(waiter)
             return
@@ -96,16 +101,16 @@ class Holds:
         key = (client, msg.watch)
         watch = self._watches.get(key)
         if watch is None:
-            watch = self._watches[key] = _Watch(client, msg.watch)
+            watch = self._watches[key] = _Watch(client, msg.watch, key=self._core.sender)
         watch.last_used = now
         watch.max = min(msg.max, MAX_PER_REPLY)
         watch.progress = watch.progress or msg.progress
         if watch.parked is not None:  # a new request supersedes a held one
             watch.parked.answered = True
             watch.parked = None
-        jobs = self._core.jobs
+        visible = self._core.visible
         for job_id in msg.add:
-            job = jobs.get(job_id)
+            job = visible(job_id, watch.key)
             if job is None or job.status.done:
                 watch.done.append(job_id)
             elif job_id not in watch.pending:
@@ -204,7 +209,7 @@ class Holds:
     def _answer_progress(self, waiter: _Waiter) -> None:
         waiter.answered = True
         core = self._core
-        job = core.jobs.get(waiter.job_id)
+        job = core.visible(waiter.job_id, waiter.key)
         if job is None:
             core.reply(waiter.client, waiter.rid, {"status": int(Status.INVALID), "updates": []})
             return
@@ -250,7 +255,7 @@ class Holds:
             watch.done = kept
         for job_id in ids:
             watch.sent.pop(job_id, None)
-        rows, frames = self._core.result_rows(ids)
+        rows, frames = self._core.result_rows(ids, watch.key)
         remaining = len(watch.pending) + len(watch.done)
         data["results"] = rows
         data["remaining"] = remaining

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import remus
 from remus import protocol as p
 from remus import usage
+from remus.security import CLIENT_DOMAIN, WORKER_DOMAIN
 from remus.server.records import JobRecord, WorkerRecord
 from remus.types import IOType, Status
 
@@ -168,7 +169,7 @@ class Introspection:
 
     def workers(self, client: bytes, msg: p.WorkersRequest, now: float) -> None:
         core = self._core
-        rows = [self.worker_row(w, now) for w in core.workers.values()]
+        rows = [self.worker_row(w, now, core.sender) for w in core.workers.values()]
         core.reply(client, msg.rid, rows)
 
     def worker_state(self, worker: WorkerRecord) -> str:
@@ -176,7 +177,11 @@ class Introspection:
             return "leaving"
         return "busy" if worker.jobs else "idle"
 
-    def worker_row(self, worker: WorkerRecord, now: float) -> dict[str, Any]:
+    def worker_row(
+        self, worker: WorkerRecord, now: float, key: bytes | None = None
+    ) -> dict[str, Any]:
+        """A worker as the client with ``key`` may see it (in secure mode, only the ids of
+        its own jobs)."""
         core = self._core
         held = sorted(
             (j for j in (core.jobs.get(i) for i in worker.jobs) if j is not None),
@@ -198,7 +203,7 @@ class Introspection:
             "last_heard": max(0.0, now - worker.last_seen),
             "jobs_finished": worker.finished,
             "worker_file": self.worker_file(worker),
-            "jobs": [j.id for j in held[:MAX_WORKER_JOBS]],
+            "jobs": [j.id for j in held if core.may_see(j, key)][:MAX_WORKER_JOBS],
             "resources": usage_map(worker.usage),
             "slots": worker.slots,
         }
@@ -217,8 +222,29 @@ class Introspection:
         core = self._core
         limit = min(msg.limit, MAX_LIST)
         reasons: dict[Any, str] = {}
-        rows = [self.job_row(j, now, reasons) for j in self.select(msg.status, msg.io_type, limit)]
+        key = core.sender
+        if key is not None and core.auth is not None and key not in core.auth.admins:
+            chosen = self.owned(key, msg.status, msg.io_type, limit)
+        else:
+            chosen = self.select(msg.status, msg.io_type, limit)
+        rows = [self.job_row(j, now, reasons) for j in chosen]
         core.reply(client, msg.rid, rows)
+
+    def owned(
+        self, key: bytes, status: Status | None, io: IOType | None, limit: int
+    ) -> list[JobRecord]:
+        """Secure mode, a client that is not an admin: its own jobs only, newest first."""
+        found = []
+        for job in reversed(self._core.jobs.values()):
+            if (
+                job.owner == key
+                and (status is None or job.status is status)
+                and (io is None or job.reqs.io_type == io)
+            ):
+                found.append(job)
+                if len(found) >= limit:
+                    break
+        return found
 
     def select(self, status: Status | None, io: IOType | None, limit: int) -> list[JobRecord]:
         """At most ``limit`` jobs with ``status`` and ``io`` (None: any), newest first.
@@ -332,6 +358,22 @@ class Introspection:
 
     # ================================================================ stats
 
+    def security(self) -> dict[str, Any]:
+        """Plain or secure mode, the keys allowed, and the peers refused since the start."""
+        core = self._core
+        lists = core.auth
+        if lists is None:
+            return {"mode": "plain"}
+        refused = dict(core.refused or {})
+        return {
+            "mode": "curve",
+            "client_keys": len(lists.clients),
+            "admin_keys": len(lists.admins),
+            "worker_keys": len(lists.workers),
+            "refused_clients": refused.get(CLIENT_DOMAIN, 0),
+            "refused_workers": refused.get(WORKER_DOMAIN, 0),
+        }
+
     def stats(self, client: bytes, msg: p.StatsRequest, now: float) -> None:
         self._core.reply(client, msg.rid, self.stats_map(now))
 
@@ -373,6 +415,7 @@ class Introspection:
             "timings": {"bounds": list(BOUNDS), **self.timings()},
             "loop": core.loop.stats(now),
             "messages": dict(core.traffic),
+            "security": self.security(),
             "usage": list(usage.current()),
         }
 

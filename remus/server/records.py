@@ -67,6 +67,7 @@ class JobRecord:
         "limits",
         "losses",
         "order",
+        "owner",
         "parent",
         "progress",
         "rank",
@@ -138,6 +139,9 @@ class JobRecord:
         self.used: tuple[int, float] | None = None
         #: its place in its queue (``rank_of``): protected and priority 0 unless submitted so
         self.rank = PROTECTED_RANK
+        #: in secure mode, the public key (Z85) of the client that submitted it; only that key
+        #: and admin keys may see or touch it (None: plain mode, anyone may)
+        self.owner: bytes | None = None
         #: the master job of an assistant, and the assistants of a master (None: none)
         self.parent: str | None = None
         self.assistants: list[str] | None = None
@@ -183,6 +187,7 @@ class WorkerRecord:
         "name",
         "next_beat",
         "outgoing",
+        "peer_key",
         "pid",
         "reqs",
         "slots",
@@ -207,6 +212,8 @@ class WorkerRecord:
         self.host = host
         self.pid = pid
         self.credit = 0
+        #: secure mode: the public key (Z85) it registered with (None: plain mode)
+        self.peer_key: bytes | None = None
         #: ids of jobs assigned to this worker (started or not)
         self.jobs: set[str] = set()
         #: jobs assigned in this pass, sent as one message at flush

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: a file job's files and args, journaled with its submit options
 FILES_OPTION = "_files"
+#: the submit option the journal keeps a job's owner in (secure mode), never a client's
+OWNER_OPTION = "_owner"
 
 
 def saved_files(fs: p.FileSet) -> dict[str, Any]:
@@ -155,6 +157,8 @@ class Recovery:
             opts = saved.options
             if FILES_OPTION in opts:
                 job.files = restored_files(opts[FILES_OPTION])
+            owner = opts.get(OWNER_OPTION)
+            job.owner = owner.encode() if isinstance(owner, str) else None
             job.limits = (
                 int(opts.get("max_retries", core.config.max_retries)),
                 opts.get("time_limit"),

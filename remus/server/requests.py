@@ -17,7 +17,7 @@ from remus.errors import FileError
 from remus.server.introspection import AT_QUEUED, SUBMITTED
 from remus.server.limits import QUEUE
 from remus.server.records import JobRecord, job_key, rank_of
-from remus.server.recovery import FILES_OPTION, saved_files
+from remus.server.recovery import FILES_OPTION, OWNER_OPTION, saved_files
 from remus.types import JobRequirements, Status, matches
 
 if TYPE_CHECKING:
@@ -138,6 +138,10 @@ class Requests:
         counts: list[int] = []
         key = ""
         wall = core._wall() if journal is not None else 0.0
+        owner = core.sender
+        if journal is not None and (owner is not None or OWNER_OPTION in opts):
+            # the owner is journaled with the job (never taken from what a client sent)
+            opts = {**opts, OWNER_OPTION: owner.decode() if owner is not None else None}
         for sub, fs in zip(msg.jobs, file_sets, strict=True):
             values = list(sub.values)
             core.order += 1
@@ -159,6 +163,7 @@ class Requests:
             job.limits = limits
             job.error_retries = error_retries
             job.rank = rank
+            job.owner = owner
             if parent is not None:
                 job.parent = parent.id
                 if parent.assistants is None:
@@ -191,7 +196,7 @@ class Requests:
 
     def status_row(self, job_id: str) -> list[Any]:
         core = self._core
-        job = core.jobs.get(job_id)
+        job = core.visible(job_id)
         if job is None:
             return [job_id, int(Status.INVALID), None, "", 0, "", 0, "", "", [], []]
         last = job.last_progress()
@@ -220,7 +225,7 @@ class Requests:
     def terminate(self, client: bytes, msg: p.TerminateRequest, now: float) -> None:
         core = self._core
         for job_id in msg.ids:
-            job = core.jobs.get(job_id)
+            job = core.visible(job_id)
             if job is not None and not job.status.done:
                 core.end(job, Status.TERMINATED, now, "terminated by a client", "terminated")
         core.reply(client, msg.rid, [self.status_row(i) for i in msg.ids])
@@ -231,7 +236,7 @@ class Requests:
         """The job ``job_id`` if it is not over; else None, the client told why
         (``unknown-job``, or ``job-not-running``: "WHAT ID is over (STATUS): SO")."""
         core = self._core
-        job = core.jobs.get(job_id)
+        job = core.visible(job_id)
         if job is None:
             core.error(client, rid, "unknown-job", f"{what} {job_id} is unknown")
         elif job.status.done:
@@ -266,5 +271,5 @@ class Requests:
 
     def result(self, client: bytes, msg: p.ResultRequest, now: float) -> None:
         core = self._core
-        rows, frames = core.result_rows(list(msg.ids))
+        rows, frames = core.result_rows(list(msg.ids), core.sender)
         core.reply(client, msg.rid, rows, frames)

@@ -12,11 +12,14 @@ from typing import Any
 import zmq
 
 from remus.errors import ConfigError, RemusError
+from remus.security import CLIENT_DOMAIN, WORKER_DOMAIN, PeerKeys
+from remus.server.auth import Gate, Security
 from remus.server.config import ServerConfig, ServerPorts
 from remus.server.core_thread import (
     DRAIN_FOR,
     ENDPOINTS,
     LIFT_QUARANTINE,
+    RELOAD_KEYS,
     STOP,
     WORKER_ENDPOINT,
     CoreThread,
@@ -59,8 +62,29 @@ class Server:
         context: zmq.Context[Any] | None = None,
         journal: str | os.PathLike[str] | None = None,
         monitors: Sequence[Any] = (),
+        secret_key: str | os.PathLike[str] | None = None,
+        allow_clients: str | os.PathLike[str] | None = None,
+        allow_workers: str | os.PathLike[str] | None = None,
+        admin_clients: str | os.PathLike[str] | None = None,
     ) -> None:
+        #: secure mode (CURVE, allow-lists, owners) if a secret key is given, else plain
+        self.security = Security.from_options(
+            secret_key, allow_clients, allow_workers, admin_clients
+        )
+        self._gate: Gate | None = None
         self.requested_ports = ports or ServerPorts()
+        if self.security is not None:
+            for role, endpoint in (
+                ("client", self.requested_ports.client),
+                ("worker", self.requested_ports.worker),
+                ("status", self.requested_ports.status),
+            ):
+                if endpoint.startswith("inproc://"):
+                    raise ConfigError(
+                        f"secure mode needs tcp:// or ipc:// endpoints, and the {role} endpoint "
+                        f"is {endpoint}: inproc peers skip the CURVE handshake, so they have no "
+                        "key to check"
+                    )
         if getattr(factory, "spawns_processes", False) and self.requested_ports.worker.startswith(
             "inproc://"
         ):
@@ -77,7 +101,9 @@ class Server:
         self.ports = self.requested_ports
         self.factory = factory
         self.config = config or ServerConfig()
-        self._context = context or zmq.Context.instance()
+        # ZAP handlers are one per context: a secure broker gets a context of its own
+        self._own_context = context is None and self.security is not None
+        self._context = context or (zmq.Context() if self._own_context else zmq.Context.instance())
         self.status = "created"
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -100,6 +126,10 @@ class Server:
                 for name in ("control", "client", "worker", "client-ctl", "worker-ctl")
             )
             limit = self.config.max_message_bytes
+            gate = self._start_gate()
+            secure: dict[str, Any] = {}
+            if gate is not None:
+                secure = {"curve": gate.own, "on_refused": gate.guard.refuse}
             edges = [
                 EdgeThread(
                     self._context,
@@ -109,6 +139,8 @@ class Server:
                     control=client_ctl,
                     max_message_bytes=limit,
                     linger_ms=200,
+                    domain=CLIENT_DOMAIN,
+                    **secure,
                 ),
                 EdgeThread(
                     self._context,
@@ -118,10 +150,16 @@ class Server:
                     control=worker_ctl,
                     max_message_bytes=limit,
                     linger_ms=int(self.config.stop_timeout * 1000),
+                    domain=WORKER_DOMAIN,
+                    **secure,
                 ),
             ]
             if self.journal_path is not None:
-                self._journal = Journal(self.journal_path)  # ConfigError here, in the caller
+                try:
+                    self._journal = Journal(self.journal_path)  # ConfigError, in the caller
+                except BaseException:
+                    self._stop_gate()
+                    raise
             monitors = None
             if self.monitors:  # its pipe is bound before the core thread connects to it
                 watcher = MonitorThread(self._context, self.monitors, f"inproc://remus-{tag}-mon")
@@ -138,6 +176,7 @@ class Server:
                 factory=self.factory,
                 journal=self._journal,
                 monitors=monitors,
+                gate=gate,
             )
             core.start()
             self._threads.append(core)
@@ -146,6 +185,7 @@ class Server:
                 self.status = "failed"
                 self._close_journal()
                 core.join(timeout)
+                self._stop_gate()
                 if monitors is not None:
                     watcher.close()
                 raise RemusError(f"the broker could not start: {core.error or 'timed out'}")
@@ -169,10 +209,14 @@ class Server:
             self.ports = ServerPorts(edges[0].endpoint, edges[1].endpoint, core.status_endpoint)
             self.status = "running"
             log.info(
-                "remus broker running: client=%s worker=%s status=%s",
+                "remus broker running: client=%s worker=%s status=%s; %s",
                 self.ports.client,
                 self.ports.worker,
                 self.ports.status,
+                "secure mode (CURVE), public key " + gate.own.public.decode()
+                if gate is not None
+                else "plain mode (no encryption, no keys: anyone who reaches these ports may "
+                "use them; see --secret-key)",
             )
             return self
 
@@ -208,6 +252,36 @@ class Server:
             where = b"" if path is None else os.path.abspath(os.fspath(path)).encode()
             self._control.send(LIFT_QUARANTINE + where)
 
+    @property
+    def public_key(self) -> bytes | None:
+        """The broker's public key (Z85) in secure mode; None in plain mode."""
+        return self.security.own_keys().public if self.security is not None else None
+
+    def reload_keys(self) -> None:
+        """Read the allow-list folders again (what SIGHUP does to ``remus server``): keys no
+        longer listed are refused from now on, and their connected workers are told to exit
+        and their jobs requeued. Done by the core thread; returns at once."""
+        with self._lock:
+            if self.status == "running" and self._control is not None and self._gate:
+                self._control.send(RELOAD_KEYS)
+
+    def _start_gate(self) -> Gate | None:
+        if self.security is None:
+            return None
+        gate = self._gate = Gate(self.security, self._context)
+        gate.start()
+        use_keys = getattr(self.factory, "use_keys", None)
+        if use_keys is not None:  # the workers it starts get a key of this broker's lifetime
+            use_keys(PeerKeys(gate.spawn_keys, gate.own.public))
+        return gate
+
+    def _stop_gate(self) -> None:
+        if self._gate is not None:
+            self._gate.stop()
+            self._gate = None
+        if self._own_context and not any(t.is_alive() for t in self._threads):
+            self._context.term()  # (a thread that did not stop may still hold a socket)
+
     def _stop_locked(self, timeout: float | None) -> None:
         assert self._control is not None
         try:
@@ -222,6 +296,7 @@ class Server:
         self._control.close()
         self._control = None
         self._close_journal()
+        self._stop_gate()
         self.status = "closed"
         self._stopped.set()
 

@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from remus.security import PeerKeys
 from remus.server.factory_base import (
     EXITED,
     SPAWNED,
@@ -66,6 +67,11 @@ class ThreadWorkerFactory(WorkerFactoryBase):
         self._slots: list[_Slot] = []
         self._health = Health(backoff)
         self._stopped = False
+        self._keys: PeerKeys | None = None
+
+    def use_keys(self, keys: PeerKeys) -> None:
+        """Secure mode: the workers it starts use ``keys``."""
+        self._keys = keys
 
     def __repr__(self) -> str:
         return (
@@ -142,7 +148,13 @@ class ThreadWorkerFactory(WorkerFactoryBase):
 
         handler = self.handlers[slot.reqs]
         try:
-            with Worker(slot.reqs, endpoint=endpoint) as worker:
+            keys = self._keys
+            with Worker(
+                slot.reqs,
+                endpoint=endpoint,
+                server_key=keys.server if keys is not None else None,
+                secret_key=keys.own if keys is not None else None,
+            ) as worker:
                 worker.run(handler, idle_timeout=self.idle_timeout)
         except BaseException:
             slot.error = traceback.format_exc()

@@ -36,6 +36,7 @@ class WorkerMessages:
             worker = None
         if worker is None:
             worker = WorkerRecord(wid, msg.requirements, msg.heartbeat, msg.host, msg.pid, now)
+            worker.peer_key = core.sender
             core.workers[wid] = worker
             core.serving.joined(worker)
             core.spawns.registered(worker)

@@ -44,8 +44,9 @@ from typing import Any
 import zmq
 
 from remus import protocol as p
-from remus.errors import ProtocolError, WrongEndpointError
+from remus.errors import ForbiddenError, ProtocolError, WrongEndpointError
 from remus.hostid import host_id
+from remus.security import PeerKeys
 from remus.types import JobRequirements
 from remus.usage import current
 from remus.worker.job import Contents, Job
@@ -71,6 +72,7 @@ class Connection(threading.Thread):
         *,
         slots: int = 1,
         hub: Hub | None = None,
+        keys: PeerKeys | None = None,
     ) -> None:
         super().__init__(name=f"remus-worker-{identity.hex()[:8]}", daemon=True)
         self._context = context
@@ -88,6 +90,7 @@ class Connection(threading.Thread):
         #: how many jobs the worker runs at once, as registered
         self.slots = slots
         self._hub = hub
+        self._keys = keys
         #: the state of each job's current run, by id (written here, removed by ``forget``)
         self._states: dict[str, JobState] = {}
         self._states_lock = threading.Lock()
@@ -180,6 +183,8 @@ class Connection(threading.Thread):
     def _connect(self) -> zmq.Socket[Any]:
         sock = self._context.socket(zmq.DEALER)
         sock.routing_id = self.identity
+        if self._keys is not None:
+            self._keys.apply(sock)
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = 0
         sock.connect(self.endpoint)
@@ -354,6 +359,14 @@ class Connection(threading.Thread):
                 # second) is enough.
                 if time.monotonic() - self._registered_at >= min(self.heartbeat, 1.0):
                     self._reregister(sock, resend=True)
+            elif msg.code == "forbidden":
+                # secure mode: this key may not serve this io type, or was revoked
+                if self.error is None:
+                    log.error("worker stops: the broker at %s says %s", self.endpoint, msg.message)
+                    self.error = ForbiddenError(msg.message)
+                self.shutdown.set()
+                self.inbox.put(None)
+                return True
             elif msg.code == "wrong-endpoint":
                 # a client endpoint, not a worker one: nothing will ever work here (each message
                 # sent before this answer gets one too: say it once)

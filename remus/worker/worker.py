@@ -28,6 +28,7 @@ import zmq
 from remus.errors import FileError
 from remus.files import PathLike, Scratch, materialize, result_files
 from remus.hostid import host_id
+from remus.security import KeyArg, KeyPair, peer_keys
 from remus.server.config import check_endpoint, endpoint_from_env
 from remus.types import IOType, JobRequirements
 from remus.worker.connection import Connection
@@ -88,8 +89,12 @@ class Worker:
         context: zmq.Context[Any] | None = None,
         slots: int | None = None,
         client_endpoint: str | None = None,
+        server_key: KeyArg | bytes = None,
+        secret_key: KeyArg | KeyPair = None,
     ) -> None:
         endpoint = check_endpoint(endpoint_from_env(endpoint, "worker"), "worker")
+        #: secure mode: this worker's keys and the broker's (None: plain mode)
+        self.keys = peer_keys(server_key, secret_key)
         if not 0.001 <= heartbeat_interval <= 3600:
             raise ValueError("heartbeat_interval must be between 0.001 and 3600 seconds")
         slots = check_slots(slots if slots is not None else slots_from_env())
@@ -97,7 +102,7 @@ class Worker:
             check_endpoint(client_endpoint, "client")
         self.requirements = JobRequirements.of(requirements)
         self.endpoint = endpoint
-        self.identity = b"w-" + secrets.token_bytes(8)
+        self.identity = b"w-" + secrets.token_bytes(14)
         self._context = context or zmq.Context.instance()
         self._client_endpoint = client_endpoint
         #: the assistants' clients, one per thread that asked (a socket belongs to one thread)
@@ -112,6 +117,7 @@ class Worker:
             self.identity,
             slots=slots,
             hub=self._hub,
+            keys=self.keys,
         )
         self._hub.post = self._conn.post
         self._conn.start()
@@ -363,7 +369,13 @@ class Worker:
                         f"the broker at {self.endpoint} has not named its client endpoint "
                         "(where assistants are submitted): pass Worker(client_endpoint=...)"
                     )
-                client = self._clients[me] = BasicClient(endpoint, context=self._context)
+                keys = self.keys
+                client = self._clients[me] = BasicClient(
+                    endpoint,
+                    context=self._context,
+                    server_key=keys.server if keys is not None else None,
+                    secret_key=keys.own if keys is not None else None,
+                )
         return client
 
     # -------------------------------------------------------------- lifetime
