@@ -40,6 +40,8 @@ DEFAULT = ServerPorts()  # the endpoints the README names
 WORKER_COMMAND = re.compile(r"\.venv/bin/python (\w+\.py) (\S+)$")
 #: the "Operating a broker" commands, run by tests/test_cli.py
 CLI_SECTION = "Operating a broker"
+#: the secure mode walk-through, run in order by test_shared_network_walkthrough
+SECURE_SECTION = "Running on a shared network"
 
 
 @dataclass
@@ -157,6 +159,12 @@ def scheduling(ran: Ran) -> None:
     assert times[0] == 0 and times[1] >= 1
 
 
+def secure(ran: Ran) -> None:
+    assert ran.out.splitlines() == ["b'FOR ALICE ONLY'", "bob: no such job"]
+    secret = ran.cwd / "keys" / "clients" / "alice.key_secret"
+    assert secret.stat().st_mode & 0o777 == 0o600, "a secret key is its owner's only"
+
+
 #: what a script run must show, by snippet name
 CHECKS: dict[str, Callable[[Ran], None]] = {
     "upper_client.py": upper_client,
@@ -165,6 +173,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "mesh_client.py": mesh_client,
     "monitors.py": monitors,
     "scheduling.py": scheduling,
+    "secure.py": secure,
 }
 
 #: the files a script names, made in its folder first
@@ -205,7 +214,7 @@ def test_every_snippet_is_known() -> None:
             for line in sh_lines(snippet):
                 known = (
                     line.startswith("make ")
-                    or snippet.section == CLI_SECTION
+                    or snippet.section in (CLI_SECTION, SECURE_SECTION)
                     or line.startswith(".venv/bin/remus server")
                     or WORKER_COMMAND.fullmatch(line)
                 )
@@ -266,8 +275,8 @@ def start_workers(ports: ServerPorts, make_process: Any, make_client: Any, folde
 
 @pytest.mark.parametrize(
     "command",
-    [line for s in SNIPPETS if s.lang == "sh" for line in sh_lines(s)
-     if line.startswith(".venv/bin/remus server")],
+    [line for s in SNIPPETS if s.lang == "sh" and s.section != SECURE_SECTION
+     for line in sh_lines(s) if line.startswith(".venv/bin/remus server")],
 )  # fmt: skip
 def test_server_command_starts_a_broker(command: str, make_process: Any) -> None:
     """As written, on free ports instead of the default ones; it stops on SIGTERM."""
@@ -276,3 +285,65 @@ def test_server_command_starts_a_broker(command: str, make_process: Any) -> None
     assert all(ep.startswith("tcp://127.0.0.1:") for ep in (ports.client, ports.worker))
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, 20) == 0
+
+
+def test_shared_network_walkthrough(make_process: Any, tmp_path: Path) -> None:
+    """The "Running on a shared network" commands, in order, in a fresh folder: keys made,
+    the broker started with them, the README's worker given a worker key through the
+    environment, and the client's submit answered; the same submit without keys is refused
+    with words, not a traceback."""
+    lines = [line for s in SNIPPETS if s.section == SECURE_SECTION and s.lang == "sh"
+             for line in sh_lines(s)]  # fmt: skip
+    env = {**os.environ}
+    for var in ("REMUS_SERVER_KEY", "REMUS_SECRET_KEY", "REMUS_SECRET_KEY_Z85", "REMUS_CLIENT"):
+        env.pop(var, None)
+
+    def remus(args: list[str], extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "remus", *args],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    exported: dict[str, str] = {}
+    ports = None
+    ran = []
+    for line in lines:
+        words = line.split()
+        if words[0] == "remus" and words[1] == "keys":
+            done = remus(words[1:], {})
+            assert done.returncode == 0, done.stderr
+            if words[2] == "show":
+                key = (tmp_path / words[3]).read_text().split('public-key = "')[1][:40]
+                assert done.stdout.strip() == key
+        elif line.startswith(".venv/bin/remus server"):
+            args = [w.replace("keys/", f"{tmp_path}/keys/") for w in words[2:]]
+            _, ports = start_cli_server(make_process, *args)
+            worker = next(w for w in WORKERS if w.name == "upper_worker.py")
+            (tmp_path / worker.name).write_text(worker.code)
+            keys = tmp_path / "keys"
+            make_process(
+                [str(tmp_path / worker.name), ports.worker],
+                env={
+                    "REMUS_SERVER_KEY": str(keys / "broker" / "broker.key"),
+                    "REMUS_SECRET_KEY": str(keys / "workers" / "meshers.key_secret"),
+                },
+            )
+        elif words[0] == "export":
+            exported.update(w.split("=", 1) for w in words[1:])  # type: ignore[misc]
+        elif words[0] == "remus":
+            assert ports is not None, "the broker starts before clients use it"
+            extra = {**exported, "REMUS_CLIENT": ports.client}
+            done = remus([*words[1:], "--timeout", "20"], extra)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == "HELLO", done.stdout
+            refused = remus([*words[1:], "--timeout", "2"], {"REMUS_CLIENT": ports.client})
+            assert refused.returncode != 0 and "Traceback" not in refused.stderr
+            assert "secure mode" in refused.stderr or "refused" in refused.stderr, refused.stderr
+        else:
+            raise AssertionError(f"a walk-through line this test does not know: {line!r}")
+        ran.append(words[0])
+    assert ran.count("export") == 1 and ports is not None

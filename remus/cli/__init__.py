@@ -2,13 +2,16 @@
 
 ``remus server`` runs a broker; the other subcommands reach one at ``--client EP`` (default:
 ``$REMUS_CLIENT``, else tcp://127.0.0.1:50505) and give up after ``--timeout`` seconds of
-silence. One module per concept: ``server`` (run a broker), ``inspect`` (info, workers, jobs),
-``jobs`` (submit, status, result, cancel, control), ``watch`` (the status feed), ``top`` (a live
-view), ``common`` (what they share).
+silence. A broker in secure mode needs ``--key FILE`` (this client's secret key) and
+``--server-key KEY`` (the broker's public key), else ``$REMUS_SECRET_KEY`` and
+``$REMUS_SERVER_KEY``. One module per concept: ``server`` (run a broker), ``keys`` (make and
+show CURVE keys), ``inspect`` (info, workers, jobs), ``jobs`` (submit, status, result, cancel,
+control), ``watch`` (the status feed), ``top`` (a live view), ``common`` (what they share).
 
 Exit codes, for every subcommand: 0 done; 1 the job failed, was terminated or expired (or the
-broker refused it: no worker, queue full); 2 a usage error; 3 no broker answers. Errors are one
-line on stderr that says what to do, never a traceback.
+broker refused it: no worker, queue full, a job of another key); 2 a usage error (a key file
+that cannot be read included); 3 no broker answers (or it refused this command's key). Errors
+are one line on stderr that says what to do, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from remus.cli import common as c
-from remus.cli import inspect, jobs, server, top, watch
+from remus.cli import inspect, jobs, keys, server, top, watch
 from remus.errors import (
     BrokerStoppedError,
     ConfigError,
@@ -40,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="remus",
         description="remus: a ZeroMQ job broker. `remus server` runs one; the other commands "
-        "reach it at --client EP ($REMUS_CLIENT). Exit codes: 0 done, 1 the job failed "
-        "(or was refused), 2 usage error, 3 no broker answers.",
+        "reach it at --client EP ($REMUS_CLIENT), with --key and --server-key for a broker in "
+        "secure mode. Exit codes: 0 done, 1 the job failed (or was refused), 2 usage error, "
+        "3 no broker answers.",
     )
     parser.add_argument("--version", action="version", version=f"remus {__version__}")
     c.add_reach_options(parser, top=True)
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_reach_options(reach)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server.add_parser(sub)
+    keys.add_parser(sub)
     inspect.add_parsers(sub, reach)
     jobs.add_parsers(sub, reach)
     watch.add_parser(sub)
@@ -69,8 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return c.USAGE
+        if args.top_key or args.top_server_key:
+            print(
+                "remus server: --key and --server-key are a client's; the broker's own key is "
+                "`remus server --secret-key FILE`",
+                file=sys.stderr,
+            )
+            return c.USAGE
         return server.run(args)
-    if args.command != "watch":
+    if args.command == "watch":
+        c.resolve_keys(args)
+    elif args.command != "keys":
         c.resolve_reach(args)
     try:
         return int(args.run(args))
@@ -83,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return c.OK
     except TimeoutError:
+        refused = _refused(args)
+        if refused:
+            return _fail(args, f"the broker at {args.client} {refused}", c.UNREACHABLE)
         return _fail(
             args,
             f"no broker answers at {args.client} (waited {args.timeout:g} s): is `remus server` "
@@ -101,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, f"{e} (remus submit --wait-for-worker)", c.JOB_FAILED)
     except RemusError as e:  # NoWorkerError, BusyError, UnknownJobError, ...
         return _fail(args, str(e), c.JOB_FAILED)
+
+
+def _refused(args: argparse.Namespace) -> str:
+    """Why the broker did not answer, when its handshake says so ("" if it does not)."""
+    try:
+        peer = c.keys(args)
+    except c.CliError:
+        return ""
+    return c.handshake_problem(args.client, peer, min(1.0, args.timeout))
 
 
 def _ended(e: JobFailedError) -> str:

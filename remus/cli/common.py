@@ -1,5 +1,6 @@
 """What every subcommand that reaches a broker shares: where the broker is, how long to wait for
-it, the exit codes, the one-line error messages, and how values are shown to people."""
+it, which keys to show it in secure mode, the exit codes, the one-line error messages, and how
+values are shown to people."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-    from remus.client import Client
+    from remus.client import BasicClient, Client
+    from remus.security import PeerKeys
 
 #: exit codes of every subcommand
 OK, JOB_FAILED, USAGE, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 130
@@ -41,8 +43,8 @@ class CliError(Exception):
 
 
 def add_reach_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """``--client EP`` and ``--timeout S``, on the program (dest ``top_*``) and on each
-    subcommand that reaches a broker (the one given last wins)."""
+    """``--client EP``, ``--timeout S``, ``--key FILE`` and ``--server-key KEY``, on the program
+    (dest ``top_*``) and on each subcommand that reaches a broker (the one given last wins)."""
     prefix = "top_" if top else ""
     parser.add_argument(
         "--client",
@@ -59,11 +61,34 @@ def add_reach_options(parser: argparse.ArgumentParser, *, top: bool = False) -> 
         default=None,
         help=f"seconds the broker may stay silent before giving up (exit 3) [{DEFAULT_TIMEOUT:g}]",
     )
+    add_key_options(parser, top=top)
+
+
+def add_key_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--key FILE`` and ``--server-key KEY``: what a broker in secure mode needs to let this
+    command in. Without them the environment's keys are used, else plain mode."""
+    prefix = "top_" if top else ""
+    parser.add_argument(
+        "--key",
+        dest=f"{prefix}key",
+        metavar="FILE",
+        default=None,
+        help="secure mode: this client's secret key file (NAME.key_secret, from `remus keys "
+        "new NAME`) [$REMUS_SECRET_KEY]",
+    )
+    parser.add_argument(
+        "--server-key",
+        dest=f"{prefix}server_key",
+        metavar="KEY",
+        default=None,
+        help="secure mode: the broker's public key, its .key file or its 40 characters of Z85 "
+        "text [$REMUS_SERVER_KEY]",
+    )
 
 
 def resolve_reach(args: argparse.Namespace) -> None:
     """Settle ``args.client`` and ``args.timeout``: subcommand option, program option,
-    ``$REMUS_CLIENT``, default."""
+    ``$REMUS_CLIENT``, default; and the key options (see :func:`resolve_keys`)."""
     args.client = (
         getattr(args, "client", None)
         or getattr(args, "top_client", None)
@@ -73,13 +98,35 @@ def resolve_reach(args: argparse.Namespace) -> None:
     args.timeout = getattr(args, "timeout", None) or getattr(args, "top_timeout", None)
     if args.timeout is None:
         args.timeout = DEFAULT_TIMEOUT
+    resolve_keys(args)
+
+
+def resolve_keys(args: argparse.Namespace) -> None:
+    """Settle ``args.key`` and ``args.server_key``: subcommand option, program option, else
+    None (then :func:`keys` reads the environment)."""
+    args.key = getattr(args, "key", None) or getattr(args, "top_key", None)
+    args.server_key = getattr(args, "server_key", None) or getattr(args, "top_server_key", None)
+
+
+def keys(args: argparse.Namespace) -> PeerKeys | None:
+    """The keys this command shows the broker: ``--key``/``--server-key``, else
+    ``$REMUS_SECRET_KEY``/``$REMUS_SERVER_KEY``, else None (plain mode). A key file that cannot
+    be read, or only one half given, ends the command (exit 2)."""
+    from remus.errors import ConfigError
+    from remus.security import peer_keys
+
+    try:
+        return peer_keys(args.server_key, args.key)
+    except ConfigError as e:
+        raise CliError(str(e), USAGE) from None
 
 
 def connect(args: argparse.Namespace) -> Client:
     from remus.client import Client
 
+    peer = keys(args)
     try:
-        return Client(args.client, timeout=args.timeout)
+        return Client(args.client, timeout=args.timeout, **_key_arguments(peer))
     except ValueError as e:  # ConfigError: not an endpoint
         raise CliError(f"{e} (--client / REMUS_CLIENT)", USAGE) from None
 
@@ -91,6 +138,86 @@ def client(args: argparse.Namespace) -> Iterator[Client]:
         yield c
     finally:
         c.close()
+
+
+@contextmanager
+def basic_client(args: argparse.Namespace) -> Iterator[BasicClient]:
+    from remus.client import BasicClient
+
+    peer = keys(args)
+    try:
+        bc = BasicClient(args.client, timeout=args.timeout, **_key_arguments(peer))
+    except ValueError as e:  # ConfigError: not an endpoint
+        raise CliError(f"{e} (--client / REMUS_CLIENT)", USAGE) from None
+    with bc:
+        yield bc
+
+
+def _key_arguments(peer: PeerKeys | None) -> dict[str, Any]:
+    return {} if peer is None else {"server_key": peer.server, "secret_key": peer.own}
+
+
+def handshake_failure(event: int, *, secure: bool) -> str:
+    """What a socket monitor's ``event`` says about the broker's answer to this command's keys
+    (``secure``: it gave some), to end a sentence that starts "the broker at EP"; "" if the
+    event is no handshake failure."""
+    import zmq
+
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            "refused this command's key: is its public key (the .key file beside --key / "
+            "$REMUS_SECRET_KEY) in the broker's --allow-clients or --admin-clients folder?"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and not secure:
+        return (
+            "runs in secure mode and needs keys: give --key FILE (this client's "
+            "NAME.key_secret) and --server-key KEY (the broker's public key), or set "
+            "$REMUS_SECRET_KEY and $REMUS_SERVER_KEY"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return (
+            "does not run in secure mode, and this command gave it keys: drop --key and "
+            "--server-key (and $REMUS_SECRET_KEY, $REMUS_SERVER_KEY)"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return (
+            "did not accept the encrypted handshake: is --server-key ($REMUS_SERVER_KEY) "
+            "this broker's public key?"
+        )
+    return ""
+
+
+def handshake_problem(endpoint: str, peer: PeerKeys | None, wait: float = 1.0) -> str:
+    """Why a broker at ``endpoint`` may not have answered although it runs: one connection
+    made with the same keys tells whether its handshake fails (a refused key, plain mode
+    against secure mode or the other way round, a wrong server key). "" if the handshake
+    succeeds, nothing listens there, or nothing is known within ``wait`` seconds."""
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    if peer is not None:
+        peer.apply(sock)
+    monitor = sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_CONNECT_RETRIED
+    )
+    try:
+        sock.connect(endpoint)
+        if not monitor.poll(int(wait * 1000)):
+            return ""
+        # the first outcome tells: a failed handshake, else one that succeeded or nothing
+        # listening there
+        event = recv_monitor_message(monitor)["event"]
+        return handshake_failure(event, secure=peer is not None)
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
 
 
 # ------------------------------------------------------------------------------ argument types

@@ -155,8 +155,6 @@ def _data(args: argparse.Namespace) -> bytes | None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from remus.client import BasicClient
-
     data = _data(args)
     if data is not None and (args.file or args.arg):
         raise c.CliError("a job takes --data (or --data-file), or --file/--arg, not both", c.USAGE)
@@ -169,7 +167,7 @@ def run_submit(args: argparse.Namespace) -> int:
     for path in args.file or ():
         check_file(path)  # a FileError (exit 2) before the broker is asked anything
     wait = args.wait or args.progress or args.output_file is not None
-    with BasicClient(args.client, timeout=args.timeout) as bc:
+    with c.basic_client(args) as bc:
         files = args.file if args.file or args.arg else None
         job = bc.submit(
             io,
@@ -281,9 +279,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_result(args: argparse.Namespace) -> int:
-    from remus.client import BasicClient
-
-    with BasicClient(args.client, timeout=args.timeout) as bc:
+    with c.basic_client(args) as bc:
         try:
             result = bc.client.retrieve_result(args.job, timeout=args.timeout)
         except JobNotFinishedError as e:

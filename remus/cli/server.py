@@ -1,4 +1,9 @@
-"""``remus server``: run a broker until SIGINT or SIGTERM (also ``python -m remus.server``)."""
+"""``remus server``: run a broker until SIGINT or SIGTERM (also ``python -m remus.server``).
+
+With ``--secret-key FILE --allow-clients DIR --allow-workers DIR`` it runs in secure mode
+(CURVE): the ready line then ends with ``server_key=...``, the broker's public key that its
+clients and workers pass as ``--server-key``. SIGHUP lifts every quarantine, rescans the
+worker files and reads the allow-list folders again."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import threading
 from typing import Any
 
 from remus import log as remus_log
-from remus.errors import RemusError
+from remus.errors import ConfigError, RemusError
 from remus.server.config import (
     DEFAULT_CLIENT,
     DEFAULT_STATUS,
@@ -152,6 +157,29 @@ def add_parser(sub: Any) -> None:
         "given; PORT 0 picks a free one, printed on the ready line); needs remus[metrics]",
     )
     s.add_argument(
+        "--secret-key",
+        metavar="FILE",
+        help="secure mode (CURVE): the broker's own secret key file, made by `remus keys new "
+        "broker`; needs --allow-clients and --allow-workers (default: plain mode, no keys)",
+    )
+    s.add_argument(
+        "--allow-clients",
+        metavar="DIR",
+        help="secure mode: a folder of the client public keys (NAME.key) let in; each sees "
+        "only its own jobs",
+    )
+    s.add_argument(
+        "--allow-workers",
+        metavar="DIR",
+        help="secure mode: a folder of the worker public keys let in (NAME.io_types beside "
+        "NAME.key limits a key to those io types)",
+    )
+    s.add_argument(
+        "--admin-clients",
+        metavar="DIR",
+        help="secure mode: a folder of client public keys that see and cancel every job",
+    )
+    s.add_argument(
         "--log-level",
         default="INFO",
         help="DEBUG, INFO, WARNING or ERROR [%(default)s]; at INFO the logger remus.jobs "
@@ -234,7 +262,21 @@ def run(args: argparse.Namespace) -> int:
             restart_grace=args.restart_grace,
             preempt_grace=args.preempt_grace,
         )
-        server = Server(ports, _factory(args), config=config, journal=args.journal)
+        factory = _factory(args)
+        try:
+            server = Server(
+                ports,
+                factory,
+                config=config,
+                journal=args.journal,
+                secret_key=args.secret_key,
+                allow_clients=args.allow_clients,
+                allow_workers=args.allow_workers,
+                admin_clients=args.admin_clients,
+            )
+        except ConfigError as e:  # secure mode half given, a key file that cannot be read, ...
+            print(f"remus server: {e}", file=sys.stderr)
+            return 2
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -248,22 +290,31 @@ def run(args: argparse.Namespace) -> int:
     metrics = None
     if metrics_at is not None:
         try:
-            metrics = _metrics(metrics_at, server.ports.client)
+            metrics = _metrics(metrics_at, server)
         except (RemusError, ValueError) as e:
             print(f"remus server: {e}", file=sys.stderr)
             server.stop()
             return 1
     print(
         f"remus server ready: client={server.ports.client} worker={server.ports.worker} "
-        f"status={server.ports.status}" + (f" metrics={metrics.url}" if metrics else ""),
+        f"status={server.ports.status}"
+        + (f" metrics={metrics.url}" if metrics else "")
+        + (f" server_key={server.public_key.decode()}" if server.public_key else ""),
         flush=True,
     )
     try:
         while not stop.wait(0.2):
             if hup.is_set():
                 hup.clear()
-                log.info("SIGHUP: lifting every quarantine and rescanning the worker files")
+                if server.security is not None:
+                    log.info(
+                        "SIGHUP: lifting every quarantine, rescanning the worker files and "
+                        "reading the allow-lists again"
+                    )
+                else:
+                    log.info("SIGHUP: lifting every quarantine and rescanning the worker files")
                 server.lift_quarantine()
+                server.reload_keys()
         if args.drain > 0:
             log.info("draining for up to %g s (signal again to stop now)", args.drain)
             stop.clear()
@@ -291,11 +342,15 @@ def _metrics_address(where: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _metrics(at: tuple[str, int], client: str) -> Any:
-    """The metrics exporter at ``at``, reaching the broker at ``client``."""
+def _metrics(at: tuple[str, int], server: Any) -> Any:
+    """The metrics exporter at ``at``, reaching ``server`` as a client (in secure mode with
+    the broker's own key pair, which it lets in as an admin)."""
     from remus.server.metrics import MetricsExporter
     from remus.server.server import reachable
 
-    exporter = MetricsExporter(reachable(client), at[1], at[0])
+    keys: dict[str, Any] = {}
+    if server.security is not None:
+        keys = {"server_key": server.public_key, "secret_key": server.security.own_keys()}
+    exporter = MetricsExporter(reachable(server.ports.client), at[1], at[0], **keys)
     log.info("serving Prometheus metrics at %s", exporter.url)
     return exporter

@@ -10,6 +10,12 @@
 ``--json`` prints each event as one JSON object (its payload, plus ``topic``) a line. A SUB
 socket cannot tell whether anyone is at the other end, so a socket monitor watches for the
 connection: if none is made within ``--warn-after`` seconds, a warning says so on stderr.
+
+With keys (``--key``/``--server-key``, else ``$REMUS_SECRET_KEY``/``$REMUS_SERVER_KEY``) the
+feed is a secure broker's: it decides what each key may follow. A client key gets its own
+jobs' events, as ``@ITS-KEY job.x``; an admin key gets every event. So the watcher subscribes
+to everything it may see and matches the topic prefixes here, on the topic without its
+``@KEY `` owner prefix (which is not shown either). A refused key ends the watch (exit 3).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from remus.server.config import DEFAULT_STATUS, check_endpoint
 
 #: jobs whose queue and run times the watcher remembers, to show durations
 MAX_REMEMBERED = 100_000
+#: an owned event's topic starts with "@" + the owner's key (40 Z85 characters) + " "
+OWNER_PREFIX = 42
 
 
 def add_parser(sub: Any) -> None:
@@ -56,6 +64,7 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="warn when nothing answers at the endpoint within S seconds [3]",
     )
+    c.add_key_options(w)
     w.set_defaults(run=run)
 
 
@@ -68,12 +77,25 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise c.CliError(f"{e} (--status / REMUS_STATUS)", c.USAGE) from None
     topics = args.topics or (["job."] if args.job else [""])
+    peer = c.keys(args)
     ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.linger = 0
-    for topic in topics:
-        sock.subscribe(topic.encode())
-    monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    if peer is None:
+        for topic in topics:
+            sock.subscribe(topic.encode())
+    else:  # the broker applies "" as what this key may see; the topics are matched here
+        peer.apply(sock)
+        sock.subscribe(b"")
+    args.secure = peer is not None
+    args.wanted = None if peer is None or topics == [""] else tuple(topics)
+    monitor = sock.get_monitor_socket(
+        zmq.EVENT_CONNECTED
+        | zmq.EVENT_DISCONNECTED
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
     try:
         sock.connect(endpoint)
         what = "every event" if topics == [""] else " ".join(f"{t}*" for t in topics)
@@ -107,6 +129,9 @@ def _follow(sock: Any, monitor: Any, endpoint: str, args: argparse.Namespace) ->
         ready = dict(poller.poll(wait))
         if monitor in ready:
             event = recv_monitor_message(monitor)["event"]
+            refused = c.handshake_failure(event, secure=args.secure)
+            if refused:
+                raise c.CliError(f"the broker at {endpoint} {refused}", c.UNREACHABLE)
             if event == zmq.EVENT_CONNECTED:
                 connected = True
                 if warned:
@@ -125,7 +150,9 @@ def _follow(sock: Any, monitor: Any, endpoint: str, args: argparse.Namespace) ->
         if sock not in ready:
             continue
         frames = sock.recv_multipart()
-        topic = frames[0].decode(errors="replace")
+        topic = _unowned(frames[0].decode(errors="replace"))
+        if args.wanted is not None and not topic.startswith(args.wanted):
+            continue
         try:
             payload = msgpack.unpackb(frames[1], raw=False) if len(frames) > 1 else {}
         except ValueError as e:
@@ -142,6 +169,13 @@ def _follow(sock: Any, monitor: Any, endpoint: str, args: argparse.Namespace) ->
         seen += 1
         if args.count and seen >= args.count:
             return c.OK
+
+
+def _unowned(topic: str) -> str:
+    """``topic`` without the ``@KEY `` owner prefix a secure broker puts on owned events."""
+    if topic.startswith("@") and topic[OWNER_PREFIX - 1 : OWNER_PREFIX] == " ":
+        return topic[OWNER_PREFIX:]
+    return topic
 
 
 def _note(text: str) -> None:

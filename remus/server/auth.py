@@ -263,10 +263,14 @@ class Gate:
         self._checked = time.monotonic()
 
     def _read(self) -> AllowLists:
-        """The folders' lists, plus the spawned workers' key, and the broker's own key as an
-        admin (so tools in its process, such as the metrics exporter, can use it)."""
+        """The folders' lists, plus the spawned workers' key (as a worker and a client), and
+        the broker's own key as an admin (so tools in its process, such as the metrics
+        exporter, can use it)."""
         lists = self.security.read(self._extra)
-        return replace(lists, admins=lists.admins | {self.own.public})
+        spawned = self.spawn_keys.public  # (its handlers may submit assistants)
+        return replace(
+            lists, clients=lists.clients | {spawned}, admins=lists.admins | {self.own.public}
+        )
 
     @property
     def lists(self) -> AllowLists:
@@ -302,7 +306,7 @@ class Gate:
         )
         log.info(
             "allow-lists reloaded: %d client keys, %d admin keys, %d worker keys; %d revoked",
-            len(lists.clients),
+            len(lists.clients) - 1,
             len(lists.admins) - 1,
             len(lists.workers) - len(self._extra),
             len(gone),

@@ -213,9 +213,13 @@ class BrokerCore:
     def may_see(self, job: JobRecord, key: bytes | None) -> bool:
         """Whether the client with ``key`` may see and touch ``job``: its owner, or an admin
         (anyone in plain mode, where ``key`` is None)."""
-        return (
-            key is None or job.owner == key or (self.auth is not None and key in self.auth.admins)
-        )
+        if key is None or job.owner == key:
+            return True
+        if self.auth is not None and key in self.auth.admins:
+            return True
+        # an assistant (owned by the key of the worker that submitted it) is its parent's too
+        parent = self.jobs.get(job.parent) if job.parent else None
+        return parent is not None and self.may_see(parent, key)
 
     def visible(self, job_id: str, key: bytes | None = None) -> JobRecord | None:
         """The job ``job_id`` as the sender (or ``key``) may know it: None when it does not
@@ -224,6 +228,15 @@ class BrokerCore:
         if job is None:
             return None
         return job if self.may_see(job, key if key is not None else self.sender) else None
+
+    def run_by_sender(self, job_id: str) -> JobRecord | None:
+        """Secure mode: the job ``job_id`` if the sender's key is that of the worker holding
+        it (a handler submitting assistants through the client socket)."""
+        job = self.jobs.get(job_id)
+        holder = self.workers.get(job.worker) if job is not None and job.worker else None
+        if holder is None or self.sender is None or holder.peer_key != self.sender:
+            return None
+        return job
 
     def _worker_may(self, wid: bytes, msg: p.Message) -> bool:
         """Secure mode: a worker speaks for its own registration only, and registers only io

@@ -25,6 +25,7 @@ from typing import Any
 
 from remus.errors import ConfigError, RemusError
 from remus.introspect import BrokerStats, WorkerInfo
+from remus.security import KeyArg, KeyPair
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ ENDINGS = ("FINISHED", "FAILED", "EXPIRED", "TERMINATED")
 
 class MetricsExporter:
     """Serves the broker at ``client_endpoint`` as Prometheus metrics on
-    ``http://host:port/metrics`` (port 0: any free one; see :attr:`url`)."""
+    ``http://host:port/metrics`` (port 0: any free one; see :attr:`url`). A broker in secure
+    mode needs ``server_key`` and ``secret_key``, as any :class:`~remus.client.Client` does
+    (``remus server --metrics`` gives the broker's own pair, which it lets in as an admin)."""
 
     def __init__(
         self,
@@ -58,6 +61,8 @@ class MetricsExporter:
         host: str = "127.0.0.1",
         *,
         timeout: float = SCRAPE_TIMEOUT,
+        server_key: KeyArg | bytes = None,
+        secret_key: KeyArg | KeyPair = None,
     ) -> None:
         if CollectorRegistry is None:
             raise ConfigError(
@@ -65,6 +70,7 @@ class MetricsExporter:
             )
         self.client_endpoint = client_endpoint
         self._timeout = timeout
+        self._keys: dict[str, Any] = {"server_key": server_key, "secret_key": secret_key}
         self._lock = threading.Lock()  # one scrape at a time talks to the broker
         self._client: Any = None
         self._registry = CollectorRegistry(auto_describe=False)
@@ -115,7 +121,7 @@ class MetricsExporter:
         if self._client is None:
             from remus.client import Client
 
-            self._client = Client(self.client_endpoint, timeout=self._timeout)
+            self._client = Client(self.client_endpoint, timeout=self._timeout, **self._keys)
         return self._client.stats(), self._client.workers()
 
 

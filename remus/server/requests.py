@@ -237,6 +237,8 @@ class Requests:
         (``unknown-job``, or ``job-not-running``: "WHAT ID is over (STATUS): SO")."""
         core = self._core
         job = core.visible(job_id)
+        if job is None and what == "parent job":
+            job = core.run_by_sender(job_id)  # a worker's key submitting its job's assistants
         if job is None:
             core.error(client, rid, "unknown-job", f"{what} {job_id} is unknown")
         elif job.status.done:

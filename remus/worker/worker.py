@@ -385,6 +385,9 @@ class Worker:
         if not self._closed:
             self._closed = True
             self._conn.close()
+            # a run() or get_job() waiting in another thread returns (should_terminate is true)
+            self._conn.shutdown.set()
+            self._conn.inbox.put(None)
             self._hub.dispatcher.close()
             with self._clients_lock:
                 clients, self._clients = list(self._clients.values()), {}
