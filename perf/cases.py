@@ -364,6 +364,30 @@ def observed(opts: Options, why: str | None) -> list[Row]:
     return [row]
 
 
+def curve(opts: Options, why: str | None) -> list[Row]:
+    """What encryption costs: pipelined jobs/s of a broker in secure mode (CURVE on every
+    socket, a key on every peer) against the same broker in plain mode."""
+    row = Row("pipelined, 2 workers, CURVE", "jobs/s", ref_label="plain")
+    if why is not None:
+        return [row]
+
+    def run(secure: bool) -> Any:
+        return remus_bench.pipelined(
+            workers=2,
+            jobs=opts.jobs,
+            warmup=opts.warmup,
+            repeat=opts.repeat,
+            prefetch=opts.prefetch,
+            curve=secure,
+        )
+
+    got = _measure(row, "remus CURVE", lambda: run(True))
+    ref = _measure(row, "remus", lambda: run(False))
+    row.remus = Stat.of(got["samples"]) if got else None
+    row.reference = Stat.of(ref["samples"]) if ref else None
+    return [row]
+
+
 def slots(opts: Options, why: str | None) -> list[Row]:
     """A 4-slot worker against 4 one-slot worker processes, 2 ms jobs that wait on I/O."""
     row = Row("4-slot worker, 2 ms jobs", "jobs/s", goal=Goal(">=", 0.6), ref_label="4 workers")
@@ -417,6 +441,7 @@ CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "workers": many_workers,
     "journal": journal,
     "observed": observed,
+    "curve": curve,
     "slots": slots,
     "preemption": preemption,
 }

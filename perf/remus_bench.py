@@ -9,12 +9,16 @@ Memory and CPU of the broker and workers come from ``/proc/PID`` while they live
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from perf.procs import Proc, ProcGroup
@@ -131,14 +135,70 @@ def pipelined(
     prefetch: int = 64,
     journal: str | None = None,
     observed: bool = False,
+    curve: bool = False,
 ) -> dict[str, Any]:
     """Jobs/s of one pipelined client; with ``idle``, the broker's CPU % afterwards, idle;
     with ``journal``, the broker writes every pass to that SQLite file; ``observed``: the broker
-    serves ``--metrics``, scraped every second, and ``remus top`` polls it every second."""
+    serves ``--metrics``, scraped every second, and ``remus top`` polls it every second;
+    ``curve``: the broker runs in secure mode, and the client and workers use keys."""
     options: tuple[str, ...] = ("--journal", journal) if journal else ()
     if observed:
         options += ("--metrics", "0")
-    with ProcGroup() as group, session(group, *options) as (server, eps):
+    with ProcGroup() as group, secure_mode(curve) as keys:
+        return _pipelined(group, options + keys, workers, jobs, warmup, repeat, threads, idle,
+                          prefetch, observed)  # fmt: skip
+
+
+@contextmanager
+def secure_mode(on: bool) -> Iterator[tuple[str, ...]]:
+    """With ``on``: keys in a temporary folder, the broker's options that use them, and the
+    environment that gives them to the client and worker processes started meanwhile (one
+    key pair, allowed as a client and as a worker). Without: nothing."""
+    if not on:
+        yield ()
+        return
+    from remus.security import new_keys
+
+    saved = {k: os.environ.get(k) for k in ("REMUS_SERVER_KEY", "REMUS_SECRET_KEY")}
+    with tempfile.TemporaryDirectory(prefix="remus-perf-keys-") as tmp:
+        folder = Path(tmp)
+        broker_public, broker_secret = new_keys("broker", folder / "broker")
+        public, secret = new_keys("perf", folder / "own")
+        for allowed in ("clients", "workers"):
+            (folder / allowed).mkdir()
+            shutil.copy(public, folder / allowed / public.name)
+        os.environ["REMUS_SERVER_KEY"] = str(broker_public)
+        os.environ["REMUS_SECRET_KEY"] = str(secret)
+        try:
+            yield (
+                "--secret-key",
+                str(broker_secret),
+                "--allow-clients",
+                str(folder / "clients"),
+                "--allow-workers",
+                str(folder / "workers"),
+            )
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _pipelined(
+    group: ProcGroup,
+    options: tuple[str, ...],
+    workers: int,
+    jobs: int,
+    warmup: int,
+    repeat: int,
+    threads: int,
+    idle: float,
+    prefetch: int,
+    observed: bool,
+) -> dict[str, Any]:
+    with session(group, *options) as (server, eps):
         start_workers(
             group, eps.worker, "tiny", processes=workers, threads=threads, prefetch=prefetch
         )
