@@ -23,7 +23,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 import zmq.auth
@@ -52,6 +52,11 @@ class KeyPair:
 
     def __repr__(self) -> str:  # never print a secret by accident
         return f"KeyPair(public={self.public.decode()!r})"
+
+
+#: a peer's own key: a secret key file, a KeyPair, None (from the environment, else plain
+#: mode) or False (plain mode whatever the environment says)
+SecretArg = str | os.PathLike[str] | KeyPair | Literal[False] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +171,12 @@ def _checked(key: bytes, where: object) -> bytes:
 # ------------------------------------------------------------------------------ a peer's keys
 
 
-def peer_keys(server: KeyArg | bytes = None, secret: KeyArg | KeyPair = None) -> PeerKeys | None:
+def peer_keys(server: KeyArg | bytes = None, secret: SecretArg = None) -> PeerKeys | None:
     """The keys a client or worker uses: from the arguments, else the environment, else None
-    (plain mode). Raises ConfigError naming what is missing when only one half is given."""
+    (plain mode; ``secret=False`` forces it). Raises ConfigError naming what is missing when
+    only one half is given."""
+    if secret is False:
+        return None
     server = server if server is not None else os.environ.get(SERVER_KEY_ENV) or None
     own: KeyPair | None
     if isinstance(secret, KeyPair):

@@ -168,7 +168,8 @@ def handshake_failure(event: int, *, secure: bool) -> str:
             "refused this command's key: is its public key (the .key file beside --key / "
             "$REMUS_SECRET_KEY) in the broker's --allow-clients or --admin-clients folder?"
         )
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and not secure:
+    failed = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    if event in failed and not secure:  # (a secure broker may hang up before it says why)
         return (
             "runs in secure mode and needs keys: give --key FILE (this client's "
             "NAME.key_secret) and --server-key KEY (the broker's public key), or set "
@@ -182,16 +183,19 @@ def handshake_failure(event: int, *, secure: bool) -> str:
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         return (
             "did not accept the encrypted handshake: is --server-key ($REMUS_SERVER_KEY) "
-            "this broker's public key?"
+            "this broker's public key, and does it run in secure mode?"
         )
     return ""
 
 
 def handshake_problem(endpoint: str, peer: PeerKeys | None, wait: float = 1.0) -> str:
-    """Why a broker at ``endpoint`` may not have answered although it runs: one connection
+    """Why a broker at ``endpoint`` may not have answered although it runs: a connection
     made with the same keys tells whether its handshake fails (a refused key, plain mode
     against secure mode or the other way round, a wrong server key). "" if the handshake
-    succeeds, nothing listens there, or nothing is known within ``wait`` seconds."""
+    succeeds, nothing listens there, or nothing is known within ``wait`` seconds.
+
+    A handshake cut short says little (the peer may hang up before it says why): the next
+    attempts, within ``wait``, may tell more."""
     import zmq
     from zmq.utils.monitor import recv_monitor_message
 
@@ -200,20 +204,30 @@ def handshake_problem(endpoint: str, peer: PeerKeys | None, wait: float = 1.0) -
     if peer is not None:
         peer.apply(sock)
     monitor = sock.get_monitor_socket(
-        zmq.EVENT_HANDSHAKE_SUCCEEDED
+        zmq.EVENT_CONNECTED
+        | zmq.EVENT_HANDSHAKE_SUCCEEDED
         | zmq.EVENT_HANDSHAKE_FAILED_AUTH
         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
         | zmq.EVENT_CONNECT_RETRIED
     )
+    cut_short = ""
+    connected = False
     try:
         sock.connect(endpoint)
-        if not monitor.poll(int(wait * 1000)):
-            return ""
-        # the first outcome tells: a failed handshake, else one that succeeded or nothing
-        # listening there
-        event = recv_monitor_message(monitor)["event"]
-        return handshake_failure(event, secure=peer is not None)
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0 and monitor.poll(int(left * 1000)):
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                connected = True
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and peer is not None:
+                # a wrong server key, or a plain broker that hung up first: the next try may say
+                cut_short = handshake_failure(event, secure=True)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED or not connected:
+                return ""  # it lets us in (and only did not answer), or nothing listens
+            elif event != zmq.EVENT_CONNECT_RETRIED:
+                return handshake_failure(event, secure=peer is not None)
+        return cut_short
     finally:
         sock.disable_monitor()
         monitor.close(0)

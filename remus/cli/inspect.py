@@ -91,6 +91,7 @@ def stats_json(s: BrokerStats, endpoint: str) -> dict[str, Any]:
         "queued_bytes": s.queued_bytes,
         "max_queued_bytes": s.max_queued_bytes,
         "max_queued_jobs": s.max_queued_jobs,
+        "security": s.security,
     }
 
 
@@ -113,6 +114,8 @@ def show_stats(s: BrokerStats, endpoint: str) -> None:
     grid.add_column()
     grid.add_row("up", c.cell(f"{c.duration(s.uptime)} (since {c.local_time_ago(s.uptime)})"))
     grid.add_row("journal", journal)
+    if s.security:
+        grid.add_row("security", c.cell(security_text(s.security)))
     for role in ("client", "worker", "status"):
         if role in s.endpoints:
             grid.add_row(f"{role} endpoint", c.cell(s.endpoints[role]))
@@ -153,6 +156,20 @@ def show_stats(s: BrokerStats, endpoint: str) -> None:
                 c.cell(c.first_line(str(wf.get("quarantined") or "")) or "no"),
             )
         out.print(table)
+
+
+def security_text(security: dict[str, Any]) -> str:
+    """The broker's mode, and in secure mode the keys it allows and the peers it refused."""
+    if security.get("mode") != "curve":
+        return "plain mode (no encryption, no keys: anyone who reaches the ports may use them)"
+    allowed = ", ".join(
+        c.plural(int(security.get(f"{kind}_keys", 0)), f"{kind} key")
+        for kind in ("client", "admin", "worker")
+    )
+    refused = ", ".join(
+        c.plural(int(security.get(f"refused_{kind}s", 0)), kind) for kind in ("client", "worker")
+    )
+    return f"secure mode (CURVE): {allowed} allowed; refused since the start: {refused}"
 
 
 # ------------------------------------------------------------------------------ workers

@@ -254,10 +254,10 @@ def run_status(args: argparse.Namespace) -> int:
         c.print_json(status_json(s))
         return _exit_for(s.status)
     if s.status is Status.INVALID:
-        raise c.CliError(
-            f"the broker at {args.client} does not know job {args.job} "
-            "(never submitted, or forgotten after --result-ttl)"
-        )
+        why = "never submitted, or forgotten after --result-ttl"
+        if cl.keys is not None:
+            why = "never submitted, forgotten after --result-ttl, or another key's job"
+        raise c.CliError(f"the broker at {args.client} does not know job {args.job} ({why})")
     out = c.console()
     attempt = f" (attempt {s.attempt})" if s.attempt > 1 else ""
     where = f" on {s.worker}" if s.worker else ""
@@ -295,7 +295,8 @@ def run_cancel(args: argparse.Namespace) -> int:
     with c.client(args) as cl:
         before = cl.job_status(args.job, timeout=args.timeout)
         if before.status is Status.INVALID:
-            raise c.CliError(f"the broker at {args.client} does not know job {args.job}")
+            mine = " (or it is another key's job)" if cl.keys else ""
+            raise c.CliError(f"the broker at {args.client} does not know job {args.job}{mine}")
         if before.done:
             print(f"job {before.job_id} had already ended: {before.status.name}", flush=True)
             return c.OK

@@ -348,7 +348,7 @@ def _metrics(at: tuple[str, int], server: Any) -> Any:
     from remus.server.metrics import MetricsExporter
     from remus.server.server import reachable
 
-    keys: dict[str, Any] = {}
+    keys: dict[str, Any] = {"secret_key": False}  # plain, whatever $REMUS_SECRET_KEY says
     if server.security is not None:
         keys = {"server_key": server.public_key, "secret_key": server.security.own_keys()}
     exporter = MetricsExporter(reachable(server.ports.client), at[1], at[0], **keys)

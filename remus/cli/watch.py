@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock.connect(endpoint)
         what = "every event" if topics == [""] else " ".join(f"{t}*" for t in topics)
+        if peer is not None:
+            what += " this key may see"
         if args.job:
             what += f" of job {args.job}"
         _note(f"watching {what} at {endpoint} (Ctrl-C to stop)")

@@ -42,7 +42,7 @@ from remus.client.client import (
 from remus.client.patience import Patience
 from remus.errors import JobNotRunningError, RemusError, UnknownJobError
 from remus.files import JobFileRequest
-from remus.security import KeyArg, KeyPair
+from remus.security import KeyArg, SecretArg
 from remus.types import (
     FileHandle,
     IOType,
@@ -98,7 +98,7 @@ class BasicClient:
         timeout: float = 10.0,
         context: zmq.Context[Any] | None = None,
         server_key: KeyArg | bytes = None,
-        secret_key: KeyArg | KeyPair = None,
+        secret_key: SecretArg = None,
     ) -> None:
         self.client = Client(
             endpoint,

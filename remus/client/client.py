@@ -40,7 +40,7 @@ from remus.errors import (
 from remus.files import JobFileRequest
 from remus.hostid import host_id
 from remus.introspect import BrokerStats, JobInfo, WorkerInfo
-from remus.security import HandshakeWatch, KeyArg, KeyPair, peer_keys
+from remus.security import HandshakeWatch, KeyArg, SecretArg, peer_keys
 from remus.server.config import check_endpoint, endpoint_from_env
 from remus.types import (
     IOType,
@@ -252,7 +252,7 @@ class Client:
         timeout: float = 10.0,
         context: zmq.Context[Any] | None = None,
         server_key: KeyArg | bytes = None,
-        secret_key: KeyArg | KeyPair = None,
+        secret_key: SecretArg = None,
     ) -> None:
         endpoint = check_endpoint(endpoint_from_env(endpoint, "client"), "client")
         if timeout <= 0:

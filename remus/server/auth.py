@@ -56,6 +56,14 @@ class AllowLists:
     #: worker key -> the io types it may register (None: any)
     workers: dict[bytes, frozenset[IOType] | None] = field(default_factory=dict)
 
+    #: keys the broker allows by itself (its own, its spawned workers'), not from a folder
+    implicit: frozenset[bytes] = frozenset()
+
+    def counts(self) -> tuple[int, int, int]:
+        """(client, admin, worker) keys allowed from the folders."""
+        mine = self.implicit
+        return len(self.clients - mine), len(self.admins - mine), len(self.workers.keys() - mine)
+
     def client_allowed(self, key: bytes) -> bool:
         return key in self.clients or key in self.admins
 
@@ -269,7 +277,10 @@ class Gate:
         lists = self.security.read(self._extra)
         spawned = self.spawn_keys.public  # (its handlers may submit assistants)
         return replace(
-            lists, clients=lists.clients | {spawned}, admins=lists.admins | {self.own.public}
+            lists,
+            clients=lists.clients | {spawned},
+            admins=lists.admins | {self.own.public},
+            implicit=frozenset((spawned, self.own.public)),
         )
 
     @property
@@ -281,9 +292,7 @@ class Gate:
         lists = self.lists
         log.info(
             "secure mode (CURVE): %d client keys, %d admin keys, %d worker keys allowed (from %s)",
-            len(lists.clients),
-            len(lists.admins) - 1,
-            len(lists.workers) - len(self._extra),
+            *lists.counts(),
             ", ".join(self.security.folders()),
         )
 
@@ -306,9 +315,7 @@ class Gate:
         )
         log.info(
             "allow-lists reloaded: %d client keys, %d admin keys, %d worker keys; %d revoked",
-            len(lists.clients) - 1,
-            len(lists.admins) - 1,
-            len(lists.workers) - len(self._extra),
+            *lists.counts(),
             len(gone),
         )
         return lists

@@ -111,12 +111,11 @@ class CoreThread(threading.Thread):
         if wanted is None:
             raw = topic.encode()
             wanted = any(raw.startswith(s) for s in self._subscriptions)
-            if not wanted and self._gate is not None and not raw.startswith(b"@"):
-                # an owner following "@KEY job." wants job events made (then sent as owned)
+            if not wanted and self._gate is not None and raw.startswith(b"job."):
+                # an owner following "@KEY " or "@KEY job.x" wants job events made (then sent
+                # under its owned topic, to it alone)
                 wanted = any(
-                    s[OWNED_AT:] and raw.startswith(s[OWNED_AT:])
-                    for s in self._subscriptions
-                    if s.startswith(b"@")
+                    raw.startswith(s[OWNED_AT:]) for s in self._subscriptions if s.startswith(b"@")
                 )
             pipe = self._monitor_pipe
             self._wanted[topic] = wanted = wanted or (pipe is not None and topic in pipe.topics)
@@ -129,7 +128,13 @@ class CoreThread(threading.Thread):
         raw = frame.bytes
         if not raw or raw[0] not in (0, 1):
             return
-        key = str(frame.get("User-Id")).encode()
+        try:
+            key = str(frame.get("User-Id")).encode()
+        except zmq.ZMQError:
+            # libzmq's own unsubscribe for a subscriber that left: nothing to apply, only our
+            # count of who wants what to correct
+            self._subscription(raw)
+            return
         topic = raw[1:]
         assert self._gate is not None
         lists = self._gate.lists

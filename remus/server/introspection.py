@@ -365,11 +365,12 @@ class Introspection:
         if lists is None:
             return {"mode": "plain"}
         refused = dict(core.refused or {})
+        clients, admins, workers = lists.counts()
         return {
             "mode": "curve",
-            "client_keys": len(lists.clients),
-            "admin_keys": len(lists.admins),
-            "worker_keys": len(lists.workers),
+            "client_keys": clients,
+            "admin_keys": admins,
+            "worker_keys": workers,
             "refused_clients": refused.get(CLIENT_DOMAIN, 0),
             "refused_workers": refused.get(WORKER_DOMAIN, 0),
         }

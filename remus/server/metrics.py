@@ -25,7 +25,7 @@ from typing import Any
 
 from remus.errors import ConfigError, RemusError
 from remus.introspect import BrokerStats, WorkerInfo
-from remus.security import KeyArg, KeyPair
+from remus.security import KeyArg, SecretArg
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class MetricsExporter:
         *,
         timeout: float = SCRAPE_TIMEOUT,
         server_key: KeyArg | bytes = None,
-        secret_key: KeyArg | KeyPair = None,
+        secret_key: SecretArg = None,
     ) -> None:
         if CollectorRegistry is None:
             raise ConfigError(

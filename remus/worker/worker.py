@@ -28,7 +28,7 @@ import zmq
 from remus.errors import FileError
 from remus.files import PathLike, Scratch, materialize, result_files
 from remus.hostid import host_id
-from remus.security import KeyArg, KeyPair, peer_keys
+from remus.security import KeyArg, SecretArg, peer_keys
 from remus.server.config import check_endpoint, endpoint_from_env
 from remus.types import IOType, JobRequirements
 from remus.worker.connection import Connection
@@ -90,7 +90,7 @@ class Worker:
         slots: int | None = None,
         client_endpoint: str | None = None,
         server_key: KeyArg | bytes = None,
-        secret_key: KeyArg | KeyPair = None,
+        secret_key: SecretArg = None,
     ) -> None:
         endpoint = check_endpoint(endpoint_from_env(endpoint, "worker"), "worker")
         #: secure mode: this worker's keys and the broker's (None: plain mode)
