@@ -96,6 +96,8 @@ class CoreThread(threading.Thread):
         self._factory = factory
         self._journal = journal
         self._subscriptions: dict[bytes, int] = {}
+        #: secure mode: per topic a subscriber asked for, what was applied for each of them
+        self._applied: dict[bytes, list[tuple[bytes, ...]]] = {}
         #: when a client was last heard or answered (a stop answers late requests if recently)
         self._last_client = -CLOSING
         self._wanted: dict[str, bool] = {}
@@ -128,14 +130,18 @@ class CoreThread(threading.Thread):
         raw = frame.bytes
         if not raw or raw[0] not in (0, 1):
             return
+        topic = raw[1:]
+        applied_for = self._applied.setdefault(topic, [])
         try:
             key = str(frame.get("User-Id")).encode()
         except zmq.ZMQError:
-            # libzmq's own unsubscribe for a subscriber that left: nothing to apply, only our
-            # count of who wants what to correct
-            self._subscription(raw)
+            # libzmq's own unsubscribe for a subscriber that left, naming the topic it asked
+            # for, not whose it was. Count it off only if every subscriber of that topic had
+            # the same applied (else it could silence another key's feed: leave it counted)
+            if applied_for and all(a == applied_for[0] for a in applied_for):
+                for t in applied_for.pop():
+                    self._subscription(b"\x00" + t)
             return
-        topic = raw[1:]
         assert self._gate is not None
         lists = self._gate.lists
         own = b"@" + key + b" "
@@ -154,6 +160,10 @@ class CoreThread(threading.Thread):
         for t in applied:
             status.setsockopt(option, t)
             self._subscription(raw[:1] + t)
+        if raw[0] == 1:
+            applied_for.append(tuple(applied))
+        elif tuple(applied) in applied_for:
+            applied_for.remove(tuple(applied))
 
     def _subscription(self, frame: bytes) -> None:
         if not frame:

@@ -46,7 +46,7 @@ import zmq
 from remus import protocol as p
 from remus.errors import ForbiddenError, ProtocolError, WrongEndpointError
 from remus.hostid import host_id
-from remus.security import PeerKeys
+from remus.security import HandshakeWatch, PeerKeys
 from remus.types import JobRequirements
 from remus.usage import current
 from remus.worker.job import Contents, Job
@@ -91,6 +91,9 @@ class Connection(threading.Thread):
         self.slots = slots
         self._hub = hub
         self._keys = keys
+        #: secure mode: why the handshake with the broker failed, if it did
+        self._handshake: HandshakeWatch | None = None
+        self._sock: zmq.Socket[Any] | None = None
         #: the state of each job's current run, by id (written here, removed by ``forget``)
         self._states: dict[str, JobState] = {}
         self._states_lock = threading.Lock()
@@ -178,13 +181,22 @@ class Connection(threading.Thread):
             self.shutdown.set()
             self.inbox.put(None)
         finally:
-            sock.close(linger=1000)
+            self._close_socket(self._sock, linger=1000)
+
+    def _close_socket(self, sock: zmq.Socket[Any] | None, linger: int = 0) -> None:
+        if sock is None:
+            return
+        if self._handshake is not None:
+            self._handshake.close(sock)
+        sock.close(linger=linger)
 
     def _connect(self) -> zmq.Socket[Any]:
         sock = self._context.socket(zmq.DEALER)
         sock.routing_id = self.identity
         if self._keys is not None:
             self._keys.apply(sock)
+            self._handshake = HandshakeWatch(sock)
+        self._sock = sock
         sock.linger = 0
         sock.sndhwm = sock.rcvhwm = 0
         sock.connect(self.endpoint)
@@ -281,7 +293,19 @@ class Connection(threading.Thread):
                 self._send(sock, p.Goodbye())
                 return
             if now - last_heard > self.heartbeat * LIVENESS:
-                if not silent:
+                refused = self._handshake.failure() if self._handshake is not None else ""
+                if refused:
+                    # ZeroMQ does not retry a refused handshake: a new socket tries again
+                    # (the key may be allowed by now, or the broker back with its key)
+                    if not silent:
+                        log.warning("broker at %s: %s; trying again", self.endpoint, refused)
+                    poller.unregister(sock)
+                    self._close_socket(sock)
+                    sock = self._connect()  # (which registers)
+                    poller.register(sock, zmq.POLLIN)
+                else:
+                    self._reregister(sock, resend=False)
+                if not refused and not silent:
                     log.warning(
                         "broker at %s silent for %.1f s; registering again and waiting for it",
                         self.endpoint,
@@ -290,7 +314,6 @@ class Connection(threading.Thread):
                 silent = True
                 self.connected.clear()
                 # the reports go again once the broker answers: not once per silent period
-                self._reregister(sock, resend=False)
                 self.reconnects += 1
                 last_heard = now
                 next_beat = now + self.heartbeat
