@@ -35,6 +35,7 @@ from remus import protocol as p
 from remus.client.client import _status, scheduling
 from remus.hostid import host_id
 from remus.server import Server
+from remus.server.core_thread import CoreThread
 from remus.types import JobRequirements
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,10 +63,17 @@ class RawWorker:
         self.last_sent = 0.0
         reqs = JobRequirements(io_type)
         self.send(p.Register(reqs, self.HEARTBEAT, host_id(), os.getpid(), credit))
-        # registered once the broker answers (with a heartbeat naming its client endpoint)
-        self.client_endpoint = self.until(
-            lambda got: next((m.client for m in got if isinstance(m, p.Heartbeat)), "")
-        )
+        # registered once the broker answers, with a heartbeat naming its client endpoint
+        # (its later heartbeats name none: an answer without it is final)
+        try:
+            answer = self.until(
+                lambda got: next((m for m in got if isinstance(m, p.Heartbeat)), None)
+            )
+            assert answer.client, "the broker answered register without its client endpoint"
+        except BaseException:
+            self.sock.close(0)  # (no fixture closes a worker that never registered)
+            raise
+        self.client_endpoint: str = answer.client
 
     def send(self, msg: p.Message) -> None:
         self.sock.send_multipart(p.encode(msg))
@@ -474,3 +482,21 @@ def test_cli_status_shows_parent_assistants_and_history(
     assert f"assistant of: {master.id}" in one.out and "history" not in one.out
     doc = json.loads(cli("status", assistants[0].id, "--json", "--client", client_ep).out)
     assert (doc["parent"], doc["assistants"], doc["history"]) == (master.id, [], [])
+
+
+def test_a_worker_that_registers_before_the_core_reads_learns_the_client_endpoint(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, raw_workers: Any
+) -> None:
+    """start() returns while the core thread may not have read its control messages yet (an
+    OS that does not schedule it at once): a worker that registers then must still be told
+    the client endpoint. The core is held until the register is in its pipe."""
+    loop = CoreThread._loop
+
+    def held(self: CoreThread, control: Any, client: Any, worker: Any, status: Any) -> None:
+        worker.poll(5000)  # (the register has come from the edge)
+        loop(self, control, client, worker, status)
+
+    monkeypatch.setattr(CoreThread, "_loop", held)
+    server = make_server()
+    worker = raw_workers(server.ports.worker)
+    assert worker.client_endpoint == server.ports.client

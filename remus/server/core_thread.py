@@ -307,7 +307,10 @@ class CoreThread(threading.Thread):
         core = self.core
         assert core is not None
         poller = zmq.Poller()
-        for s in (control, client, worker, status):
+        # The client and worker pipes are read only once the Server has said which endpoints
+        # the edges bound (ENDPOINTS): a worker that registers earlier would be answered
+        # without the client endpoint, and never learn it.
+        for s in (control, status):
             poller.register(s, zmq.POLLIN)
         tracing = log.isEnabledFor(TRACE)
         now = time.monotonic()
@@ -330,6 +333,8 @@ class CoreThread(threading.Thread):
                     bound = order[len(ENDPOINTS) :].decode().split(" ")
                     self._bound = dict(zip(("client", "worker"), bound, strict=False))
                     core.endpoints = {**self._bound, "status": self.status_endpoint}
+                    for pipe in (client, worker):
+                        poller.register(pipe, zmq.POLLIN)  # (again: a no-op)
                 elif order.startswith(LIFT_QUARANTINE):
                     self._lift_quarantine(order[len(LIFT_QUARANTINE) :].decode())
                 elif order.startswith(DRAIN_FOR):
