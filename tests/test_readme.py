@@ -31,6 +31,7 @@ from conftest import ROOT, wait_for
 from helpers_e2e import start_cli_server, wait_exit
 
 from remus import IOType
+from remus.client import BasicClient
 from remus.server import ServerPorts
 
 pytestmark = pytest.mark.timeout(60)
@@ -332,6 +333,12 @@ def test_shared_network_walkthrough(make_process: Any, tmp_path: Path) -> None:
                     "REMUS_SECRET_KEY": str(keys / "workers" / "meshers.key_secret"),
                 },
             )
+            with BasicClient(
+                ports.client,
+                server_key=keys / "broker" / "broker.key",
+                secret_key=keys / "admins" / "ops.key_secret",
+            ) as ops:  # the worker has registered before the README's client submits
+                wait_for(lambda: ops.client.can_mesh(IOType("Text", "Upper")), timeout=20)
         elif words[0] == "export":
             exported.update(w.split("=", 1) for w in words[1:])  # type: ignore[misc]
         elif words[0] == "remus":

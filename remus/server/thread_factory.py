@@ -149,12 +149,10 @@ class ThreadWorkerFactory(WorkerFactoryBase):
         handler = self.handlers[slot.reqs]
         try:
             keys = self._keys
-            with Worker(
-                slot.reqs,
-                endpoint=endpoint,
-                server_key=keys.server if keys is not None else None,
-                secret_key=keys.own if keys is not None else None,
-            ) as worker:
+            secure: dict[str, Any] = (
+                {} if keys is None else {"server_key": keys.server, "secret_key": keys.own}
+            )
+            with Worker(slot.reqs, endpoint=endpoint, **secure) as worker:
                 worker.run(handler, idle_timeout=self.idle_timeout)
         except BaseException:
             slot.error = traceback.format_exc()
