@@ -315,22 +315,30 @@ def journal(opts: Options, why: str | None) -> list[Row]:
     if why is not None:
         return [row]
 
-    def run(path: str | None) -> Any:
+    with tempfile.TemporaryDirectory(prefix="remus-perf-") as tmp:
+        _with_and_without(row, opts, "remus --journal", journal=os.path.join(tmp, "remus.db"))
+    return [row]
+
+
+def _with_and_without(row: Row, opts: Options, label: str, **option: Any) -> Any:
+    """Pipelined jobs/s with 2 workers, with ``option`` (remus's side of ``row``) and without
+    (its reference), one after the other; returns the run with it (None if it failed)."""
+
+    def run(**extra: Any) -> Any:
         return remus_bench.pipelined(
             workers=2,
             jobs=opts.jobs,
             warmup=opts.warmup,
             repeat=opts.repeat,
             prefetch=opts.prefetch,
-            journal=path,
+            **extra,
         )
 
-    with tempfile.TemporaryDirectory(prefix="remus-perf-") as tmp:
-        got = _measure(row, "remus --journal", lambda: run(os.path.join(tmp, "remus.db")))
-    ref = _measure(row, "remus", lambda: run(None))
+    got = _measure(row, label, lambda: run(**option))
+    ref = _measure(row, "remus", run)
     row.remus = Stat.of(got["samples"]) if got else None
     row.reference = Stat.of(ref["samples"]) if ref else None
-    return [row]
+    return got
 
 
 def observed(opts: Options, why: str | None) -> list[Row]:
@@ -345,20 +353,7 @@ def observed(opts: Options, why: str | None) -> list[Row]:
     if why is not None:
         return [row]
 
-    def run(watched: bool) -> Any:
-        return remus_bench.pipelined(
-            workers=2,
-            jobs=opts.jobs,
-            warmup=opts.warmup,
-            repeat=opts.repeat,
-            prefetch=opts.prefetch,
-            observed=watched,
-        )
-
-    got = _measure(row, "remus watched", lambda: run(True))
-    ref = _measure(row, "remus", lambda: run(False))
-    row.remus = Stat.of(got["samples"]) if got else None
-    row.reference = Stat.of(ref["samples"]) if ref else None
+    got = _with_and_without(row, opts, "remus watched", observed=True)
     if got:
         row.note = "; ".join(filter(None, [row.note, f"{got['scrapes']} scrapes during the run"]))
     return [row]
@@ -371,20 +366,7 @@ def curve(opts: Options, why: str | None) -> list[Row]:
     if why is not None:
         return [row]
 
-    def run(secure: bool) -> Any:
-        return remus_bench.pipelined(
-            workers=2,
-            jobs=opts.jobs,
-            warmup=opts.warmup,
-            repeat=opts.repeat,
-            prefetch=opts.prefetch,
-            curve=secure,
-        )
-
-    got = _measure(row, "remus CURVE", lambda: run(True))
-    ref = _measure(row, "remus", lambda: run(False))
-    row.remus = Stat.of(got["samples"]) if got else None
-    row.reference = Stat.of(ref["samples"]) if ref else None
+    _with_and_without(row, opts, "remus CURVE", curve=True)
     return [row]
 
 

@@ -77,8 +77,9 @@ def server(make_server: Callable[..., Server]) -> Server:
 def make_client() -> Iterator[Callable[..., Any]]:
     made: list[Any] = []
 
-    def make(endpoint: str, *, basic: bool = False, timeout: float = 5.0) -> Any:
-        client = (BasicClient if basic else Client)(endpoint, timeout=timeout)
+    def make(endpoint: str, *, basic: bool = False, timeout: float = 5.0, **keys: Any) -> Any:
+        """``keys``: ``server_key=`` and ``secret_key=``, for a broker in secure mode."""
+        client = (BasicClient if basic else Client)(endpoint, timeout=timeout, **keys)
         made.append(client)
         return client
 

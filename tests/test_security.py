@@ -66,9 +66,8 @@ def serve(make_server: Callable[..., Server], keys: KeyRing) -> Callable[[], Ser
 
 
 @pytest.fixture
-def make_secure_client(keys: KeyRing) -> Iterator[Callable[..., BasicClient]]:
+def make_secure_client(keys: KeyRing, make_client: Any) -> Callable[..., BasicClient]:
     """BasicClients of a broker; ``secret=None`` makes a plain one (no keys at all)."""
-    made: list[BasicClient] = []
 
     def make(
         endpoint: str,
@@ -80,13 +79,9 @@ def make_secure_client(keys: KeyRing) -> Iterator[Callable[..., BasicClient]]:
         options: dict[str, Any] = {}
         if secret is not None:
             options = {"secret_key": secret, "server_key": server_key or keys.broker_public}
-        client = BasicClient(endpoint, timeout=timeout, **options)
-        made.append(client)
-        return client
+        return make_client(endpoint, basic=True, timeout=timeout, **options)
 
-    yield make
-    for client in made:
-        client.close()
+    return make
 
 
 @pytest.fixture

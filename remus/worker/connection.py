@@ -44,7 +44,7 @@ from typing import Any
 import zmq
 
 from remus import protocol as p
-from remus.errors import ForbiddenError, ProtocolError, WrongEndpointError
+from remus.errors import ForbiddenError, ProtocolError, ServerError, WrongEndpointError
 from remus.hostid import host_id
 from remus.security import HandshakeWatch, PeerKeys
 from remus.types import JobRequirements
@@ -59,6 +59,11 @@ LIVENESS = 3.0
 SMALL = 4096
 #: on close, how long to wait for the broker to acknowledge the last reports
 CLOSE_WAIT = 2.0
+#: error codes after which a worker stops, and the error it then holds
+FATAL: dict[str, type[ServerError]] = {
+    "wrong-endpoint": WrongEndpointError,
+    "forbidden": ForbiddenError,
+}
 
 
 class Connection(threading.Thread):
@@ -382,20 +387,13 @@ class Connection(threading.Thread):
                 # second) is enough.
                 if time.monotonic() - self._registered_at >= min(self.heartbeat, 1.0):
                     self._reregister(sock, resend=True)
-            elif msg.code == "forbidden":
-                # secure mode: this key may not serve this io type, or was revoked
+            elif msg.code in FATAL:
+                # nothing will ever work here: a client endpoint, not a worker one; or (secure
+                # mode) this key may not serve this io type, or was revoked. Each message sent
+                # before this answer gets one too: say it once
                 if self.error is None:
                     log.error("worker stops: the broker at %s says %s", self.endpoint, msg.message)
-                    self.error = ForbiddenError(msg.message)
-                self.shutdown.set()
-                self.inbox.put(None)
-                return True
-            elif msg.code == "wrong-endpoint":
-                # a client endpoint, not a worker one: nothing will ever work here (each message
-                # sent before this answer gets one too: say it once)
-                if self.error is None:
-                    log.error("worker stops: the broker at %s says %s", self.endpoint, msg.message)
-                    self.error = WrongEndpointError(msg.message)
+                    self.error = FATAL[msg.code](msg.message)
                 self.shutdown.set()
                 self.inbox.put(None)
                 return True
