@@ -6,7 +6,7 @@
     public key:  keys/alice.key
     secret key:  keys/alice.key_secret (readable by you only)
     alice: rq:rM>}U?@Lns47E1%kR.o@n%FA({1wsn5Ox0Xh[
-    copy keys/alice.key into the broker's allow-list folder (...); keep keys/alice.key_secret ...
+    keys/alice.key is public: for a client or worker, copy it into ... Keep keys/alice.key_secret
 
 A broker's own pair is made the same way: ``remus server --secret-key broker.key_secret``, and
 its clients and workers get ``broker.key`` (or the Z85 text ``remus keys show`` prints) as their
@@ -65,8 +65,10 @@ def run_new(args: argparse.Namespace) -> int:
     print(f"secret key:  {secret} (readable by you only)")
     print(f"{args.name}: {public_key_of(public).decode()}")
     print(
-        f"copy {public} into the broker's allow-list folder (--allow-clients, --admin-clients "
-        f"or --allow-workers); keep {secret} private: whoever holds it is {args.name}",
+        f"{public} is public: for a client or worker, copy it into the broker's allow-list "
+        "folder (--allow-clients, --admin-clients or --allow-workers); for a broker, give it to "
+        f"its clients and workers (--server-key). Keep {secret} private: whoever holds it is "
+        f"{args.name}",
         flush=True,
     )
     return c.OK
