@@ -8,7 +8,6 @@ worker files and reads the allow-list folders again."""
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -246,12 +245,6 @@ def run(args: argparse.Namespace) -> int:
         except UsageError as e:
             print(f"remus server: {e}", file=sys.stderr)
             return 2
-
-    # A broker holds many small long-lived objects (one record per job); the cyclic garbage
-    # collector's default thresholds make it rescan them thousands of times a second under
-    # load. Jobs hold no reference cycles, so collect rarely. (Only the command sets this:
-    # a library must not change its host process's collector.)
-    gc.set_threshold(100_000, 50, 1000)
 
     try:
         ports = ServerPorts(args.client, args.worker, args.status)

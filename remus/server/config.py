@@ -90,6 +90,11 @@ class ServerConfig:
     #: to a worker on another host than the client that named them (docs/files.md); none by
     #: default: such a job then fails with a reason that names this option
     file_roots: tuple[str, ...] = ()
+    #: the cyclic garbage collector's thresholds while a broker runs in this process, restored
+    #: when the last one stops (None: leave the collector alone). A broker holds many small
+    #: long-lived objects (a record per job) without reference cycles; the default thresholds
+    #: make the collector rescan them thousands of times a second under load
+    gc_threshold: tuple[int, int, int] | None = (100_000, 50, 1000)
 
     def __post_init__(self) -> None:
         for name in ("result_ttl", "liveness_factor", "stall_threshold", "max_wait"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -29,6 +30,35 @@ from remus.server.journal import Journal
 from remus.server.monitors import MonitorThread, check_monitors
 
 log = logging.getLogger(__name__)
+
+
+class _Collector:
+    """The garbage collector's thresholds while brokers run (``ServerConfig.gc_threshold``):
+    set when the first one starts, restored when the last one stops. Process-wide, so counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: tuple[int, ...] = ()
+
+    def acquire(self, threshold: tuple[int, int, int] | None) -> bool:
+        if threshold is None:
+            return False
+        with self._lock:
+            if self._users == 0:
+                self._saved = gc.get_threshold()
+                gc.set_threshold(*threshold)
+            self._users += 1
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                gc.set_threshold(*self._saved)
+
+
+_collector = _Collector()
 
 
 def reachable(endpoint: str) -> str:
@@ -110,6 +140,8 @@ class Server:
         self._control: zmq.Socket[Any] | None = None
         self._core: CoreThread | None = None
         self._stopped = threading.Event()
+        #: this server raised the collector's thresholds (ServerConfig.gc_threshold)
+        self._tuned_gc = False
 
     # -------------------------------------------------------------- lifetime
 
@@ -126,6 +158,7 @@ class Server:
                 for name in ("control", "client", "worker", "client-ctl", "worker-ctl")
             )
             limit = self.config.max_message_bytes
+            self._tuned_gc = _collector.acquire(self.config.gc_threshold)
             gate = self._start_gate()
             secure: dict[str, Any] = {}
             if gate is not None:
@@ -159,6 +192,7 @@ class Server:
                     self._journal = Journal(self.journal_path)  # ConfigError, in the caller
                 except BaseException:
                     self._stop_gate()
+                    self._untune_gc()
                     raise
             monitors = None
             if self.monitors:  # its pipe is bound before the core thread connects to it
@@ -186,6 +220,7 @@ class Server:
                 self._close_journal()
                 core.join(timeout)
                 self._stop_gate()
+                self._untune_gc()
                 if monitors is not None:
                     watcher.close()
                 raise RemusError(f"the broker could not start: {core.error or 'timed out'}")
@@ -275,6 +310,11 @@ class Server:
             use_keys(PeerKeys(gate.spawn_keys, gate.own.public))
         return gate
 
+    def _untune_gc(self) -> None:
+        if self._tuned_gc:
+            self._tuned_gc = False
+            _collector.release()
+
     def _stop_gate(self) -> None:
         if self._gate is not None:
             self._gate.stop()
@@ -297,6 +337,7 @@ class Server:
         self._control = None
         self._close_journal()
         self._stop_gate()
+        self._untune_gc()
         self.status = "closed"
         self._stopped.set()
 
