@@ -360,14 +360,28 @@ def observed(opts: Options, why: str | None) -> list[Row]:
 
 
 def curve(opts: Options, why: str | None) -> list[Row]:
-    """What encryption costs: pipelined jobs/s of a broker in secure mode (CURVE on every
-    socket, a key on every peer) against the same broker in plain mode."""
+    """What encryption costs: pipelined jobs/s and the round trip's p50 of a broker in secure
+    mode (CURVE on every socket, a key on every peer) against the same broker in plain mode."""
     row = Row("pipelined, 2 workers, CURVE", "jobs/s", ref_label="plain")
+    p50 = Row("round trip p50, CURVE", "µs", ref_label="plain")
     if why is not None:
-        return [row]
-
+        return [row, p50]
     _with_and_without(row, opts, "remus CURVE", curve=True)
-    return [row]
+
+    def latency(secure: bool) -> Any:
+        return remus_bench.round_trip(
+            count=opts.rt_count,
+            warmup=opts.warmup,
+            repeat=opts.repeat,
+            prefetch=opts.prefetch,
+            curve=secure,
+        )
+
+    got = _measure(p50, "remus CURVE", lambda: latency(True))
+    ref = _measure(p50, "remus", lambda: latency(False))
+    p50.remus = Stat.of([s["p50"] for s in got]) if got else None
+    p50.reference = Stat.of([s["p50"] for s in ref]) if ref else None
+    return [row, p50]
 
 
 def slots(opts: Options, why: str | None) -> list[Row]:

@@ -262,9 +262,10 @@ def idle_cpu_percent(proc: Proc, seconds: float, settle: float = 1.0) -> float:
 
 
 def round_trip(
-    *, count: int, warmup: int, repeat: int, prefetch: int = 64
+    *, count: int, warmup: int, repeat: int, prefetch: int = 64, curve: bool = False
 ) -> list[dict[str, float]]:
-    with ProcGroup() as group, session(group) as (_, eps):
+    """Latency percentiles of one job at a time; ``curve``: in secure mode (see secure_mode)."""
+    with ProcGroup() as group, secure_mode(curve) as keys, session(group, *keys) as (_, eps):
         start_workers(group, eps.worker, "tiny", prefetch=prefetch)
         client = start_client(
             group, eps.client, "roundtrip", count=count, warmup=warmup, repeat=repeat
