@@ -85,54 +85,75 @@ def _nowhere(*item: Any, wake: bool = True) -> None:
     raise RuntimeError("this worker has no connection")
 
 
-class JobState:
-    """One run of one job: its cancel, its control messages, its assistants."""
+class _Live:
+    """What only some runs need (a lock, control messages, callbacks, cancel hooks,
+    assistants): made on a run's first cancel, control message or call that needs it, so
+    that most runs of a busy worker (tiny jobs that see none of these) never pay for it."""
 
-    __slots__ = (
-        "_callbacks",
-        "_hooks",
-        "_lock",
-        "_messages",
-        "_seq",
-        "_taken",
-        "assistants",
-        "hub",
-        "job_id",
-        "reason",
-    )
+    __slots__ = ("assistants", "callbacks", "hooks", "lock", "messages", "seq", "taken")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[bytes] = []
+        self.seq = 0
+        self.taken = 0
+        self.callbacks: list[ControlCallback] = []
+        self.hooks: list[Callable[[str], Any]] = []
+        self.assistants: list[ClientJob] = []
+
+
+#: makes a run's _Live, once, whichever thread comes first
+_making = threading.Lock()
+
+
+class JobState:
+    """One run of one job: its cancel, its control messages, its assistants. A new one per
+    job handed over, so it is light: its job id, hub and cancel reason, and the rest
+    (:class:`_Live`) made only for a run that uses it."""
+
+    __slots__ = ("_live", "hub", "job_id", "reason")
 
     def __init__(self, job_id: str, hub: Hub | None = None) -> None:
         self.job_id = job_id
         self.hub = hub
-        self._lock = threading.Lock()
         #: why the broker cancelled this run (None: it did not)
         self.reason: str | None = None
-        self._messages: list[bytes] = []
-        self._seq = 0
-        self._taken = 0
-        self._callbacks: list[ControlCallback] = []
-        self._hooks: list[Callable[[str], Any]] = []
-        #: the assistants this run submitted, in order
-        self.assistants: list[ClientJob] = []
+        self._live: _Live | None = None
+
+    def _get(self) -> _Live:
+        live = self._live
+        if live is None:
+            with _making:
+                live = self._live
+                if live is None:
+                    live = self._live = _Live()
+        return live
+
+    @property
+    def assistants(self) -> list[ClientJob]:
+        """The assistants this run submitted, in order."""
+        return self._get().assistants
 
     # ------------------------------------------------------------------ cancel
 
     def cancel(self, reason: str) -> None:
         """The broker cancelled this run (connection thread). The first reason stays."""
-        with self._lock:
+        live = self._get()
+        with live.lock:
             if self.reason is not None:
                 return
             self.reason = reason
-            hooks, self._hooks = self._hooks, []
+            hooks, live.hooks = live.hooks, []
         for hook in hooks:
             hook(reason)
 
     def on_cancel(self, hook: Callable[[str], Any]) -> None:
         """Call ``hook(reason)`` when this run is cancelled (now, if it already is)."""
-        with self._lock:
+        live = self._get()
+        with live.lock:
             reason = self.reason
             if reason is None:
-                self._hooks.append(hook)
+                live.hooks.append(hook)
                 return
         hook(reason)
 
@@ -141,29 +162,34 @@ class JobState:
     def control(self, seq: int, data: bytes) -> bool:
         """Control message number ``seq`` arrived (connection thread); False for a copy of one
         already here."""
-        with self._lock:
-            if seq <= self._seq:
+        live = self._get()
+        with live.lock:
+            if seq <= live.seq:
                 return False
-            self._seq = seq
-            self._messages.append(data)
+            live.seq = seq
+            live.messages.append(data)
             hub = self.hub
             if hub is not None:  # (a callback is only ever taken with a hub)
-                for callback in self._callbacks:
+                for callback in live.callbacks:
                     hub.dispatcher.call(callback, data)
         return True
 
     def take_controls(self) -> list[bytes]:
         """The messages not returned by an earlier call, in order."""
-        with self._lock:
-            new = self._messages[self._taken :]
-            self._taken = len(self._messages)
+        live = self._live
+        if live is None:
+            return []  # none came (one that comes now makes it: the next call sees it)
+        with live.lock:
+            new = live.messages[live.taken :]
+            live.taken = len(live.messages)
         return new
 
     def on_control(self, callback: ControlCallback) -> None:
         """Call ``callback(data)`` for every message, those already here first."""
         if self.hub is None:
             raise RuntimeError(f"job {self.job_id} does not come from a worker")
-        with self._lock:
-            self._callbacks.append(callback)
-            for data in self._messages:
+        live = self._get()
+        with live.lock:
+            live.callbacks.append(callback)
+            for data in live.messages:
                 self.hub.dispatcher.call(callback, data)

@@ -10,7 +10,9 @@ named ``remus-slot``; with one slot, the thread that called ``run`` itself, as e
 handler may still do what only the main thread may, such as set signal handlers). The handler
 gets the :class:`~remus.worker.job.Job`, with everything it
 offers (progress, cancels, checkpoints, control messages, assistants). Right for handlers that
-wait (I/O, subprocesses) or release the GIL (NumPy and most native code).
+wait (I/O, subprocesses) or release the GIL (NumPy and most native code). One slot, the
+default, has a loop of its own: nothing else runs a handler, so it takes no lock and waits on
+no condition per job (for tiny jobs, that was a third of what the worker's thread spent).
 
 **Processes** (``pool="process"``): a ``ProcessPoolExecutor`` of ``slots`` processes, started
 with ``spawn`` (never ``fork``: the worker has threads and a ZeroMQ context), for CPU-bound
@@ -106,10 +108,12 @@ class Runner:
             first = min(first, self.max_jobs)
         self.asked = first
         w.ask_for_jobs(first)
-        executor: cf.Executor | None = None  # None: the handler runs on this thread
+        if self.pool == "thread" and self.slots == 1:
+            return self._one_slot()
+        executor: cf.Executor
         if self.pool == "process":
             executor = self._procs = _Processes(self.slots)
-        elif self.slots > 1:
+        else:
             executor = cf.ThreadPoolExecutor(self.slots, thread_name_prefix="remus-slot")
         taken = 0
         try:
@@ -131,13 +135,47 @@ class Runner:
                 log.info("job %s taken (%s)", job.id, w.requirements.io_type)
                 if self._procs is not None:
                     self._procs.start(self, job)
-                elif executor is not None:
-                    executor.submit(self._in_thread, job)
                 else:
-                    self._in_thread(job)
+                    executor.submit(self._in_thread, job)
         finally:
-            if executor is not None:
-                executor.shutdown(wait=True)
+            executor.shutdown(wait=True)
+        return taken
+
+    def _one_slot(self) -> int:
+        """The loop of the default worker, one slot on threads: the handler runs on this
+        thread, one job at a time, so no slot is waited for and nothing is shared with another
+        handler thread: no condition, no lock, one meter for every job. What a tiny job costs
+        the worker here is its take, its handler and the posts that report its end."""
+        w = self.worker
+        stop = w._conn.shutdown
+        handler = self.handler
+        max_jobs = self.max_jobs
+        meter = JobMeter()
+        taken = 0
+        while not stop.is_set() and (max_jobs is None or taken < max_jobs):
+            job = w._take(block=True, timeout=self._wait())
+            if not job:
+                if self._idle_over():
+                    log.info("no job for %.1f s; worker exits", self.idle_timeout)
+                    break
+                continue
+            taken += 1
+            if job.cancelled:  # cancelled while it waited here: it never starts
+                self._credit_back()
+                self._report(job, None, None, None)
+            else:
+                log.info("job %s taken (%s)", job.id, w.requirements.io_type)
+                error: tuple[str, str] | None = None
+                result: Any = None
+                meter.start()
+                try:
+                    result = handler(job)
+                except Exception as e:
+                    error = (f"{type(e).__name__}: {e}", traceback.format_exc())
+                used = meter.stop()
+                self._credit_back()  # (only now: while the handler ran, the slot was not free)
+                self._report(job, result, error, used)
+            self._idle_since = time.monotonic()
         return taken
 
     def _wait_for_a_slot(self) -> bool:
@@ -182,15 +220,33 @@ class Runner:
         error: tuple[str, str] | None,
         used: tuple[int, float] | None,
     ) -> None:
-        """Report how the job ended, with a credit back for its slot (any thread). ``used``:
-        (peak RSS, CPU seconds) of its handler, if it ran and that is known."""
+        """A pool's handler ended (any thread): a credit back for its slot, the report, and the
+        slot free again."""
+        try:
+            with self._cond:  # (keeps the worker's request count exact across threads)
+                self._credit_back()
+            self._report(job, result, error, used)
+        finally:
+            with self._cond:
+                self.running -= 1
+                self._idle_since = time.monotonic()
+                self._cond.notify_all()
+
+    def _report(
+        self,
+        job: Job,
+        result: Any,
+        error: tuple[str, str] | None,
+        used: tuple[int, float] | None,
+    ) -> None:
+        """Report how the job ended; it rides with the credit for its slot, posted before.
+        ``used``: (peak RSS, CPU seconds) of its handler, if it ran and that is known."""
         w = self.worker
         try:
             cpu = 0.0
             if used is not None:
                 peak, cpu = used
                 w._conn.post("used", job.id, peak, cpu, wake=False)
-            self._credit_back()  # rides with what follows
             if job.cancelled:
                 # the broker has let go of it: it hears the job stopped, no result
                 when = "before it started" if used is None else "while it ran"
@@ -222,18 +278,14 @@ class Runner:
                     log.info("job %s finished (%.3f s of CPU)", job.id, cpu)
         except Exception:
             log.exception("job %s: could not report its end", job.id)
-        finally:
-            with self._cond:
-                self.running -= 1
-                self._idle_since = time.monotonic()
-                self._cond.notify_all()
 
     def _credit_back(self) -> None:
-        with self._cond:  # (also keeps the worker's request count exact across threads)
-            if self.max_jobs is not None and self.asked >= self.max_jobs:
-                return
-            self.asked += 1
-            self.worker.ask_for_jobs(1, _wake=False)
+        """Ask for one job in place of one that ended, unless ``max_jobs`` are asked for
+        already (with slots, under ``_cond``). It waits for the report that follows."""
+        if self.max_jobs is not None and self.asked >= self.max_jobs:
+            return
+        self.asked += 1
+        self.worker.ask_for_jobs(1, _wake=False)
 
 
 # ====================================================================== process pool
