@@ -41,6 +41,10 @@ class Contents(Mapping[str, bytes]):
     def size(self, key: str) -> int:
         return len(self._raw[key])
 
+    def total_size(self) -> int:
+        """Bytes of every content together, without reading any."""
+        return sum(map(len, self._raw.values()))
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
 

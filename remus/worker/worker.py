@@ -185,7 +185,7 @@ class Worker:
             # job's or a big job's goes now, so the broker can let go of its input meanwhile.
             if job.cancelled:  # cancelled before it started: the caller says it stopped
                 return job
-            big = sum(job.contents.size(k) for k in job.contents) > BIG_INPUT
+            big = job.contents.total_size() > BIG_INPUT
             self._conn.post("started", job.id, wake=big or job.wire_files is not None)
             if job.wire_files is None:
                 return job
