@@ -102,6 +102,7 @@ class Server:
             secret_key, allow_clients, allow_workers, admin_clients
         )
         self._gate: Gate | None = None
+        self._public_key = self.security.own_keys().public if self.security else None
         self.requested_ports = ports or ServerPorts()
         if self.security is not None:
             for role, endpoint in (
@@ -290,7 +291,7 @@ class Server:
     @property
     def public_key(self) -> bytes | None:
         """The broker's public key (Z85) in secure mode; None in plain mode."""
-        return self.security.own_keys().public if self.security is not None else None
+        return self._public_key
 
     def reload_keys(self) -> None:
         """Read the allow-list folders again (what SIGHUP does to ``remus server``): keys no

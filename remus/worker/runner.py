@@ -122,8 +122,7 @@ class Runner:
                     break
                 job = w._take(block=True, timeout=self._wait())
                 if not job:
-                    if self._idle_over():
-                        log.info("no job for %.1f s; worker exits", self.idle_timeout)
+                    if self._idle_ends_run():
                         break
                     continue
                 taken += 1
@@ -155,8 +154,7 @@ class Runner:
         while not stop.is_set() and (max_jobs is None or taken < max_jobs):
             job = w._take(block=True, timeout=self._wait())
             if not job:
-                if self._idle_over():
-                    log.info("no job for %.1f s; worker exits", self.idle_timeout)
+                if self._idle_ends_run():
                     break
                 continue
             taken += 1
@@ -177,6 +175,13 @@ class Runner:
                 self._report(job, result, error, used)
             self._idle_since = time.monotonic()
         return taken
+
+    def _idle_ends_run(self) -> bool:
+        """No job came: whether ``idle_timeout`` is over (then the run ends, and says so)."""
+        if not self._idle_over():
+            return False
+        log.info("no job for %.1f s; worker exits", self.idle_timeout)
+        return True
 
     def _wait_for_a_slot(self) -> bool:
         """Wait until fewer than ``slots`` handlers run; False if the worker must stop."""
