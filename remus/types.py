@@ -283,6 +283,8 @@ class JobResult:
     handler), or None if the worker did not say (a worker that does not use ``Worker.run``)."""
 
     job_id: str
-    data: bytes = b""
+    #: the output: ``bytes``, or for a result over 1 MiB a read-only ``memoryview`` of the
+    #: message it came in, without a copy (``bytes(result.data)`` makes one when needed)
+    data: bytes | memoryview = b""
     peak_rss: int | None = field(default=None, kw_only=True)
     cpu: float | None = field(default=None, kw_only=True)

@@ -213,7 +213,7 @@ def _deliver(result: JobResult, path: str | None) -> int:
     if path is None:
         sys.stdout.flush()
         sys.stdout.buffer.write(result.data)
-        if sys.stdout.isatty() and not result.data.endswith(b"\n"):
+        if sys.stdout.isatty() and result.data[-1:] != b"\n":
             sys.stdout.buffer.write(b"\n")  # the prompt on a line of its own
         sys.stdout.buffer.flush()
         return c.OK

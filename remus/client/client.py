@@ -656,8 +656,16 @@ def _id(job: Job | str) -> str:
     return job if isinstance(job, str) else job.id
 
 
-def as_bytes(frame: Any) -> bytes:
-    return frame if isinstance(frame, bytes) else frame.bytes
+#: a result larger than this comes as a memoryview of the message's frame, not a bytes copy
+ZERO_COPY_FROM = 1 << 20
+
+
+def as_bytes(frame: Any) -> bytes | memoryview:
+    """A result's bytes: ``bytes`` when small, else a read-only ``memoryview`` straight over
+    the ZeroMQ frame it came in (no copy; the frame lives as long as the view)."""
+    if isinstance(frame, bytes):
+        return frame
+    return frame.buffer.toreadonly() if len(frame) > ZERO_COPY_FROM else frame.bytes
 
 
 def used_fields(raw: Any) -> dict[str, Any]:
