@@ -113,6 +113,12 @@ def start_cli_server(
     return proc, got
 
 
+def sigkill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a process we started and reap it."""
+    proc.kill()
+    proc.wait(10)
+
+
 def wait_exit(proc: subprocess.Popen[str], timeout: float) -> int:
     """The process's exit code; fails the test if it is still running after ``timeout`` s."""
     try:

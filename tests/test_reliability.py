@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from factory_helpers import pid_gone, write_worker_file
-from helpers_e2e import ECHO_WORKER, launch_cli_server, restart_cli_server
+from helpers_e2e import ECHO_WORKER, launch_cli_server, restart_cli_server, sigkill
 
 import remus
 from remus import IOType, JobRequirements, JobSubmission, Status
@@ -276,11 +276,6 @@ def restart(
     return restart_cli_server(make_process, ports, "--journal", str(journal), timeout=timeout)
 
 
-def kill(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.wait(10)
-
-
 def test_a_broker_killed_and_restarted_on_its_journal_loses_nothing(
     tmp_path: Path, make_process: MakeProcess, make_client: Any, make_worker: Any
 ) -> None:
@@ -333,7 +328,7 @@ def test_a_broker_killed_and_restarted_on_its_journal_loses_nothing(
         wait_for(lambda: waiter.client.calls >= 2, timeout=SLOW)
         assert c.job_status(running).status is Status.IN_PROGRESS
 
-        kill(broker)
+        sigkill(broker)
         broker = restart(make_process, journal, ports)
 
         assert c.retrieve_result(finished).data == b"done"
@@ -375,7 +370,7 @@ def test_a_worker_process_reconnects_and_takes_jobs_after_a_restart(
     before = c.submit_job(JobSubmission.of(ECHO, b"before"))
     wait_status(c, before, lambda s: s.status is Status.FINISHED)
 
-    kill(broker)
+    sigkill(broker)
     broker = restart(make_process, journal, ports)
     wait_for(lambda: c.can_mesh(ECHO), timeout=SLOW)  # the same worker registered again
     after = c.submit_job(JobSubmission.of(ECHO, b"after"))
@@ -401,7 +396,7 @@ def test_jobs_accepted_just_before_the_kill_are_not_lost(
     jobs = c.submit_jobs(
         [JobSubmission.of(ECHO, b"%d" % i) for i in range(500)], wait_for_worker=True
     )
-    kill(broker)  # at once: nothing but the journal can remember them
+    sigkill(broker)  # at once: nothing but the journal can remember them
     broker = restart(make_process, journal, ports)
     assert {s.status for s in c.job_statuses(jobs)} == {Status.QUEUED}
     make_process([ECHO_WORKER, ports.worker])

@@ -25,7 +25,7 @@ from factory_helpers import (
     pid_gone,
     write_scheduling_worker_file,
 )
-from helpers_e2e import launch_cli_server, restart_cli_server
+from helpers_e2e import launch_cli_server, restart_cli_server, sigkill
 
 from remus import IOType, JobRequirements, JobStatus, JobSubmission, Status
 from remus.client import Client
@@ -78,11 +78,6 @@ def cancels(records: Path) -> list[str]:
 
 def spawned_pids(records: Path) -> set[int]:
     return {int(f.stem) for f in records.glob("*.json")}
-
-
-def sigkill(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.wait(10)
 
 
 # ============================================================================ the journal
