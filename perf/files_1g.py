@@ -1,22 +1,30 @@
 """A 1 GiB file round trip across three simulated hosts, against bare PUSH/PULL of the same size.
 
-Not part of CI or ``make perf``: it writes about 3 GiB under ``--dir`` and takes a minute::
+Not part of CI or ``make perf``: it writes about 5 times the file under ``--dir`` and takes a
+minute::
 
     python -m perf.files_1g [--size-mib 1024] [--warmup-mib 64] [--dir DIR] [--json PATH]
+    python -m perf.files_1g --size-mib 4096      # memory does not grow with the file
     python perf/files_1g.py ...                                   # the same
 
 Client, broker and worker are processes of their own with ``REMUS_HOST_ID`` set to
 ``perf-client``, ``perf-broker`` and ``perf-worker``, so every rule of docs/files.md that moves
-bytes is exercised: the client reads the file and sends it inline, the broker passes it on to
-the worker, the worker writes it into its private folder and returns that file as its result
-(inline again, since the client is on another host), and the client saves it to disk.
+bytes is exercised. The file is larger than ``remus.files.STREAM_FROM``, so it streams in
+chunks: the client uploads it to the broker's spool (leg 1), the worker fetches it into its
+private folder (leg 2), uploads that file back as its result (leg 3), and the client fetches
+the result (leg 4) and saves it (a rename).
 
-Timed in the client, after one untimed ``--warmup-mib`` round: from ``run(files=[...])`` (the
-read included) to the result in hand, and to the result saved. The file crosses four sockets
-and is written to disk twice and read twice on the way; the reference is one bare pyzmq PUSH to
-PULL of the same bytes, zero-copy (``perf.pushpull bulk``), measured in the same run. Peak RSS:
-the broker's and the worker's ``VmHWM`` read from ``/proc`` before they stop, the client's
-``ru_maxrss``. The output's SHA-256 is checked against the input's.
+Timed after one untimed ``--warmup-mib`` round: the whole round trip from ``run(files=[...])``
+to the result in hand, and each leg on its own (legs 1 and 4 in the client, around its
+upload and fetch; leg 2 from the end of the upload to the worker holding the job, which
+includes the submit; leg 3 in the worker). The reference is one bare pyzmq PUSH to PULL of the
+same bytes, zero-copy (``perf.pushpull bulk``), measured in the same run.
+
+Memory: each process's peak RSS (``VmHWM`` for the broker and the worker, ``ru_maxrss`` for
+the client) against its RSS when idle (connected, before any file moved). Latency: a fourth
+process runs tiny jobs one after the other on a worker of its own through the same broker the
+whole time; its round-trip p99 while the big file moves is compared with its p99 before.
+The output's SHA-256 is checked against the input's.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ MIB = 1 << 20
 SERVER_RE = r"remus server ready: client=(\S+) worker=(\S+) status=(\S+)"
 MODULE = "perf.files_1g"
 IO = ("PerfFile", "PerfFileBack")
+PING = ("PerfPing", "PerfPong")
+#: how long the pinger's latency is sampled before any file moves
+BASELINE_S = 3.0
 
 
 # ---------------------------------------------------------------------------- roles (processes)
@@ -65,6 +76,7 @@ def role_worker(host: str, endpoint: str) -> int:
 
     install_sigterm_exit()
     with Worker(IOType(*IO), endpoint) as w:
+        print("ready", flush=True)
         while True:
             job: Job = w.get_job()  # its file is in its private folder when this returns
             if not job:
@@ -81,21 +93,83 @@ def role_client(host: str, endpoint: str, warmup: str, path: str, out: str) -> i
 
     install_sigterm_exit()
     with BasicClient(endpoint, timeout=120) as c:
+        idle = rss_kib()
+        legs: dict[str, float] = {}
+        upload, fetch = c.client.upload, c.client.fetch
+
+        def timed_upload(*args: Any) -> Any:
+            t = time.monotonic()
+            try:
+                return upload(*args)
+            finally:
+                legs["up_end"] = time.monotonic()
+                legs["up_s"] = legs["up_end"] - t
+
+        def timed_fetch(*args: Any) -> Any:
+            t = time.monotonic()
+            try:
+                return fetch(*args)
+            finally:
+                legs["down_s"] = time.monotonic() - t
+
+        c.client.upload, c.client.fetch = timed_upload, timed_fetch  # type: ignore[method-assign]
 
         def round_trip(src: str, target: str) -> dict[str, Any]:
+            legs.clear()
             t0 = time.monotonic()
             # the worker process starts beside this one: the warm-up round may wait for it
-            result = c.run(IOType(*IO), files=[src], timeout=600, wait_for_worker=True)
+            result = c.run(IOType(*IO), files=[src], timeout=900, wait_for_worker=True)
             t1 = time.monotonic()
             (saved,) = result.save(target)
             t2 = time.monotonic()
             del result
-            return {"t0": t0, "result_s": t1 - t0, "saved_s": t2 - t0, "saved": saved}
+            return {"t0": t0, "t1": t1, "result_s": t1 - t0, "saved_s": t2 - t0, "saved": saved}
 
         round_trip(warmup, os.path.join(out, "warmup"))
         timed = round_trip(path, os.path.join(out, "timed"))
-    emit({**timed, "client_peak_rss_kib": peak_rss_kib()})
+        timed.update(legs)
+        emit({**timed, "client_idle_rss_kib": idle, "client_peak_rss_kib": peak_rss_kib()})
+        sys.stdin.readline()  # the parent has started the pinger: once more, beside it
+        loaded = round_trip(path, os.path.join(out, "loaded"))
+        emit({"t0": loaded["t0"], "t1": loaded["t1"]})
     return 0
+
+
+def role_pinger(endpoint: str, worker_endpoint: str) -> int:
+    """Tiny jobs one after the other until told to stop on stdin; then every (when, seconds)."""
+    import threading
+
+    from remus import IOType
+    from remus.client import BasicClient
+    from remus.worker import Worker
+
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    samples: list[tuple[float, float]] = []
+    with Worker(IOType(*PING), worker_endpoint) as w:
+        threading.Thread(target=w.run, args=(lambda job: b"pong",), daemon=True).start()
+        with BasicClient(endpoint, timeout=60) as c:
+            c.run(IOType(*PING), data=b"ping", timeout=60, wait_for_worker=True)
+            print("ready", flush=True)
+            while not stop.is_set():
+                t = time.monotonic()
+                c.run(IOType(*PING), data=b"ping", timeout=60)
+                samples.append((t, time.monotonic() - t))
+    emit({"samples": samples})
+    return 0
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for row in f:
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1])
+    return 0
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
 
 
 # ---------------------------------------------------------------------------- the parent
@@ -127,12 +201,26 @@ def measure_remus(src: Path, warm: Path, out: Path) -> dict[str, Any]:
         broker = group.start("broker", MODULE, "broker", "perf-broker")
         client_ep, worker_ep, _ = broker.expect(SERVER_RE, timeout=30).groups()
         worker = group.start("worker", MODULE, "worker", "perf-worker", worker_ep)
-        client = group.start("client", MODULE, "client", "perf-client", client_ep, warm, src, out)
-        got = client.result(timeout=900)
+        worker.expect("^ready", timeout=30)
+        idle = {"broker": broker.status_kib("VmRSS"), "worker": worker.status_kib("VmRSS")}
+        args = ("perf-client", client_ep, warm, src, out)
+        client = group.start("client", MODULE, "client", *args, stdin=True)
+        got = client.result(timeout=1800)
         worker.result(timeout=10)  # the warm-up round's times
         got["worker"] = worker.result(timeout=10)
         got["broker_peak_rss_kib"] = broker.status_kib("VmHWM")
         got["worker_peak_rss_kib"] = worker.status_kib("VmHWM")
+        got["broker_idle_rss_kib"] = idle["broker"]
+        got["worker_idle_rss_kib"] = idle["worker"]
+        # then the latency of tiny jobs beside the same round trip (it takes CPU from the
+        # round trip, so that one is not the one timed above)
+        pinger = group.start("pinger", MODULE, "pinger", client_ep, worker_ep, stdin=True)
+        pinger.expect("^ready", timeout=30)
+        time.sleep(BASELINE_S)  # the pinger's latency with no file moving
+        client.send("go")
+        got["loaded"] = client.result(timeout=1800)
+        pinger.send("stop")
+        got["ping"] = pinger.result(timeout=60)["samples"]
         return got
 
 
@@ -146,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("client")
     for name in ("host", "endpoint", "warmup", "path", "out"):
         c.add_argument(name)
+    pg = sub.add_parser("pinger")
+    pg.add_argument("endpoint")
+    pg.add_argument("worker_endpoint")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--warmup-mib", type=int, default=64)
     parser.add_argument("--dir", default=None, help="where to write the files [a temp dir]")
@@ -157,9 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         return role_worker(args.host, args.endpoint)
     if args.role == "client":
         return role_client(args.host, args.endpoint, args.warmup, args.path, args.out)
+    if args.role == "pinger":
+        return role_pinger(args.endpoint, args.worker_endpoint)
 
     size = args.size_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="remus-files-1g-", dir=args.dir))
+    # every process's temporary files (the broker's spool, the worker's job folder, the
+    # client's fetched result) go under --dir too: a tmpfs there takes the disk out of the legs
+    os.environ["TMPDIR"] = str(work)
     try:
         print(f"writing {args.size_mib} MiB of random bytes under {work} ...", flush=True)
         src, warm = work / "input.bin", work / "warmup.bin"
@@ -174,24 +270,43 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     mib = size / MIB
+    push = Stat.of(ref["samples"])
     trip = Row(f"file round trip {mib:.0f} MiB", "MiB/s", ref_label="PUSH/PULL one way")
-    trip.remus, trip.reference = Stat.of(mib / got["result_s"]), Stat.of(ref["samples"])
-    trip.note = "4 socket hops, 2 disk writes and 2 reads, against 1 hop in memory"
+    trip.remus, trip.reference = Stat.of(mib / got["result_s"]), push
+    trip.note = "4 legs, each through the broker's spool on disk"
     saved = Row("... and saved to disk", "MiB/s")
     saved.remus = Stat.of(mib / got["saved_s"])
     rows = [trip, saved]
+    w = got["worker"]
+    legs = {
+        "leg 1: client uploads to the broker": got["up_s"],
+        "leg 2: worker fetches (after the submit)": w["got"] - got["up_end"],
+        "leg 3: worker uploads its result": w["posted"] - w["got"],
+        "leg 4: client fetches the result": got["down_s"],
+    }
+    for name, seconds in legs.items():
+        row = Row(name, "MiB/s", goal=Goal(">=", 0.45), ref_label="PUSH/PULL one way")
+        row.remus, row.reference = Stat.of(mib / seconds), push
+        rows.append(row)
     ref_peak = max(ref["puller_peak_rss_kib"], ref["pusher_peak_rss_kib"]) / 1024
     for who in ("client", "broker", "worker"):
-        row = Row(f"{who} peak RSS", "MiB", goal=Goal("<=", 1.5), ref_label="file size")
-        row.remus, row.reference = Stat.of(got[f"{who}_peak_rss_kib"] / 1024), Stat.of(mib)
+        grew = (got[f"{who}_peak_rss_kib"] - got[f"{who}_idle_rss_kib"]) / 1024
+        row = Row(f"{who} peak RSS over idle", "MiB", goal=Goal("<=", 64, on="value"))
+        row.remus, row.reference = Stat.of(grew), Stat.of(mib)
+        row.ref_label = "file size"
+        row.note = f"idle {got[f'{who}_idle_rss_kib'] / 1024:.0f} MiB"
         rows.append(row)
-    w, t0 = got["worker"], got["t0"]
-    to_worker, in_worker = w["got"] - t0, w["posted"] - w["got"]
-    back = got["result_s"] - (w["posted"] - t0)
+    loaded = got["loaded"]
+    before = [s for t, s in got["ping"] if t < loaded["t0"]]
+    during = [s for t, s in got["ping"] if loaded["t0"] <= t <= loaded["t1"]]
+    ping = Row("tiny job p99 while the file moves", "ms", goal=Goal("<=", 2.0))
+    ping.ref_label = "p99 before"
+    ping.remus, ping.reference = Stat.of(p99(during) * 1000), Stat.of(p99(before) * 1000)
+    ping.note = f"{len(during)} jobs during, {len(before)} before"
+    rows.append(ping)
     notes = [
-        f"phases: client to worker (read, sent over 2 hops, written to the job folder) "
-        f"{to_worker:.2f} s; worker reads its result {in_worker:.2f} s; back to the client "
-        f"(2 hops) {back:.2f} s; saved {got['saved_s'] - got['result_s']:.2f} s",
+        f"round trip {got['result_s']:.2f} s; saved {got['saved_s'] - got['result_s']:.2f} s "
+        "later (a rename)",
         f"SHA-256 of the saved result {'matches' if same else 'DOES NOT MATCH'} the input",
         f"PUSH/PULL peak RSS (pusher, puller): {ref['pusher_peak_rss_kib'] / 1024:.0f}, "
         f"{ref['puller_peak_rss_kib'] / 1024:.0f} MiB (max {ref_peak:.0f})",

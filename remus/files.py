@@ -27,8 +27,9 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from remus import protocol as p
@@ -45,6 +46,12 @@ WRITE_CHUNK = 64 * 1024**2
 HASH_CHUNK = 1024**2
 
 PathLike = FileHandle | str | os.PathLike[str]
+#: uploads an open file to the broker's spool: (path, fd, size) -> its reference
+Upload = Callable[[str, int, int], p.BlobRef]
+#: fetches a spooled file into a local path: (ref, target path)
+Fetch = Callable[[p.BlobRef, str], None]
+#: files larger than this stream through the broker's spool in chunks (remus.transfer)
+STREAM_FROM = 4 * 1024 * 1024
 
 
 def handle(value: PathLike, mode: str = "rb") -> FileHandle:
@@ -83,26 +90,41 @@ class JobFileRequest:
         return sum(len(f.data) for f in self.files if f.data is not None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class JobFileResult(JobResult):
-    """A result with files: each a local path (the worker shares this host) or inline bytes."""
+    """A result with files: each a local path (the worker shares this host, or a large file
+    was fetched in chunks into :attr:`folder`) or inline bytes."""
 
     files: tuple[FileHandle, ...] = ()
+    #: where large result files were fetched to (removed with this object; save() moves
+    #: them out), or "" if none was
+    folder: str = field(default="", kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.folder:
+            weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
 
     def save(self, directory: str | os.PathLike[str]) -> list[str]:
         """Write the inline files into ``directory`` (made if missing) under their base names
         (a name used twice gets its index in front) and return every file's local path, in
-        order; a file that came as a path is already local and is returned as it is."""
+        order. A file fetched in chunks is moved there (a rename on the same file system: no
+        second copy); a file that came as a path is already local and is returned as it is."""
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         used: set[str] = set()
         paths = []
         for i, f in enumerate(self.files):
-            if f.data is None:
+            if f.data is None and not (self.folder and _inside(f.path, self.folder)):
                 paths.append(f.path)
                 continue
             target = os.path.join(directory, _local_name(f.path, i, used))
-            write_file(target, f.data)
+            if f.data is None:
+                if os.path.exists(f.path):
+                    shutil.move(f.path, target)
+                elif not os.path.exists(target):  # (moved out by an earlier save)
+                    raise FileError(f.path, "was moved by an earlier save() elsewhere")
+            else:
+                write_file(target, f.data)
             paths.append(target)
         return paths
 
@@ -164,7 +186,7 @@ def read_file(
     fd, size = _open_regular(path)
     try:
         if roots is not None:
-            _check_roots(path, fd, roots)
+            check_roots(path, fd, roots)
         _check_size(path, size, MAX_FILE_BYTES if limit is None else limit, already)
         buf = bytearray(size)
         with open(fd, "rb", buffering=0, closefd=False) as f, memoryview(buf) as view:
@@ -183,7 +205,7 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _check_roots(path: str, fd: int, roots: Sequence[str]) -> None:
+def check_roots(path: str, fd: int, roots: Sequence[str]) -> None:
     if not roots:
         raise FileError(
             path,
@@ -214,6 +236,10 @@ def write_file(path: str, data: Buffer, *, private: bool = False) -> None:
                 done += os.write(fd, view[done : done + WRITE_CHUNK])
     finally:
         os.close(fd)
+
+
+def _safe(job_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)[:40]
 
 
 def _local_name(path: str, index: int, used: set[str]) -> str:
@@ -251,16 +277,33 @@ def inline_size(fs: p.FileSet) -> int:
 # ---------------------------------------------------------------------------- client side
 
 
-def request_files(req: JobFileRequest, *, inline: bool, limit: int | None = None) -> p.FileSet:
+def streamed(path: str, upload: Upload) -> p.BlobRef | None:
+    """Upload the file at ``path`` if it is large (over STREAM_FROM); None if it is not."""
+    fd, size = _open_regular(path)
+    try:
+        return upload(path, fd, size) if size > STREAM_FROM else None
+    finally:
+        os.close(fd)
+
+
+def request_files(
+    req: JobFileRequest, *, inline: bool, limit: int | None = None, upload: Upload | None = None
+) -> p.FileSet:
     """The wire form of a request's files: bytes if ``inline`` (the broker is on another host)
-    or the handle has ``data``, else the path after checking it can be read. Raises FileError
-    naming the first file that cannot be used."""
+    or the handle has ``data``, else the path after checking it can be read. With ``upload``,
+    a file to send whose size is over STREAM_FROM is uploaded in chunks and named by its
+    reference instead. Raises FileError naming the first file that cannot be used."""
     limit = MAX_FILE_BYTES if limit is None else min(limit, MAX_FILE_BYTES)
     entries = []
     total = 0
     for h in req.files:
         data: Buffer | None = h.data
         if data is None:
+            if inline and upload is not None:
+                ref = streamed(h.path, upload)
+                if ref is not None:
+                    entries.append(p.FileEntry(h.path, h.mode, None, ref))
+                    continue
             if inline:
                 data = read_file(h.path, limit=limit, already=total)
             else:
@@ -280,10 +323,28 @@ def result_from_wire(
     *,
     peak_rss: int | None = None,
     cpu: float | None = None,
+    fetch: Fetch | None = None,
 ) -> JobFileResult:
-    """A file result as the client hands it over; FileError for a path on another host."""
+    """A file result as the client hands it over; FileError for a path on another host.
+    Files in the broker's spool are fetched with ``fetch`` into a new private folder (the
+    result's ``folder``)."""
     handles = []
-    for e in fs.files:
+    folder = ""
+    used: set[str] = set()
+    for i, e in enumerate(fs.files):
+        if e.ref is not None:
+            if fetch is None:
+                raise FileError(e.path, "is in the broker's spool and this call cannot fetch it")
+            if not folder:
+                folder = tempfile.mkdtemp(prefix=f"remus-result-{_safe(job_id)}-")
+            target = os.path.join(folder, _local_name(e.path, i, used))
+            try:
+                fetch(e.ref, target)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            handles.append(FileHandle(target, e.mode))
+            continue
         if e.data is None and fs.host != own_host:
             raise FileError(
                 e.path,
@@ -293,7 +354,7 @@ def result_from_wire(
             )
         handles.append(FileHandle(e.path, e.mode, None if e.data is None else _buffer(e.data)))
     raw = data if isinstance(data, bytes) else bytes(data)
-    return JobFileResult(job_id, raw, tuple(handles), peak_rss=peak_rss, cpu=cpu)
+    return JobFileResult(job_id, raw, tuple(handles), peak_rss=peak_rss, cpu=cpu, folder=folder)
 
 
 # ---------------------------------------------------------------------------- broker side
@@ -303,7 +364,7 @@ def accept_files(fs: p.FileSet, submitter: str, broker: str) -> p.FileSet:
     """A submitted file set, stamped with the submitter's host. Paths are taken only from a
     client on the broker's own host (elsewhere nobody here could open them)."""
     for e in fs.files:
-        if e.data is None:
+        if e.data is None and e.ref is None:
             if not os.path.isabs(e.path):
                 raise FileError(e.path, "is not an absolute path")
             if not submitter or submitter != broker:
@@ -315,16 +376,32 @@ def accept_files(fs: p.FileSet, submitter: str, broker: str) -> p.FileSet:
     return dataclasses.replace(fs, host=submitter)
 
 
-def files_for_worker(fs: p.FileSet, worker_host: str, roots: Sequence[str]) -> p.FileSet:
+def files_for_worker(
+    fs: p.FileSet,
+    worker_host: str,
+    roots: Sequence[str],
+    serve: Callable[[str], p.BlobRef] | None = None,
+) -> p.FileSet:
     """The files as a worker on ``worker_host`` gets them: as they are if it shares the
-    submitter's host or every file is inline; else the broker reads the path-only ones, and
-    only inside ``roots``. Raises FileError naming the file that cannot go."""
-    if worker_host == fs.host or all(e.data is not None for e in fs.files):
+    submitter's host or every file is inline or spooled; else the broker sends the path-only
+    ones, and only inside ``roots``: a large one (over STREAM_FROM) as a reference that
+    ``serve`` makes (the spool thread reads it in chunks, off the core thread), a small one
+    read here. Raises FileError naming the file that cannot go."""
+    if worker_host == fs.host or all(e.data is not None or e.ref for e in fs.files):
         return fs
     entries = []
     total = inline_size(fs)
     for e in fs.files:
-        if e.data is None:
+        if e.data is None and e.ref is None and serve is not None:
+            fd, size = _open_regular(e.path)
+            try:
+                check_roots(e.path, fd, roots)
+            finally:
+                os.close(fd)
+            if size > STREAM_FROM:
+                entries.append(dataclasses.replace(e, ref=serve(e.path)))
+                continue
+        if e.data is None and e.ref is None:
             data = read_file(e.path, already=total, roots=roots)
             total += len(data)
             e = dataclasses.replace(e, data=data)
@@ -342,8 +419,7 @@ class Scratch:
     __slots__ = ("_path", "_prefix", "_removed")
 
     def __init__(self, job_id: str) -> None:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)[:40]
-        self._prefix = f"remus-{safe}-"
+        self._prefix = f"remus-{_safe(job_id)}-"
         self._path = ""
         self._removed = False
 
@@ -371,12 +447,21 @@ class Scratch:
         return f"<Scratch {self._path or '(not made)'}{' removed' if self._removed else ''}>"
 
 
-def materialize(fs: p.FileSet, own_host: str, scratch: Scratch) -> tuple[FileHandle, ...]:
-    """Each input as a local path: inline files are written into ``scratch``; a path is
-    used where it is, and only if it is on this host."""
+def materialize(
+    fs: p.FileSet, own_host: str, scratch: Scratch, fetch: Fetch | None = None
+) -> tuple[FileHandle, ...]:
+    """Each input as a local path: inline files are written into ``scratch``, spooled ones
+    fetched there with ``fetch``; a path is used where it is, and only if it is on this host."""
     out = []
     used: set[str] = set()
     for i, e in enumerate(fs.files):
+        if e.ref is not None:
+            if fetch is None:
+                raise FileError(e.path, "is in the broker's spool and this worker cannot fetch it")
+            target = os.path.join(scratch.path, _local_name(e.path, i, used))
+            fetch(e.ref, target)
+            out.append(FileHandle(target, e.mode))
+            continue
         if e.data is None:
             if fs.host != own_host:
                 raise FileError(
@@ -396,11 +481,16 @@ def materialize(fs: p.FileSet, own_host: str, scratch: Scratch) -> tuple[FileHan
 
 
 def result_files(
-    values: Iterable[PathLike], *, inline: bool, scratch: Scratch | None = None
+    values: Iterable[PathLike],
+    *,
+    inline: bool,
+    scratch: Scratch | None = None,
+    upload: Upload | None = None,
 ) -> p.FileSet:
     """A worker's file result on the wire. Bytes when ``inline`` (the submitter is on another
-    host, or unknown) or when the file lies in the job's scratch folder (about to be removed);
-    else the path, after checking it exists. Raises FileError for a file that cannot go."""
+    host, or unknown) or when the file lies in the job's scratch folder (about to be removed),
+    uploaded in chunks instead with ``upload`` when over STREAM_FROM; else the path, after
+    checking it exists. Raises FileError for a file that cannot go."""
     entries = []
     total = 0
     for value in values:
@@ -408,6 +498,10 @@ def result_files(
         data: Buffer | None = h.data
         if data is None:
             if inline or (scratch is not None and scratch.holds(h.path)):
+                ref = streamed(h.path, upload) if upload is not None else None
+                if ref is not None:
+                    entries.append(p.FileEntry(h.path, h.mode, None, ref))
+                    continue
                 data = read_file(h.path, already=total)
             else:
                 check_file(h.path)

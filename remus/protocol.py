@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
@@ -49,6 +50,9 @@ class Command(bytes, enum.Enum):
     LIST_JOBS = b"list_jobs"  # ("jobs" is the broker's message to a worker)
     STATS = b"stats"
     CONTROL = b"control"
+    # client or worker -> broker: file bytes in chunks (docs/protocol.md, "Streamed files")
+    PUT = b"put"
+    GET = b"get"
     # broker -> client
     REPLY = b"reply"
     # worker -> broker
@@ -85,11 +89,23 @@ CLIENT_COMMANDS = frozenset(
         Command.LIST_JOBS,
         Command.STATS,
         Command.CONTROL,
+        Command.PUT,
+        Command.GET,
     )
 )
 WORKER_COMMANDS = frozenset(
-    c.value for c in (Command.REGISTER, Command.REPORT, Command.HEARTBEAT, Command.GOODBYE)
+    c.value
+    for c in (
+        Command.REGISTER,
+        Command.REPORT,
+        Command.HEARTBEAT,
+        Command.GOODBYE,
+        Command.PUT,
+        Command.GET,
+    )
 )
+#: the commands that move file chunks (the broker's spool thread answers them)
+TRANSFER_COMMANDS = frozenset({Command.PUT.value, Command.GET.value})
 BROKER_TO_CLIENT = frozenset({Command.REPLY.value, Command.ERROR.value})
 BROKER_TO_WORKER = frozenset(
     c.value
@@ -300,13 +316,55 @@ def _no_frames_left(frames: Any, what: str) -> None:
 FILE_MODES = ("r", "rb")
 
 
+#: a stored file's id: 32 lowercase hex digits, chosen at random by whoever uploads it
+BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """A file whose bytes wait in the broker's spool, moved in chunks by ``put`` and ``get``.
+    ``sha256`` is empty only for a file the broker reads from its own disk for a worker (the
+    last chunk's reply carries it then)."""
+
+    id: str
+    size: int
+    sha256: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"blob": self.id, "size": self.size}
+        if self.sha256:
+            wire["sha256"] = self.sha256
+        return wire
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any], what: str) -> BlobRef:
+        blob = _blob_id(raw, what)
+        size = _field(raw, "size", int)
+        if size < 0:
+            raise ProtocolError(f"{what}: a file's size must be >= 0, got {size}")
+        sha = _field(raw, "sha256", str, "")
+        if sha and not SHA256_HEX.match(sha):
+            raise ProtocolError(f"{what}: sha256 must be 64 lowercase hex digits")
+        return cls(blob, size, sha)
+
+
+def _blob_id(raw: dict[str, Any], what: str) -> str:
+    blob = _field(raw, "blob", str)
+    if not BLOB_ID.match(blob):
+        raise ProtocolError(f"{what}: a blob id is 32 lowercase hex digits, got {blob[:40]!r}")
+    return blob
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
-    """One file of a job or a result: its path, read mode, and its bytes (None: path only)."""
+    """One file of a job or a result: its path, read mode, and its bytes (None: path only),
+    or, for a large file, a reference to its bytes in the broker's spool (``ref``)."""
 
     path: str
     mode: str = "rb"
     data: Blob | None = None
+    ref: BlobRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,11 +378,16 @@ class FileSet:
 
 
 def pack_files(fs: FileSet, frames: list[Blob]) -> dict[str, Any]:
-    """A file set as a body value: ``{files: [[path, mode] | [path, mode, bin or nil]], args?,
-    host?}``; bytes past INLINE_MAX go to ``frames`` as with :func:`inline`."""
+    """A file set as a body value: ``{files: [[path, mode] | [path, mode, bin or nil] |
+    [path, mode, {blob, size, sha256?}]], args?, host?}``; bytes past INLINE_MAX go to
+    ``frames`` as with :func:`inline`."""
     body: dict[str, Any] = {
         "files": [
-            [e.path, e.mode] if e.data is None else [e.path, e.mode, inline(e.data, frames)]
+            [e.path, e.mode, e.ref.to_wire()]
+            if e.ref is not None
+            else [e.path, e.mode]
+            if e.data is None
+            else [e.path, e.mode, inline(e.data, frames)]
             for e in fs.files
         ]
     }
@@ -347,6 +410,9 @@ def take_files(raw: Any, frames: Any, what: str) -> FileSet:
             raise ProtocolError(f"{what}: bad file path {e[0][:64]!r}")
         if e[1] not in FILE_MODES:
             raise ProtocolError(f"{what}: file mode must be 'r' or 'rb', got {e[1]!r}")
+        if len(e) == 3 and type(e[2]) is dict:
+            entries.append(FileEntry(e[0], e[1], None, BlobRef.from_wire(e[2], what)))
+            continue
         data = take(e[2], frames, f"{what}, file {e[0]}") if len(e) == 3 else None
         entries.append(FileEntry(e[0], e[1], data))
     args = _str_list(raw, "args") if "args" in raw else []
@@ -703,6 +769,84 @@ class ListJobsRequest(Request):
         if limit < 1:
             raise ProtocolError(f"field 'limit' must be >= 1, got {limit}")
         return cls(_field(body, "rid", int), status, io, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequest(Request):
+    """One chunk of a file going into the broker's spool: ``offset`` within a file of ``size``
+    bytes, the chunk in the one blob frame. The chunk that ends the file carries the
+    ``sha256`` of the whole file, which the broker checks. Sent on the client or the worker
+    socket; a chunk sent again (same offset, after a silence) is written again, harmlessly."""
+
+    COMMAND = Command.PUT
+    blob: str
+    offset: int
+    size: int
+    data: Blob = b""
+    sha256: str = ""
+
+    def parts(self) -> tuple[dict[str, Any], Sequence[Blob]]:
+        body: dict[str, Any] = {
+            "rid": self.rid,
+            "blob": self.blob,
+            "offset": self.offset,
+            "size": self.size,
+        }
+        if self.sha256:
+            body["sha256"] = self.sha256
+        return body, (self.data,)
+
+    def body(self) -> dict[str, Any]:
+        return self.parts()[0]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> PutRequest:
+        what = "put"
+        blob = _blob_id(body, what)
+        offset = _field(body, "offset", int)
+        size = _field(body, "size", int)
+        if len(blobs) != 1:
+            raise ProtocolError(f"put carries exactly one chunk frame, got {len(blobs)}")
+        n = len(blobs[0])
+        if offset < 0 or size < 0 or offset + n > size:
+            raise ProtocolError(
+                f"put: a chunk of {n} bytes at offset {offset} does not fit a file of {size}"
+            )
+        sha = _field(body, "sha256", str, "")
+        if sha and not SHA256_HEX.match(sha):
+            raise ProtocolError("put: sha256 must be 64 lowercase hex digits")
+        if (offset + n == size) != bool(sha):
+            raise ProtocolError("put: the chunk that ends the file, and only it, carries sha256")
+        return cls(_field(body, "rid", int), blob, offset, size, blobs[0], sha)
+
+
+@dataclass(frozen=True, slots=True)
+class GetRequest(Request):
+    """Ask for ``length`` bytes of a spooled file from ``offset``. The reply's data is
+    ``{offset, size, sha256?}`` (sha256 of the whole file with the chunk that ends it) and its
+    one frame is the chunk."""
+
+    COMMAND = Command.GET
+    blob: str
+    offset: int
+    length: int
+
+    def body(self) -> dict[str, Any]:
+        return {"rid": self.rid, "blob": self.blob, "offset": self.offset, "length": self.length}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], blobs: list[Blob]) -> GetRequest:
+        blob = _blob_id(body, "get")
+        offset = _field(body, "offset", int)
+        length = _field(body, "length", int)
+        if offset < 0 or not 0 < length <= MAX_CHUNK:
+            raise ProtocolError(f"get: offset must be >= 0 and length 1–{MAX_CHUNK}")
+        _no_frames_left(iter(blobs), "get")
+        return cls(_field(body, "rid", int), blob, offset, length)
+
+
+#: the largest chunk a ``get`` may ask for
+MAX_CHUNK = 64 * 1024 * 1024
 
 
 # broker -> client ------------------------------------------------------------
@@ -1180,6 +1324,8 @@ MESSAGES: dict[bytes, type[Message]] = {
         ListJobsRequest,
         StatsRequest,
         ControlRequest,
+        PutRequest,
+        GetRequest,
         Reply,
         Error,
         Register,

@@ -33,12 +33,15 @@ EXACT = b"e" * p.INLINE_MAX
 assert len(BIG) == p.INLINE_MAX + 1
 #: file data that travels as a frame (distinct from BIG, to see frame order)
 BIG_FILE = b"f" * (2 * p.INLINE_MAX)
-#: a file set with an inline, a framed and a path-only entry, arguments and a host
+#: a stored (streamed) file's reference
+STORED = p.BlobRef("ab" * 16, 5 * 2**30, "cd" * 32)
+#: a file set with an inline, a framed, a path-only and a stored entry, arguments and a host
 FILES = p.FileSet(
     [
         p.FileEntry("/in/small.txt", "r", b"text"),
         p.FileEntry("/in/big.bin", "rb", BIG_FILE),
         p.FileEntry("/in/path-only.vtk", "rb"),
+        p.FileEntry("/in/huge.bin", "rb", None, STORED),
     ],
     ["--fast", "-n", "3"],
     "host-1",
@@ -75,6 +78,8 @@ SAMPLES: list[p.Message] = [
     p.ListJobsRequest(15, Status.FAILED, EDGES, 20),
     p.StatsRequest(16),
     p.ControlRequest(17, "a-1", BIG),
+    p.PutRequest(18, "ab" * 16, 4096, 4096 + len(BIG), BIG, "cd" * 32),
+    p.GetRequest(19, "ab" * 16, 8192, 4 * 2**20),
     p.Reply(
         10,
         {"results": [["a-1", 3, "", "", b"small"], ["a-2", 3, "", "", None]], "remaining": 1},
@@ -135,6 +140,7 @@ SAMPLE_FRAMES: dict[type[p.Message], list[bytes]] = {
     p.Jobs: [BIG, BIG_FILE, BIG, BIG_FILE],
     p.ControlRequest: [BIG],
     p.Controls: [BIG],
+    p.PutRequest: [BIG],
 }
 
 
@@ -478,6 +484,7 @@ FILES_WIRE = {
         ["/in/small.txt", "r", b"text"],
         ["/in/big.bin", "rb", None],
         ["/in/path-only.vtk", "rb"],
+        ["/in/huge.bin", "rb", {"blob": "ab" * 16, "size": 5 * 2**30, "sha256": "cd" * 32}],
     ],
     "args": ["--fast", "-n", "3"],
     "host": "host-1",
@@ -634,7 +641,10 @@ def test_command_sets_split_the_sockets() -> None:
     for msg in SAMPLES:
         cmd = msg.COMMAND.value
         if isinstance(msg, p.Request):
-            assert cmd in p.CLIENT_COMMANDS and cmd not in p.WORKER_COMMANDS
+            assert cmd in p.CLIENT_COMMANDS
+            # only file chunks are answered on both sockets
+            assert (cmd in p.WORKER_COMMANDS) == (cmd in p.TRANSFER_COMMANDS)
+    assert {b"put", b"get"} == p.TRANSFER_COMMANDS
     assert p.Command.REGISTER.value in p.WORKER_COMMANDS
     assert p.Command.JOBS.value in p.BROKER_TO_WORKER
     assert p.Command.ACK.value in p.BROKER_TO_WORKER
@@ -730,6 +740,8 @@ REQUIRED = {
     p.ListJobsRequest: ["rid"],
     p.StatsRequest: ["rid"],
     p.ControlRequest: ["rid", "id"],
+    p.PutRequest: ["rid", "blob", "offset", "size"],
+    p.GetRequest: ["rid", "blob", "offset", "length"],
     p.Reply: ["rid"],
     p.Error: ["code", "message"],
     p.Register: ["reqs", "heartbeat", "host", "pid"],

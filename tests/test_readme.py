@@ -166,6 +166,13 @@ def secure(ran: Ran) -> None:
     assert secret.stat().st_mode & 0o777 == 0o600, "a secret key is its owner's only"
 
 
+def upper_async(ran: Ran) -> None:
+    lines = ran.out.splitlines()
+    assert lines[:3] == ["[b'ONE', b'TWO', b'THREE']", "50 halfway", "b'HELLO'"]
+    assert sorted(line.split(" ", 1)[1] for line in lines[3:5]) == ["b'FIVE'", "b'FOUR'"]
+    assert lines[5:] == ["gave up: TERMINATED"]
+
+
 #: what a script run must show, by snippet name
 CHECKS: dict[str, Callable[[Ran], None]] = {
     "upper_client.py": upper_client,
@@ -175,6 +182,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "monitors.py": monitors,
     "scheduling.py": scheduling,
     "secure.py": secure,
+    "upper_async.py": upper_async,
 }
 
 #: the files a script names, made in its folder first

@@ -142,6 +142,13 @@ def add_parser(sub: Any) -> None:
         "default (docs/files.md)",
     )
     s.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="where files over 4 MiB wait, on disk, between their upload and their download "
+        "(docs/files.md, 'Streamed files'); default: beside the journal (JOURNAL.spool), else "
+        "a private temporary folder removed when the broker stops",
+    )
+    s.add_argument(
         "--drain",
         type=float,
         default=0.0,
@@ -251,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         config = ServerConfig(
             result_ttl=args.result_ttl,
             file_roots=tuple(args.file_root),
+            spool_dir=args.spool_dir,
             max_retries=args.max_retries,
             restart_grace=args.restart_grace,
             preempt_grace=args.preempt_grace,

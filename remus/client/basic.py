@@ -32,12 +32,11 @@ from remus.client.client import (
     Client,
     Submission,
     about_job,
-    as_bytes,
+    followed_result,
     job_error,
     limits,
     results_of,
     scheduling,
-    used_fields,
 )
 from remus.client.patience import Patience
 from remus.errors import JobNotRunningError, RemusError, UnknownJobError
@@ -278,14 +277,9 @@ class BasicClient:
                 status = known.status = Status(data["status"])
                 if status.done and "reason" in data:
                     if status is Status.FINISHED:
-                        if "result" in data:
-                            blobs = iter(reply.frames)
-                            result = as_bytes(p.take(data["result"], blobs, job_id))
-                            used = used_fields(data.get("used"))
-                            if "files" in data:
-                                fs = p.take_files(data["files"], blobs, f"result of {job_id}")
-                                return files.result_from_wire(job_id, result, fs, c.host, **used)
-                            return JobResult(job_id, result, **used)
+                        result = followed_result(reply, job_id, host=c.host, fetch=c.fetch)
+                        if result is not None:
+                            return result
                         return c.retrieve_result(job_id, timeout=wait.left())
                     raise job_error(
                         job_id, status, data.get("reason", ""), data.get("traceback", "")
@@ -373,14 +367,14 @@ class BasicClient:
                         wait.sent(ask(chunk, 0.0), 0.0)
                         reply = wait.next_reply(lambda: ask(chunk, 0.0))  # noqa: B023
                         news(reply)
-                        yield from self._yield_results(reply, errors, c.host, pending)
+                        yield from self._yield_results(reply, errors, c.host, pending, c.fetch)
                     continue
                 if not wait.held():
                     hold = wait.hold()
                     wait.sent(ask([], hold), hold)
                 reply = wait.next_reply(lambda: ask([], 0.0))
                 news(reply)
-                yield from self._yield_results(reply, errors, c.host, pending)
+                yield from self._yield_results(reply, errors, c.host, pending, c.fetch)
                 if pending and not reply.data["remaining"]:
                     watch = ""  # a broker that restarted never heard of this watch list
                 if pending and wait.past_deadline:
@@ -401,11 +395,15 @@ class BasicClient:
 
     @staticmethod
     def _yield_results(
-        reply: p.Reply, errors: str, host: str, pending: dict[str, None]
+        reply: p.Reply,
+        errors: str,
+        host: str,
+        pending: dict[str, None],
+        fetch: files.Fetch | None = None,
     ) -> Iterator[Any]:
         """Each result in the reply not yielded before (a re-registered watch list can bring
         one twice), raising or yielding failures as ``errors`` says."""
-        for result in results_of(reply, reply.data["results"], host=host):
+        for result in results_of(reply, reply.data["results"], host=host, fetch=fetch):
             job_id = getattr(result, "job_id", None)
             if job_id not in pending:
                 continue

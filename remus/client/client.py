@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from remus import files
+from remus import files, transfer
 from remus import protocol as p
 from remus.errors import (
     BrokerStoppedError,
@@ -354,6 +354,14 @@ class Client:
                 raise server_error(msg)
             # else: the late reply to a request given up on
 
+    def upload(self, path: str, fd: int, size: int) -> p.BlobRef:
+        """Upload the open file ``fd`` to the broker's spool in chunks (remus.transfer)."""
+        return transfer.upload(self, path, fd, size)
+
+    def fetch(self, ref: p.BlobRef, target: str) -> None:
+        """Download a spooled file to ``target``, checked against its SHA-256 (remus.transfer)."""
+        transfer.download(self, ref, target)
+
     def forget(self, rids: Iterable[int]) -> None:
         """Give up on these requests: a late reply to one is dropped when it comes."""
         for rid in rids:
@@ -402,7 +410,7 @@ class Client:
                 # room for the message's body besides the file bytes
                 limit = int(broker.get("max_message_bytes", files.MAX_FILE_BYTES)) - 64 * 1024
                 inline = broker["host"] != self.host
-                fs = files.request_files(sub, inline=inline, limit=limit)
+                fs = files.request_files(sub, inline=inline, limit=limit, upload=self.upload)
             return p.SubmittedJob(self.new_job_id(), sub.requirements, files=fs)
         contents = sub.contents
         return p.SubmittedJob(
@@ -536,7 +544,7 @@ class Client:
         """The job's result. Raises JobFailedError (and subclasses), JobNotFinishedError or
         UnknownJobError when there is none."""
         reply = self.call(p.ResultRequest, [_id(job)], timeout=timeout)
-        (result,) = results_of(reply, host=self.host)
+        (result,) = results_of(reply, host=self.host, fetch=self.fetch)
         if isinstance(result, Exception):
             raise result
         return result
@@ -558,21 +566,14 @@ class Client:
         the broker does not know, JobNotRunningError for one that is over: a message is
         never dropped silently."""
         job_id = _id(job)
-        if isinstance(data, str):
-            data = data.encode()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a control message is bytes or str, got {type(data).__name__}")
         try:
-            reply = self.call(p.ControlRequest, job_id, data, timeout=timeout)
+            reply = self.call(p.ControlRequest, job_id, control_bytes(data), timeout=timeout)
         except UnknownJobError:
             raise UnknownJobError(job_id) from None
         except JobNotRunningError as e:
             about_job(e, job_id)
             raise
-        seq = reply.data
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-            raise ProtocolError(f"the broker's control reply is not a message number: {seq!r}")
-        return seq
+        return control_seq(reply)
 
     # -------------------------------------------------------------- inside the broker
 
@@ -590,27 +591,13 @@ class Client:
     ) -> list[JobInfo]:
         """The jobs the broker holds, newest first: only those with ``status`` and of
         ``io_type`` if given, at most ``limit`` (up to 10,000)."""
-        if status is not None and not isinstance(status, Status):
-            raise TypeError(f"status must be a remus.Status, got {status!r}")
-        if status is Status.INVALID:
-            raise ValueError("no job has status INVALID (it is the answer for an unknown id)")
-        if io_type is not None and not isinstance(io_type, IOType):
-            raise TypeError(f"io_type must be a remus.IOType, got {io_type!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
-        limit = min(limit, MAX_JOBS_LISTED)
+        limit = listing_limit(status, io_type, limit)
         data = self.call(p.ListJobsRequest, status, io_type, limit, timeout=timeout).data
         return _records(data, JobInfo.from_wire, "list_jobs")
 
     def stats(self, timeout: float | None = None) -> BrokerStats:
         """The broker's version, uptime, endpoints, job and worker counts, rates and limits."""
-        data = self.call(p.StatsRequest, timeout=timeout).data
-        if not isinstance(data, dict):
-            raise ProtocolError(f"the broker's stats reply is not a map: {data!r:.200}")
-        try:
-            return BrokerStats.from_wire(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ProtocolError(f"the broker's stats reply is malformed: {e!r}") from e
+        return stats_of(self.call(p.StatsRequest, timeout=timeout).data)
 
     # -------------------------------------------------------------- lifetime
 
@@ -656,6 +643,47 @@ def _id(job: Job | str) -> str:
     return job if isinstance(job, str) else job.id
 
 
+def control_bytes(data: bytes | str) -> bytes | bytearray | memoryview:
+    """A control message as it is sent: bytes, or str as UTF-8 (TypeError for anything else)."""
+    if isinstance(data, str):
+        data = data.encode()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a control message is bytes or str, got {type(data).__name__}")
+    return data
+
+
+def control_seq(reply: p.Reply) -> int:
+    """The message number the broker answered a control message with."""
+    seq = reply.data
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ProtocolError(f"the broker's control reply is not a message number: {seq!r}")
+    return seq
+
+
+def listing_limit(status: Status | None, io_type: IOType | None, limit: int) -> int:
+    """Check a ``jobs()`` query here (TypeError, ValueError), so a bad one never reaches the
+    broker; returns the limit the broker is asked for."""
+    if status is not None and not isinstance(status, Status):
+        raise TypeError(f"status must be a remus.Status, got {status!r}")
+    if status is Status.INVALID:
+        raise ValueError("no job has status INVALID (it is the answer for an unknown id)")
+    if io_type is not None and not isinstance(io_type, IOType):
+        raise TypeError(f"io_type must be a remus.IOType, got {io_type!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+    return min(limit, MAX_JOBS_LISTED)
+
+
+def stats_of(data: Any) -> BrokerStats:
+    """The broker's stats reply as a record (ProtocolError if it is not one)."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"the broker's stats reply is not a map: {data!r:.200}")
+    try:
+        return BrokerStats.from_wire(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ProtocolError(f"the broker's stats reply is malformed: {e!r}") from e
+
+
 #: a result larger than this comes as a memoryview of the message's frame, not a bytes copy
 ZERO_COPY_FROM = 1 << 20
 
@@ -675,12 +703,35 @@ def used_fields(raw: Any) -> dict[str, Any]:
     return {}
 
 
+def followed_result(
+    reply: p.Reply, job_id: str, *, host: str = "", fetch: files.Fetch | None = None
+) -> JobResult | None:
+    """The result that a progress reply asked ``with_result`` carries once its job FINISHED
+    (a JobFileResult for a client on ``host``; spooled files fetched with ``fetch``); None if
+    it carries none (then ask for it)."""
+    data = reply.data
+    if "result" not in data:
+        return None
+    blobs = iter(reply.frames)
+    result = as_bytes(p.take(data["result"], blobs, job_id))
+    used = used_fields(data.get("used"))
+    if "files" in data:
+        fs = p.take_files(data["files"], blobs, f"result of {job_id}")
+        return files.result_from_wire(job_id, result, fs, host, fetch=fetch, **used)
+    return JobResult(job_id, result, **used)
+
+
 def results_of(
-    reply: p.Reply, rows: list[Any] | None = None, *, host: str = ""
+    reply: p.Reply,
+    rows: list[Any] | None = None,
+    *,
+    host: str = "",
+    fetch: files.Fetch | None = None,
 ) -> list[JobResult | Exception]:
     """Turn result rows (and their frames) into JobResults, or the exception for each job that
     has none. ``retrieve_result`` raises the exception; ``as_completed`` may yield it.
-    A row with files becomes a JobFileResult for a client on ``host``."""
+    A row with files becomes a JobFileResult for a client on ``host`` (spooled files fetched
+    with ``fetch``)."""
     out: list[JobResult | Exception] = []
     frames = iter(reply.frames)
     for job_id, status, reason, tb, slot, *more in rows if rows is not None else reply.data:
@@ -695,7 +746,7 @@ def results_of(
             continue
         fs = p.take_files(more[0], frames, f"result of {job_id}")
         try:
-            out.append(files.result_from_wire(job_id, data, fs, host, **used))
+            out.append(files.result_from_wire(job_id, data, fs, host, fetch=fetch, **used))
         except FileError as e:
             out.append(e)
     return out

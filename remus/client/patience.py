@@ -23,7 +23,8 @@ good as any), so a probe that crosses a held reply loses nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from remus import protocol as p
 from remus.client.client import JOURNALED, Client
@@ -44,13 +45,26 @@ RESTART_WAIT = 30.0
 KEEP = 16
 
 
-class Patience:
-    """The bounds of one wait. ``subject`` names what is waited on ("job X"), ``state()`` says
-    what the client last knew of it; both go into the messages of the errors it raises."""
+class Peer(Protocol):
+    """What the bounds of a wait need of the client that waits (``Client``, or the asyncio
+    client's connection in ``remus.aio``)."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def timeout(self) -> float: ...
+    def forget(self, rids: Iterable[int]) -> None: ...
+
+
+class Bounds:
+    """The bounds of one wait, without the waiting itself (:class:`Patience` waits with a
+    ``Client``, ``remus.aio`` with its connection). ``subject`` names what is waited on
+    ("job X"), ``state()`` says what the client last knew of it; both go into the messages of
+    the errors it raises."""
 
     def __init__(
         self,
-        client: Client,
+        client: Peer,
         timeout: float | None,
         subject: str,
         state: Callable[[], str],
@@ -126,42 +140,40 @@ class Patience:
 
     # -------------------------------------------------------------- waiting
 
-    def next_reply(self, probe: Callable[[], int]) -> p.Reply:
-        """The next answer to any request of this wait. ``probe()`` sends the question again,
-        not held, and returns its rid. Raises TimeoutError when a bound is reached and
-        BrokerStoppedError when the broker stopped (see the module's doc)."""
-        c = self.client
-        while True:
-            now = time.monotonic()
-            if self._waiting_since is None:
-                self._waiting_since = now
-            give_up = self._give_up_at()
-            if now >= give_up:
-                raise self._gave_up(now)
-            if now >= self._probe_at:
-                self._track(probe(), 0.0)
-                self._probe_gap = min(PROBE_MAX, self._probe_gap * 2)
-                self._probe_at = now + self._probe_gap
-                continue
-            try:
-                got = c.reply_to_any(self._out, min(give_up, self._probe_at))
-            except BrokerStoppedError as e:
-                self._answered()
-                if e.code != JOURNALED:
-                    raise BrokerStoppedError(
-                        f"the broker at {c.endpoint} stopped while this client waited on "
-                        f"{self.subject} ({self.state()}), and it keeps no journal: "
-                        f"{'they are' if self.plural else 'the job is'} lost. "
-                        f"The broker said: {e}"
-                    ) from None
-                self._ride_out(time.monotonic())
-                continue
-            if got is None:
-                continue
-            del self._out[got[0]]
-            self._answered()
-            self._stopped_at = None  # (back) up and answering
-            return got[1]
+    def listen_until(self, now: float) -> tuple[float, bool]:
+        """A step of waiting for the next answer: until when to listen for one, and whether
+        to probe first. Raises TimeoutError when a bound is reached."""
+        if self._waiting_since is None:
+            self._waiting_since = now
+        give_up = self._give_up_at()
+        if now >= give_up:
+            raise self._gave_up(now)
+        return min(give_up, self._probe_at), now >= self._probe_at
+
+    def probed(self, rid: int, now: float) -> None:
+        """A probe (the question again, not held) went out as ``rid``."""
+        self._track(rid, 0.0)
+        self._probe_gap = min(PROBE_MAX, self._probe_gap * 2)
+        self._probe_at = now + self._probe_gap
+
+    def stopped(self, e: BrokerStoppedError) -> None:
+        """The broker answered that it stops: raise, unless its journal keeps the job (then
+        ride the restart out)."""
+        self._answered()
+        if e.code != JOURNALED:
+            raise BrokerStoppedError(
+                f"the broker at {self.client.endpoint} stopped while this client waited on "
+                f"{self.subject} ({self.state()}), and it keeps no journal: "
+                f"{'they are' if self.plural else 'the job is'} lost. "
+                f"The broker said: {e}"
+            ) from None
+        self._ride_out(time.monotonic())
+
+    def answered(self, rid: int) -> None:
+        """Request ``rid`` of this wait was answered."""
+        del self._out[rid]
+        self._answered()
+        self._stopped_at = None  # (back) up and answering
 
     def _answered(self) -> None:
         """The broker said something: it is there (or at least was, just now)."""
@@ -218,3 +230,29 @@ class Patience:
         """The wait is over: late answers to its requests are dropped."""
         self.client.forget(self._out)
         self._out.clear()
+
+
+class Patience(Bounds):
+    """The bounds of one wait with a ``Client``, and the waiting."""
+
+    client: Client
+
+    def next_reply(self, probe: Callable[[], int]) -> p.Reply:
+        """The next answer to any request of this wait. ``probe()`` sends the question again,
+        not held, and returns its rid. Raises TimeoutError when a bound is reached and
+        BrokerStoppedError when the broker stopped (see the module's doc)."""
+        while True:
+            now = time.monotonic()
+            until, probe_now = self.listen_until(now)
+            if probe_now:
+                self.probed(probe(), now)
+                continue
+            try:
+                got = self.client.reply_to_any(self._out, until)
+            except BrokerStoppedError as e:
+                self.stopped(e)
+                continue
+            if got is None:
+                continue
+            self.answered(got[0])
+            return got[1]

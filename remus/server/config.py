@@ -90,6 +90,10 @@ class ServerConfig:
     #: to a worker on another host than the client that named them (docs/files.md); none by
     #: default: such a job then fails with a reason that names this option
     file_roots: tuple[str, ...] = ()
+    #: where large files (over remus.files.STREAM_FROM) wait between their upload and their
+    #: download (docs/files.md, "Streamed files"); None: beside the journal (JOURNAL.spool),
+    #: else a private temporary folder removed when the broker stops
+    spool_dir: str | None = None
     #: the cyclic garbage collector's thresholds while a broker runs in this process, restored
     #: when the last one stops (None: leave the collector alone). A broker holds many small
     #: long-lived objects (a record per job) without reference cycles; the default thresholds

@@ -22,6 +22,7 @@ from remus import files
 from remus import protocol as p
 from remus.errors import FileError
 from remus.server import introspection as ix
+from remus.server.blobs import Blobs
 from remus.server.config import ServerConfig
 from remus.server.holds import Holds
 from remus.server.journal import JournalBatch, JournaledJob
@@ -73,6 +74,8 @@ class Outbox:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: (host, pid) of workers that ignored a cancel past the grace: kill them if we spawned them
     kills: list[tuple[str, int]] = field(default_factory=list)
+    #: orders for the spool thread (remus.server.spool: serve a file in place, drop blobs)
+    spool: list[list[bytes]] = field(default_factory=list)
 
 
 class BrokerCore:
@@ -115,6 +118,8 @@ class BrokerCore:
         self.recovery = Recovery(self)
         #: who can serve a job, and why a queued one waits
         self.serving = Serving(self)
+        #: streamed files in the spool: which exist, who may read them, when they go
+        self.blobs = Blobs(self)
         #: set by drain(): no new job is accepted or started, running ones may finish
         self.draining = False
         #: what the factory's processes did (and the quarantine rule)
@@ -288,6 +293,7 @@ class BrokerCore:
         self.holds.expire(now, self.config.result_ttl)
         self.limits.due(now)
         self.rates.sample(now)
+        self.blobs.sweep(now)
         ttl = self.config.result_ttl
         while self.ended and now - self.ended[0][0] > ttl:
             _, job_id = self.ended.popleft()
@@ -681,7 +687,12 @@ class BrokerCore:
             fs = job.files
             if fs is not None:
                 try:  # paths for a worker on another host: the broker sends the bytes
-                    fs = files.files_for_worker(fs, worker.host, self.config.file_roots)
+                    fs = files.files_for_worker(
+                        fs,
+                        worker.host,
+                        self.config.file_roots,
+                        lambda path, job=job: self.blobs.serve(path, job, now),  # type: ignore[misc]
+                    )
                 except FileError as e:
                     reason = f"cannot send the job's files to worker {worker.name}: {e}"
                     self.finish(job, Status.FAILED, self._now, reason)

@@ -29,6 +29,8 @@ from remus.server.factory_base import EXITED as REAPED
 from remus.server.journal import Journal
 from remus.server.monitors import MonitorPipe
 from remus.server.recovery import local_process_gone
+from remus.server.spool import REQUEST, STORED, Spool
+from remus.server.spool import STOP as STOP_SPOOL
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,14 @@ class CoreThread(threading.Thread):
         journal: Journal | None = None,
         monitors: tuple[str, frozenset[str]] | None = None,
         gate: Gate | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         super().__init__(name="remus-core", daemon=True)
+        #: the spool thread (file chunks, off this thread) and its folder (None: a temp one)
+        self._spool_dir = spool_dir
+        self._spool: Spool | None = None
+        self._spool_pipe: zmq.Socket[Any] | None = None
+        self._worker_pipe: zmq.Socket[Any] | None = None
         #: secure mode: keys and allow-lists (None: plain mode)
         self._gate = gate
         #: (the monitor thread's pipe endpoint, the topics its monitors want), if any
@@ -95,6 +103,7 @@ class CoreThread(threading.Thread):
         self._misdirected: dict[bytes, float] = {}
         self._factory = factory
         self._journal = journal
+        #: with a journal: its writer thread, and the outboxes held until their pass is durable
         self._subscriptions: dict[bytes, int] = {}
         #: secure mode: per topic a subscriber asked for, what was applied for each of them
         self._applied: dict[bytes, list[tuple[bytes, ...]]] = {}
@@ -216,6 +225,15 @@ class CoreThread(threading.Thread):
                 s.close(0)
             return
         self._parts_sent = {client: 0, worker: 0}
+        self._worker_pipe = worker
+        try:
+            self._start_spool(ctx)
+        except BaseException as e:
+            self.error = e
+            self.ready.set()
+            for s in sockets:
+                s.close(0)
+            return
         self.core = BrokerCore(
             self._config,
             catalog=self._factory,
@@ -240,6 +258,10 @@ class CoreThread(threading.Thread):
                 for s in sockets:
                     s.close(0)
                 return
+        assert self._spool is not None
+        for stored in self._spool.stored_at_start:
+            self.core.blobs.stored(stored, time.monotonic())
+        self._spool.start()
         if self._monitors is not None:
             self._monitor_pipe = MonitorPipe(ctx, *self._monitors)
             self._wanted.clear()
@@ -264,6 +286,7 @@ class CoreThread(threading.Thread):
                 self._factory.stop()
             if self._monitor_pipe is not None:
                 self._monitor_pipe.close()
+            self._stop_spool()
             for s in sockets:
                 s.close()
 
@@ -312,6 +335,9 @@ class CoreThread(threading.Thread):
         # without the client endpoint, and never learn it.
         for s in (control, status):
             poller.register(s, zmq.POLLIN)
+        spool = self._spool_pipe
+        assert spool is not None
+        poller.register(spool, zmq.POLLIN)
         tracing = log.isEnabledFor(TRACE)
         now = time.monotonic()
         tick_due = now
@@ -351,6 +377,8 @@ class CoreThread(threading.Thread):
                 else:
                     log.info("drained: no job is running")
                 return
+            if spool in ready:
+                self._from_spool(spool, client, worker, now)
             traffic = core.traffic
             if client in ready:
                 self._last_client = now
@@ -448,6 +476,9 @@ class CoreThread(threading.Thread):
                     type(msg).__name__,
                     p.name_jobs(p.job_ids(msg)),
                 )
+            if msg.COMMAND.value in p.TRANSFER_COMMANDS:
+                self._to_spool(pipe, identity, msg, frames, now)
+                continue
             try:
                 handle(identity, msg, now)
             except Exception:
@@ -461,6 +492,69 @@ class CoreThread(threading.Thread):
                     )
                     self._forward(pipe, [identity, *p.encode(err)])
         return DRAIN
+
+    # -------------------------------------------------------------- the spool thread
+
+    def _start_spool(self, ctx: zmq.Context[Any]) -> None:
+        pipe = ctx.socket(zmq.PAIR)
+        pipe.linger = 0
+        pipe.sndhwm = pipe.rcvhwm = 0
+        endpoint = f"inproc://remus-spool-{id(self):x}"
+        try:
+            pipe.bind(endpoint)
+            self._spool = Spool(ctx, endpoint, self._spool_dir, list(self._config.file_roots))
+        except BaseException:
+            pipe.close(0)
+            raise
+        self._spool_pipe = pipe
+
+    def _stop_spool(self) -> None:
+        pipe, spool = self._spool_pipe, self._spool
+        if pipe is None:
+            return
+        if spool is not None and spool.is_alive():
+            pipe.send(STOP_SPOOL)
+            spool.join(self._config.stop_timeout)
+        pipe.close(0)
+        self._spool_pipe = None
+
+    def _to_spool(
+        self,
+        pipe: zmq.Socket[Any],
+        identity: bytes,
+        msg: p.Message,
+        frames: list[Any],
+        now: float,
+    ) -> None:
+        """A ``put`` or ``get``: the spool thread does the I/O and answers; the core only says
+        who may read what (secure mode)."""
+        core = self.core
+        assert core is not None and self._spool_pipe is not None
+        key = core.sender if self._gate is not None else None
+        if isinstance(msg, p.GetRequest) and not core.blobs.may_get(msg.blob, key, now):
+            err = p.Error(msg.rid, "forbidden", f"blob {msg.blob} is not this key's to read")
+            self._forward(pipe, [identity, *p.encode(err)])
+            return
+        side = b"w" if pipe is self._worker_pipe else b"c"
+        self._spool_pipe.send_multipart(
+            [REQUEST, side, identity, key or b"", *frames[1:]], copy=False
+        )
+
+    def _from_spool(
+        self, spool: zmq.Socket[Any], client: zmq.Socket[Any], worker: zmq.Socket[Any], now: float
+    ) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            try:
+                frames = spool.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            head = frames[0].bytes
+            if head == STORED:
+                core.blobs.stored(p.unpack(frames[1].bytes), now)
+            else:
+                self._forward(worker if head == b"w" else client, frames[1:])
 
     def _refusal(self, identity: bytes, key: bytes, from_worker: bool) -> str:
         """Secure mode: why a message from ``key`` is refused ("" if it is not). Its key was
@@ -514,6 +608,9 @@ class CoreThread(threading.Thread):
             self._forward(client, [identity, *p.encode(msg)])
         for identity, msg in out.workers:
             self._forward(worker, [identity, *p.encode(msg)])
+        if out.spool and self._spool_pipe is not None:
+            for order in out.spool:
+                self._spool_pipe.send_multipart(order)
         kill = getattr(self._factory, "kill", None)
         for host, pid in out.kills:
             if kill is not None and self.core is not None and host == self.core.host:

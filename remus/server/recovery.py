@@ -45,13 +45,24 @@ OWNER_OPTION = "_owner"
 
 
 def saved_files(fs: p.FileSet) -> dict[str, Any]:
-    """A job's file set as a self-contained msgpack-able value (inline bytes included)."""
-    files_ = [[e.path, e.mode, None if e.data is None else bytes(e.data)] for e in fs.files]
+    """A job's file set as a self-contained msgpack-able value (inline bytes included; a
+    spooled file by its reference: its bytes are in the spool folder)."""
+    files_ = [
+        [e.path, e.mode, e.ref.to_wire()]
+        if e.ref is not None
+        else [e.path, e.mode, None if e.data is None else bytes(e.data)]
+        for e in fs.files
+    ]
     return {"files": files_, "args": list(fs.args), "host": fs.host}
 
 
 def restored_files(saved: dict[str, Any]) -> p.FileSet:
-    entries = [p.FileEntry(path, mode, data) for path, mode, data in saved["files"]]
+    entries = [
+        p.FileEntry(path, mode, None, p.BlobRef.from_wire(data, "journal"))
+        if isinstance(data, dict)
+        else p.FileEntry(path, mode, data)
+        for path, mode, data in saved["files"]
+    ]
     return p.FileSet(entries, saved["args"], saved["host"])
 
 
@@ -157,6 +168,7 @@ class Recovery:
             opts = saved.options
             if FILES_OPTION in opts:
                 job.files = restored_files(opts[FILES_OPTION])
+                core.blobs.use(job.files, job.id, now)
             owner = opts.get(OWNER_OPTION)
             job.owner = owner.encode() if isinstance(owner, str) else None
             job.limits = (

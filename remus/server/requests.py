@@ -97,6 +97,9 @@ class Requests:
                 None if j.files is None else files.accept_files(j.files, origin, core.host)
                 for j in msg.jobs
             ]
+            for fs in file_sets:
+                if fs is not None:
+                    core.blobs.check(fs, core.sender)
         except FileError as e:
             core.error(client, msg.rid, "bad-files", str(e))
             return
@@ -160,6 +163,8 @@ class Requests:
                 now,
             )
             job.files = fs
+            if fs is not None:
+                core.blobs.use(fs, job.id, now)
             job.limits = limits
             job.error_retries = error_retries
             job.rank = rank

@@ -212,6 +212,8 @@ class Server:
                 journal=self._journal,
                 monitors=monitors,
                 gate=gate,
+                spool_dir=self.config.spool_dir
+                or (None if self.journal_path is None else f"{os.fspath(self.journal_path)}.spool"),
             )
             core.start()
             self._threads.append(core)

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from remus import protocol as p
+from remus.errors import FileError
 from remus.server.preemption import PROTECTED_HALF
 from remus.server.records import WorkerRecord
 from remus.types import Status
@@ -158,9 +159,15 @@ class WorkerMessages:
                 core.counters["dropped_results"] += 1
                 core.recovery.refused(worker, job_id, job, Status.FINISHED, "")
                 continue
-            job.result = blob
             if result_files:  # paths in it are on the worker's host
+                try:
+                    core.blobs.check(result_files[0], worker.peer_key)
+                except FileError as e:
+                    core.finish(job, Status.FAILED, now, f"its result cannot be kept: {e}")
+                    continue
                 job.result_files = replace(result_files[0], host=worker.host)
+                core.blobs.use(job.result_files, job_id, now)
+            job.result = blob
             if core.journal is not None:
                 core.journal.results.append((job_id, blob))
             core.finish(job, Status.FINISHED, now)

@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
+from remus import protocol as p
+from remus import transfer
+from remus.client.client import Client
 from remus.errors import FileError
 from remus.files import PathLike, Scratch, materialize, result_files
 from remus.hostid import host_id
@@ -107,6 +110,8 @@ class Worker:
         self._client_endpoint = client_endpoint
         #: the assistants' clients, one per thread that asked (a socket belongs to one thread)
         self._clients: dict[int, BasicClient] = {}
+        #: per thread, a connection for file chunks (remus.transfer)
+        self._transfers: dict[int, Client] = {}
         self._clients_lock = threading.Lock()
         self._hub = Hub(f"remus-controls-{self.identity.hex()[4:12]}", self._assistant_client)
         self._conn = Connection(
@@ -201,7 +206,7 @@ class Worker:
         fs = job.wire_files
         scratch = Scratch(job.id)
         try:
-            local = materialize(fs, self.host, scratch)
+            local = materialize(fs, self.host, scratch, self._fetch)
         except BaseException:
             scratch.remove()
             raise
@@ -250,7 +255,12 @@ class Worker:
         else:
             inline = not job.origin or job.origin != self.host
             try:
-                fs = result_files(files, inline=inline, scratch=self._scratches.get(job.id))
+                fs = result_files(
+                    files,
+                    inline=inline,
+                    scratch=self._scratches.get(job.id),
+                    upload=self._upload,
+                )
             except FileError as e:
                 self.send_failure(job, f"result file {e}")
                 raise
@@ -378,6 +388,32 @@ class Worker:
                 )
         return client
 
+    # -------------------------------------------------------------- large files
+
+    def _transfer_client(self) -> Client:
+        """The calling thread's connection for file chunks (``put``/``get`` on the worker
+        endpoint, beside the worker's own socket; made on first use)."""
+        me = threading.get_ident()
+        with self._clients_lock:
+            client = self._transfers.get(me)
+            if client is None:
+                if self._closed:
+                    raise RuntimeError("this worker is closed")
+                keys = self.keys
+                client = self._transfers[me] = Client(
+                    self.endpoint,
+                    context=self._context,
+                    server_key=keys.server if keys is not None else None,
+                    secret_key=keys.own if keys is not None else False,
+                )
+        return client
+
+    def _fetch(self, ref: p.BlobRef, target: str) -> None:
+        transfer.download(self._transfer_client(), ref, target, private=True)
+
+    def _upload(self, path: str, fd: int, size: int) -> p.BlobRef:
+        return transfer.upload(self._transfer_client(), path, fd, size)
+
     # -------------------------------------------------------------- lifetime
 
     def close(self) -> None:
@@ -391,8 +427,11 @@ class Worker:
             self._hub.dispatcher.close()
             with self._clients_lock:
                 clients, self._clients = list(self._clients.values()), {}
+                transfers, self._transfers = list(self._transfers.values()), {}
             for client in clients:
                 client.close()
+            for conn in transfers:
+                conn.close()
             for job_id in list(self._scratches):
                 self._scratches.pop(job_id).remove()
 
