@@ -94,7 +94,34 @@ def pipelined(opts: Options, why: str | None) -> list[Row]:
     return rows
 
 
-def _relay_pipelined(row: Row, opts: Options, workers: int) -> None:
+#: the credit per worker of the "default settings" row's relay (what issue 15 compares with)
+DEFAULT_CREDIT = 16
+
+
+def defaults(opts: Options, why: str | None) -> list[Row]:
+    """What a user gets without tuning: a script's ``Server()`` and ``Worker.run(handler)``
+    with its default prefetch ("auto"), 2 workers, against the relay at credit 16."""
+    row = Row("pipelined, 2 workers, default settings", "jobs/s", goal=Goal(">=", 1.0))
+    _relay_pipelined(row, opts, 2, credit=DEFAULT_CREDIT)
+    if why is None:
+        got = _measure(
+            row,
+            "remus",
+            lambda: remus_bench.pipelined(
+                workers=2,
+                jobs=opts.jobs,
+                warmup=opts.warmup,
+                repeat=opts.repeat,
+                prefetch="auto",
+                inprocess=True,
+            ),
+        )
+        row.remus = Stat.of(got["samples"]) if got else None
+    row.ref_label = f"{row.ref_label}, credit {DEFAULT_CREDIT}"
+    return [row]
+
+
+def _relay_pipelined(row: Row, opts: Options, workers: int, credit: int | None = None) -> None:
     """The reference of a pipelined row: the relay whose client sends every job at once, and
     the relay whose client keeps ``opts.window`` requests outstanding (issue 15). The faster
     (by median) is the reference; the other is given in the row's note and both in its JSON."""
@@ -107,7 +134,7 @@ def _relay_pipelined(row: Row, opts: Options, workers: int) -> None:
             lambda w=window: relay.run(
                 "pipelined",
                 workers=workers,
-                credit=opts.prefetch,
+                credit=credit or opts.prefetch,
                 jobs=opts.jobs,
                 window=w,
                 warmup=opts.warmup,
@@ -449,6 +476,7 @@ def preemption(opts: Options, why: str | None) -> list[Row]:
 
 CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "pipelined": pipelined,
+    "defaults": defaults,
     "roundtrip": round_trip,
     "progress": progress,
     "bulk": bulk,

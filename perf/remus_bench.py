@@ -50,21 +50,27 @@ def available() -> str | None:
 
 
 @contextmanager
-def session(group: ProcGroup, *options: str) -> Iterator[tuple[Proc, Endpoints]]:
-    """A broker for one benchmark (``options`` go on its command line); on exit SIGTERM it,
-    then let its workers leave (3 s)."""
+def session(
+    group: ProcGroup, *options: str, inprocess: bool = False
+) -> Iterator[tuple[Proc, Endpoints]]:
+    """A broker for one benchmark (``options`` go on its command line; ``inprocess``: a
+    script's ``Server()`` with every default instead of ``remus server``); on exit SIGTERM
+    it, then let its workers leave (3 s)."""
     any_ep = "tcp://127.0.0.1:0"
-    server = group.start(
-        "remus-server",
-        SERVER_MODULE,
-        "--client",
-        any_ep,
-        "--worker",
-        any_ep,
-        "--status",
-        any_ep,
-        *options,
-    )
+    if inprocess:
+        server = group.start("remus-server", ROLES, "server")
+    else:
+        server = group.start(
+            "remus-server",
+            SERVER_MODULE,
+            "--client",
+            any_ep,
+            "--worker",
+            any_ep,
+            "--status",
+            any_ep,
+            *options,
+        )
     ready = server.expect(SERVER_RE, timeout=30)
     metrics = re.search(r" metrics=(\S+)", ready.string)
     eps = Endpoints(*ready.groups(), metrics=metrics.group(1) if metrics else "")
@@ -132,21 +138,23 @@ def pipelined(
     repeat: int,
     threads: int = 1,
     idle: float = 0.0,
-    prefetch: int = 64,
+    prefetch: int | str = 64,
     journal: str | None = None,
     observed: bool = False,
     curve: bool = False,
+    inprocess: bool = False,
 ) -> dict[str, Any]:
     """Jobs/s of one pipelined client; with ``idle``, the broker's CPU % afterwards, idle;
     with ``journal``, the broker writes every pass to that SQLite file; ``observed``: the broker
     serves ``--metrics``, scraped every second, and ``remus top`` polls it every second;
-    ``curve``: the broker runs in secure mode, and the client and workers use keys."""
+    ``curve``: the broker runs in secure mode, and the client and workers use keys;
+    ``inprocess``: the broker is a script's ``Server()`` with every default."""
     options: tuple[str, ...] = ("--journal", journal) if journal else ()
     if observed:
         options += ("--metrics", "0")
     with ProcGroup() as group, secure_mode(curve) as keys:
         return _pipelined(group, options + keys, workers, jobs, warmup, repeat, threads, idle,
-                          prefetch, observed)  # fmt: skip
+                          prefetch, observed, inprocess)  # fmt: skip
 
 
 @contextmanager
@@ -195,10 +203,11 @@ def _pipelined(
     repeat: int,
     threads: int,
     idle: float,
-    prefetch: int,
+    prefetch: int | str,
     observed: bool,
+    inprocess: bool = False,
 ) -> dict[str, Any]:
-    with session(group, *options) as (server, eps):
+    with session(group, *options, inprocess=inprocess) as (server, eps):
         start_workers(
             group, eps.worker, "tiny", processes=workers, threads=threads, prefetch=prefetch
         )

@@ -94,7 +94,32 @@ def _until_connected(w: Any) -> None:
         time.sleep(0.005)  # polling a flag under a deadline
 
 
-def worker(endpoint: str, kind: str, threads: int, prefetch: int, gate: bool, slots: int) -> None:
+def server() -> None:
+    """An in-process ``Server()`` with every default (as a script author starts one), on free
+    loopback ports; prints the ready line ``remus server`` prints, runs until SIGTERM."""
+    import signal
+
+    from remus.server import Server, ServerPorts
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Server(ServerPorts.ephemeral()) as s:
+        print(
+            f"remus server ready: client={s.ports.client} worker={s.ports.worker} "
+            f"status={s.ports.status}",
+            flush=True,
+        )
+        stop.wait()
+
+
+def prefetch_arg(text: str) -> int | str:
+    """``--prefetch``: a number, or ``auto`` (Worker.run's default)."""
+    return text if text == "auto" else int(text)
+
+
+def worker(
+    endpoint: str, kind: str, threads: int, prefetch: int | str, gate: bool, slots: int
+) -> None:
     """Run ``threads`` workers (one ``Worker`` each) until the broker tells them to exit."""
     from remus import IOType
     from remus.worker import Worker
@@ -270,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--endpoint", required=True)
     w.add_argument("--kind", choices=sorted(IO), default="tiny")
     w.add_argument("--threads", type=int, default=1)
-    w.add_argument("--prefetch", type=int, default=64)
+    w.add_argument("--prefetch", type=prefetch_arg, default=64)
     w.add_argument("--gate", action="store_true", help="wait for a stdin line before connecting")
     w.add_argument("--slots", type=int, default=1, help="jobs each worker runs at once")
     c = sub.add_parser("client")
@@ -287,9 +312,12 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--warmup", type=int, default=1)
     c.add_argument("--repeat", type=int, default=3)
     c.add_argument("--timeout", type=float, default=120.0)
+    sub.add_parser("server", help="an in-process Server() with its defaults")
     args = vars(p.parse_args(argv))
     role = args.pop("role")
-    if role == "worker":
+    if role == "server":
+        server()
+    elif role == "worker":
         worker(**args)
     else:
         client(**args)

@@ -61,6 +61,43 @@ NOT_IN_A_PROCESS = (
 )
 
 
+#: ``prefetch="auto"``: at most this many jobs wait here beyond the slots
+AUTO_MAX = 16
+#: ``prefetch="auto"``: enough jobs wait here to keep the slots busy for this long, the time a
+#: job takes to come from the broker once asked for (about a round trip on one machine)
+AUTO_COVER = 0.002
+
+
+class AutoPrefetch:
+    """``prefetch="auto"``: how many jobs to keep waiting here, from how long the handlers
+    take. Jobs slower than a round trip to the broker get none (one at a time per slot: a job
+    is never held back here while another worker is free); tiny ones get up to AUTO_MAX, so
+    the next is here when a slot frees. It moves with the handlers' recent pace."""
+
+    __slots__ = ("_avg", "_slots", "current")
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._avg: float | None = None
+        #: jobs asked for beyond the slots right now
+        self.current = 0
+
+    def credit(self, seconds: float) -> int:
+        """A job ended after ``seconds``: the jobs to ask for with its report (1 to replace
+        it, more to prefetch more, 0 to prefetch one fewer)."""
+        avg = seconds if self._avg is None else 0.8 * self._avg + 0.2 * seconds
+        self._avg = avg
+        target = min(AUTO_MAX, int(AUTO_COVER * self._slots / max(avg, 1e-7)))
+        if target > self.current:
+            more = target - self.current
+            self.current = target
+            return 1 + more
+        if target < self.current:
+            self.current -= 1
+            return 0
+        return 1
+
+
 class Runner:
     """One ``Worker.run`` call."""
 
@@ -70,7 +107,7 @@ class Runner:
         handler: Callable[[Any], Any],
         *,
         slots: int,
-        prefetch: int,
+        prefetch: int | str,
         pool: str,
         max_jobs: int | None,
         idle_timeout: float | None,
@@ -88,7 +125,9 @@ class Runner:
         self.worker = worker
         self.handler = handler
         self.slots = slots
-        self.prefetch = prefetch
+        #: prefetch="auto": adapts to the handlers' pace (starts at none)
+        self.auto = AutoPrefetch(slots) if prefetch == "auto" else None
+        self.prefetch = 0 if isinstance(prefetch, str) else prefetch
         self.pool = pool
         self.max_jobs = max_jobs
         self.idle_timeout = idle_timeout
@@ -166,12 +205,14 @@ class Runner:
                 error: tuple[str, str] | None = None
                 result: Any = None
                 meter.start()
+                began = time.perf_counter()
                 try:
                     result = handler(job)
                 except Exception as e:
                     error = (f"{type(e).__name__}: {e}", traceback.format_exc())
+                took = time.perf_counter() - began
                 used = meter.stop()
-                self._credit_back()  # (only now: while the handler ran, the slot was not free)
+                self._credit_back(took)  # (only now: while the handler ran, the slot was busy)
                 self._report(job, result, error, used)
             self._idle_since = time.monotonic()
         return taken
@@ -210,13 +251,15 @@ class Runner:
     def _in_thread(self, job: Job) -> None:
         meter = JobMeter()
         meter.start()
+        began = time.perf_counter()
         error: tuple[str, str] | None = None
         result: Any = None
         try:
             result = self.handler(job)
         except Exception as e:
             error = (f"{type(e).__name__}: {e}", traceback.format_exc())
-        self._ended(job, result, error, meter.stop())
+        took = time.perf_counter() - began
+        self._ended(job, result, error, meter.stop(), took)
 
     def _ended(
         self,
@@ -224,12 +267,13 @@ class Runner:
         result: Any,
         error: tuple[str, str] | None,
         used: tuple[int, float] | None,
+        took: float | None = None,
     ) -> None:
-        """A pool's handler ended (any thread): a credit back for its slot, the report, and the
-        slot free again."""
+        """A pool's handler ended (any thread) after ``took`` seconds (None: it never ran): a
+        credit back for its slot, the report, and the slot free again."""
         try:
             with self._cond:  # (keeps the worker's request count exact across threads)
-                self._credit_back()
+                self._credit_back(took)
             self._report(job, result, error, used)
         finally:
             with self._cond:
@@ -284,13 +328,18 @@ class Runner:
         except Exception:
             log.exception("job %s: could not report its end", job.id)
 
-    def _credit_back(self) -> None:
-        """Ask for one job in place of one that ended, unless ``max_jobs`` are asked for
-        already (with slots, under ``_cond``). It waits for the report that follows."""
-        if self.max_jobs is not None and self.asked >= self.max_jobs:
+    def _credit_back(self, took: float | None = None) -> None:
+        """Ask for one job in place of one that ended after ``took`` seconds (with
+        ``prefetch="auto"``, as many as keep the right number waiting here), never more than
+        ``max_jobs`` in all (with slots, under ``_cond``). It waits for the report that
+        follows."""
+        n = 1 if self.auto is None or took is None else self.auto.credit(took)
+        if self.max_jobs is not None:
+            n = min(n, self.max_jobs - self.asked)
+        if n <= 0:
             return
-        self.asked += 1
-        self.worker.ask_for_jobs(1, _wake=False)
+        self.asked += n
+        self.worker.ask_for_jobs(n, _wake=False)
 
 
 # ====================================================================== process pool

@@ -310,7 +310,7 @@ class Worker:
         handler: Handler,
         *,
         slots: int | None = None,
-        prefetch: int = 0,
+        prefetch: int | Literal["auto"] = "auto",
         pool: Literal["thread", "process"] = "thread",
         max_jobs: int | None = None,
         idle_timeout: float | None = None,
@@ -331,10 +331,13 @@ class Worker:
         nothing unlocked between them.
 
         The worker asks for its free slots plus ``prefetch`` jobs, and for one more each time
-        a job ends (in the same message as its result). ``prefetch=0``, the default, is what
-        ``run`` always did with one slot: one job at a time, the next asked for with the result
-        of the last. A prefetch keeps jobs waiting here so that a slot that frees starts the
-        next job at once (raise it for many small jobs); their time limits count meanwhile.
+        a job ends (in the same message as its result). A prefetch keeps jobs waiting here so
+        that a slot that frees starts the next job at once; their time limits count meanwhile.
+        ``prefetch="auto"``, the default, sets it from how long the handlers take: none while
+        jobs take longer than a round trip to the broker (about 2 ms: one job at a time per
+        slot, the next asked for with the result of the last, so no job waits here while
+        another worker is free), and up to 16 for tiny jobs, whose round trips would otherwise
+        cost more than the jobs. ``prefetch=0`` is one at a time whatever the jobs take.
 
         Returns after ``max_jobs`` jobs, after ``idle_timeout`` seconds with no job running or
         arriving, or when the broker stops, once the running handlers have returned. Returns
@@ -344,8 +347,10 @@ class Worker:
 
         if slots is not None:
             self._declare_slots(slots)
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch must be an int of 0 or more, got {prefetch!r}")
+        if prefetch != "auto" and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+        ):
+            raise ValueError(f"prefetch must be 'auto' or an int of 0 or more, got {prefetch!r}")
         if max_jobs is not None and max_jobs < 1:
             raise ValueError("max_jobs must be at least 1")
         runner = Runner(
