@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 #: one line per job that ends (INFO when it finished, WARNING when not): an operator may set
 #: this logger's level apart from the rest
 jobs_log = logging.getLogger("remus.jobs")
+#: the INFO lines of finished jobs are written together, at most this often ...
+FINISHED_LOG_EVERY = 0.2
+#: ... or once this many are waiting
+FINISHED_LOG_MAX = 1000
 INFO, WARNING = logging.INFO, logging.WARNING
 #: by status value: the counter of a job that ends so, and its event topic (a list index
 #: costs far less than an enum's ``.name``)
@@ -152,10 +156,12 @@ class BrokerCore:
         #: secure mode: the authenticated public key (Z85) of the message being handled, set
         #: by the core thread before each message (None in plain mode)
         self.sender: bytes | None = None
-        #: jobs that finished in this pass, for their INFO lines (None: INFO is off)
+        #: jobs that finished since their INFO lines were last written (None: INFO is off),
+        #: and when that was
         self._finished_lines: list[tuple[JobRecord, float]] | None = (
             [] if jobs_log.isEnabledFor(INFO) else None
         )
+        self._lines_at = now
         #: how late the core thread ran the timed rules, as it measures it
         self.loop = ix.LoopLag()
         #: messages in and out per socket, as the core thread counts them
@@ -335,9 +341,15 @@ class BrokerCore:
                         self.out.workers.append((worker.id, p.Controls(controls)))
         self.recovery.flush(self.out)
         self.holds.flush()
-        if self._finished_lines:
-            self._log_finished(self._finished_lines)
-        self._finished_lines = [] if jobs_log.isEnabledFor(INFO) else None
+        lines = self._finished_lines
+        if lines is None or not lines:
+            self._finished_lines = [] if jobs_log.isEnabledFor(INFO) else None
+        elif len(lines) >= FINISHED_LOG_MAX or self._now - self._lines_at >= FINISHED_LOG_EVERY:
+            # one write for many passes: one job at a time, a write per job cost more CPU
+            # than the broker's whole part of the job
+            self._log_finished(lines)
+            self._lines_at = self._now
+            self._finished_lines = [] if jobs_log.isEnabledFor(INFO) else None
         out, self.out = self.out, Outbox()
         return out
 
@@ -364,6 +376,7 @@ class BrokerCore:
             log.info("told %d waiting client requests that the broker is stopping", answered)
         for w in self.workers.values():
             self.out.workers.append((w.id, p.Shutdown(reason)))
+        self._lines_at = -FINISHED_LOG_EVERY  # the last finished jobs' lines go now
         return self.flush()
 
     def stopping_error(self) -> tuple[str, str]:
