@@ -420,9 +420,19 @@ def take_files(raw: Any, frames: Any, what: str) -> FileSet:
 
 
 def _job_row(
-    jid: str, index: int, contents: list[Any], fs: FileSet | None, frames: list[Blob]
+    jid: str,
+    index: int,
+    contents: list[Any],
+    fs: FileSet | None,
+    frames: list[Blob],
+    after: Sequence[str] = (),
 ) -> list[Any]:
-    return [jid, index, contents] if fs is None else [jid, index, contents, pack_files(fs, frames)]
+    row = [jid, index, contents] if fs is None else [jid, index, contents, pack_files(fs, frames)]
+    if after:
+        if fs is None:
+            row.append(None)
+        row.append({"after": list(after)})
+    return row
 
 
 # ---------------------------------------------------------------------------- messages
@@ -522,8 +532,12 @@ class SubmittedJob:
     keys: tuple[str, ...] = ()
     values: Sequence[Blob] = ()
     files: FileSet | None = None
+    #: ids of the jobs it waits for (each must exist, or come before it in the same submit)
+    after: tuple[str, ...] = ()
 
 
+#: the most jobs one job may wait for (``after``)
+MAX_AFTER = 100_000
 #: a submission's ``priority`` lies within ±this (higher runs first)
 MAX_PRIORITY = 1 << 30
 
@@ -547,6 +561,7 @@ class SubmitRequest(Request):
                 _pack_contents(j.keys, j.values, frames),
                 j.files,
                 frames,
+                j.after,
             )
             for j in self.jobs
         ]
@@ -561,14 +576,34 @@ class SubmitRequest(Request):
         frames = iter(blobs)
         jobs = []
         for raw in _field(body, "jobs", list):
-            if type(raw) is not list or len(raw) not in (3, 4):
-                raise ProtocolError("each job must be [id, reqs index, contents, files?]")
+            if type(raw) is not list or len(raw) not in (3, 4, 5):
+                raise ProtocolError(
+                    "each job must be [id, reqs index, contents, files?, {after?}?]"
+                )
             jid, idx, contents = raw[:3]
             if type(jid) is not str or not jid or len(jid) > 128:
                 raise ProtocolError(f"bad job id {jid!r}: a non-empty string of at most 128 chars")
             keys, values = _unpack_contents(contents, frames, jid)
-            fs = take_files(raw[3], frames, f"job {jid}") if len(raw) == 4 else None
-            jobs.append(SubmittedJob(jid, _pick(table, idx), keys, values, fs))
+            # (a nil files slot only before an extra map: a file request has a map there)
+            fs = (
+                take_files(raw[3], frames, f"job {jid}")
+                if len(raw) >= 4 and not (len(raw) == 5 and raw[3] is None)
+                else None
+            )
+            after: tuple[str, ...] = ()
+            if len(raw) == 5:
+                extra = raw[4]
+                if type(extra) is not dict:
+                    raise ProtocolError(
+                        "each job must be [id, reqs index, contents, files?, {after?}]: the fifth "
+                        f"element of job {jid} must be a map"
+                    )
+                after = tuple(_str_list(extra, "after")) if "after" in extra else ()
+                if len(after) > MAX_AFTER or jid in after:
+                    raise ProtocolError(
+                        f"job {jid}: 'after' names itself or more than {MAX_AFTER} jobs"
+                    )
+            jobs.append(SubmittedJob(jid, _pick(table, idx), keys, values, fs, after))
         _no_frames_left(frames, "submit")
         opts = _field(body, "opts", dict, {})
         if "max_retries" in opts:
@@ -1128,12 +1163,17 @@ class AssignedJob:
     parent: str = ""
     #: False for a spare-capacity job, the first to be preempted
     protected: bool = True
+    #: a job submitted ``after`` others: per predecessor (id, its first file, its file count);
+    #: its result is the content ``@id``, its result files those entries of ``files``
+    after: Sequence[tuple[str, int, int]] = ()
 
     def extra(self, frames: list[Blob]) -> dict[str, Any] | None:
         """The optional fifth element of a job row (None when there is nothing to say)."""
-        if self.checkpoint is None and not self.parent and self.protected:
+        if self.checkpoint is None and not self.parent and self.protected and not self.after:
             return None
         extra: dict[str, Any] = {}
+        if self.after:
+            extra["after"] = [list(a) for a in self.after]
         if self.checkpoint is not None:
             extra["checkpoint"] = inline(self.checkpoint, frames)
         if self.parent:
@@ -1203,11 +1243,22 @@ class Jobs(Message):
                     if "checkpoint" in extra
                     else None
                 )
+                after = []
+                for a in _field(extra, "after", list, []):
+                    if (
+                        type(a) is not list
+                        or len(a) != 3
+                        or type(a[0]) is not str
+                        or any(type(x) is not int or x < 0 for x in a[1:])
+                    ):
+                        raise ProtocolError(f"job {jid}: each 'after' entry is [id, first, count]")
+                    after.append((a[0], a[1], a[2]))
                 job = replace(
                     job,
                     checkpoint=checkpoint,
                     parent=_field(extra, "parent", str, ""),
                     protected=_field(extra, "protected", bool, True),
+                    after=after,
                 )
             jobs.append(job)
         _no_frames_left(frames, "jobs")

@@ -27,11 +27,13 @@ class Status(enum.IntEnum):
     FAILED = 4
     EXPIRED = 5
     TERMINATED = 6
+    #: held until the jobs it was submitted ``after`` have FINISHED (then QUEUED)
+    WAITING = 7
 
     @property
     def done(self) -> bool:
         """True once the job can no longer change (finished, failed, expired, terminated)."""
-        return self >= Status.FINISHED
+        return Status.FINISHED <= self <= Status.TERMINATED
 
     @property
     def good(self) -> bool:

@@ -115,6 +115,7 @@ def test_stats_count_jobs_and_workers_and_name_the_endpoints(
         "FAILED": 0,
         "EXPIRED": 0,
         "TERMINATED": 1,
+        "WAITING": 0,
     }
     assert s.jobs_by_io_type["Edges->Mesh2D"]["FINISHED"] == 5
     assert s.jobs_by_io_type["Nobody->Serves"]["TERMINATED"] == 1

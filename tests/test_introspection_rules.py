@@ -244,6 +244,7 @@ def test_stats_names_the_broker_its_limits_and_its_factory() -> None:
             "FAILED": 0,
             "EXPIRED": 0,
             "TERMINATED": 0,
+            "WAITING": 0,
         }
     }
 
@@ -266,6 +267,7 @@ def test_counts_follow_every_change_of_status() -> None:
         "FAILED": 0,
         "EXPIRED": 0,
         "TERMINATED": 0,
+        "WAITING": 0,
     }
     assert_counts_hold(c)
     c.terminate("vol")

@@ -951,7 +951,7 @@ OUT_OF_RANGE: list[tuple[type[p.Message], str, Any, str]] = [
     (p.Report, "progress", [["a-1", True, "x"]], "progress value"),
     (p.Report, "progress", [["a-1", 2**64 - 1, "x"]], "progress value"),
     (p.ListJobsRequest, "status", 0, "'status' must be a job status"),
-    (p.ListJobsRequest, "status", 7, "'status' must be a job status"),
+    (p.ListJobsRequest, "status", 8, "'status' must be a job status"),
     (p.ListJobsRequest, "limit", 0, "'limit' must be >= 1"),
     (p.Register, "credit", -1, "credit must not be negative"),
     (p.Register, "credit", -(2**63), "credit must not be negative"),

@@ -166,6 +166,10 @@ def secure(ran: Ran) -> None:
     assert secret.stat().st_mode & 0o777 == 0o600, "a secret key is its owner's only"
 
 
+def mapreduce(ran: Ran) -> None:
+    assert ran.out.splitlines() == ["b'385'"]
+
+
 def upper_async(ran: Ran) -> None:
     lines = ran.out.splitlines()
     assert lines[:3] == ["[b'ONE', b'TWO', b'THREE']", "50 halfway", "b'HELLO'"]
@@ -183,6 +187,7 @@ CHECKS: dict[str, Callable[[Ran], None]] = {
     "scheduling.py": scheduling,
     "secure.py": secure,
     "upper_async.py": upper_async,
+    "mapreduce.py": mapreduce,
 }
 
 #: the files a script names, made in its folder first

@@ -20,6 +20,7 @@ and errors are those of the synchronous clients, whose helpers this module reuse
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import secrets
 from collections import deque
@@ -41,6 +42,7 @@ from remus.aio.waits import (
     collect,
     follow,
 )
+from remus.client import workflow
 from remus.client.basic import Content, _Known, _submission
 from remus.client.client import (
     BATCH_BYTES,
@@ -64,6 +66,7 @@ from remus.client.client import (
     scheduling,
     stats_of,
 )
+from remus.client.workflow import Step
 from remus.errors import JobNotRunningError, ProtocolError, TimeoutError, UnknownJobError
 from remus.files import JobFileRequest
 from remus.hostid import host_id
@@ -280,7 +283,13 @@ class AsyncClient:
 
     async def _entry(self, sub: Submission, *, timeout: float | None) -> p.SubmittedJob:
         """The wire form of a submission, with a fresh job id (``Client.entry``); a file
-        request's files are read on a thread, off the event loop."""
+        request's files are read on a thread, off the event loop; a Step: with what it waits
+        for, and its own id if it has one."""
+        if isinstance(sub, Step):
+            entry = await self._entry(sub.submission, timeout=timeout)
+            return dataclasses.replace(
+                entry, id=sub.id or entry.id, after=workflow.job_ids(sub.after)
+            )
         if isinstance(sub, JobFileRequest):
             fs = p.FileSet((), sub.args)
             if sub.files:

@@ -2,5 +2,6 @@
 
 from remus.client.basic import BasicClient
 from remus.client.client import Client
+from remus.client.workflow import Step
 
-__all__ = ["BasicClient", "Client"]
+__all__ = ["BasicClient", "Client", "Step"]

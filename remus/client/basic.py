@@ -20,13 +20,14 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import zmq
 
 from remus import files
 from remus import protocol as p
+from remus.client import workflow
 from remus.client.client import (
     BATCH_JOBS,
     Client,
@@ -39,6 +40,7 @@ from remus.client.client import (
     scheduling,
 )
 from remus.client.patience import Patience
+from remus.client.workflow import Step
 from remus.errors import JobNotRunningError, RemusError, UnknownJobError
 from remus.files import JobFileRequest
 from remus.security import KeyArg, SecretArg
@@ -128,11 +130,14 @@ class BasicClient:
         priority: int = 0,
         protected: bool = True,
         parent: Job | str | None = None,
+        after: Iterable[Job | str] | None = None,
         timeout: float | None = None,
         **contents: Content,
     ) -> Job:
         """Queue a job for any worker that serves ``what``; ``data`` is its main content
-        (bytes, or str sent as UTF-8).
+        (bytes, or str sent as UTF-8). ``after``: jobs it waits for (it is WAITING until they
+        have all FINISHED, and fails at once if one of them does not; its handler gets their
+        results with ``job.inputs_from(...)``).
 
         With ``files`` (a list of paths or FileHandles) and ``args`` it is a JobFileRequest
         instead: the worker gets each file as a local path (docs/files.md). ``max_retries``,
@@ -142,8 +147,10 @@ class BasicClient:
         slot) and ``parent`` (for assistants only) place it in the queue (see
         ``remus.client.scheduling``); ``timeout`` bounds this call.
         """
+        plain = _submission(what, data, files, args, contents)
+        sub: Submission = Step(plain, tuple(after)) if after else plain
         return self.client.submit_job(
-            _submission(what, data, files, args, contents),
+            sub,
             max_retries=max_retries,
             time_limit=time_limit,
             queue_time_limit=queue_time_limit,
@@ -154,6 +161,31 @@ class BasicClient:
             parent=parent,
             timeout=timeout,
         )
+
+    def submit_graph(
+        self,
+        steps: Mapping[str, Step | JobSubmission | JobFileRequest],
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> dict[str, Job]:
+        """Submit a whole workflow in one call: ``steps`` names each step (a Step, whose
+        ``after`` may name other steps of the graph or existing jobs, or a plain submission).
+        Returns each name's Job. A cycle or a step that names nothing known raises before
+        anything is sent (ValueError), or is refused by the broker (ServerError ``bad-after``);
+        ``options`` as in :meth:`submit_many`."""
+        order = workflow.graph_order(steps)
+        ids = {name: self.client.new_job_id() for name in steps}
+        subs = []
+        for name in order:
+            step = steps[name]
+            if not isinstance(step, Step):
+                step = Step(step)
+            after = [ids.get(a, a) if isinstance(a, str) else a for a in step.after]
+            subs.append(Step(step.submission, after, id=ids[name]))
+        jobs = self.client.submit_jobs(subs, timeout=timeout, **options)
+        by_name = dict(zip(order, jobs, strict=True))
+        return {name: by_name[name] for name in steps}
 
     def send_control(
         self, job: Job | str, data: bytes | str, *, timeout: float | None = None
@@ -197,6 +229,7 @@ class BasicClient:
         protected: bool = True,
         parent: Job | str | None = None,
         release: bool = False,
+        after: Iterable[Job | str] | None = None,
         **contents: Content,
     ) -> JobResult:
         """Submit and wait, in one round trip: the wait is sent right behind the submission.
@@ -206,7 +239,8 @@ class BasicClient:
         ``release=True`` lets the broker forget the job as soon as its result is on its way
         here (its status then reads INVALID): for big one-shot results the broker need not
         keep for ``result_ttl``."""
-        sub = _submission(what, data, files, args, contents)
+        plain = _submission(what, data, files, args, contents)
+        sub: Submission = Step(plain, tuple(after)) if after else plain
         place = scheduling(priority, protected, parent)  # checked before anything is sent
         c = self.client
         known = _Known()
@@ -433,7 +467,7 @@ def _submission(
     file_list: Iterable[files.PathLike] | None,
     args: Iterable[str] | None,
     contents: dict[str, Content],
-) -> Submission:
+) -> JobSubmission | JobFileRequest:
     if file_list is None and args is None:
         return JobSubmission.of(what, data, **contents)
     if data is not None or contents:

@@ -8,6 +8,7 @@ A Client belongs to the thread that made it; make one per thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -19,6 +20,8 @@ import zmq
 
 from remus import files, transfer
 from remus import protocol as p
+from remus.client import workflow
+from remus.client.workflow import Step
 from remus.errors import (
     BrokerStoppedError,
     BusyError,
@@ -67,8 +70,8 @@ MAX_JOBS_LISTED = 10_000
 #: a reply held for a call with a timeout is due this much (at most half the timeout) before it
 REPLY_MARGIN = 0.25
 
-#: what submit_job and submit_jobs take
-Submission = JobSubmission | JobFileRequest
+#: what submit_job and submit_jobs take (a Step: a submission with the jobs it runs after)
+Submission = JobSubmission | JobFileRequest | Step
 
 
 def _no_worker(msg: p.Error) -> ServerError:
@@ -400,9 +403,15 @@ class Client:
 
     # -------------------------------------------------------------- jobs
 
-    def entry(self, sub: Submission, *, timeout: float | None = None) -> p.SubmittedJob:
-        """The wire form of a submission, with a fresh job id. A file request's files are
-        read here when the broker is on another host (FileError if one cannot be)."""
+    def entry(self, sub: Submission | Step, *, timeout: float | None = None) -> p.SubmittedJob:
+        """The wire form of a submission, with a fresh job id (a Step: with what it waits for,
+        and its own id if it has one). A file request's files are read here when the broker
+        is on another host (FileError if one cannot be)."""
+        if isinstance(sub, Step):
+            entry = self.entry(sub.submission, timeout=timeout)
+            return dataclasses.replace(
+                entry, id=sub.id or entry.id, after=workflow.job_ids(sub.after)
+            )
         if isinstance(sub, JobFileRequest):
             fs = p.FileSet((), sub.args)
             if sub.files:
@@ -478,9 +487,9 @@ class Client:
 
         try:
             for sub in submissions:
-                if not isinstance(sub, (JobSubmission, JobFileRequest)):
+                if not isinstance(sub, (JobSubmission, JobFileRequest, Step)):
                     raise TypeError(
-                        "submit_jobs takes JobSubmission or JobFileRequest objects, "
+                        "submit_jobs takes JobSubmission, JobFileRequest or Step objects, "
                         f"got {type(sub).__name__}"
                     )
                 entry = self.entry(sub, timeout=_left(deadline))

@@ -24,6 +24,7 @@ from remus.errors import FileError
 from remus.server import introspection as ix
 from remus.server.blobs import Blobs
 from remus.server.config import ServerConfig
+from remus.server.dependencies import Dependencies
 from remus.server.holds import Holds
 from remus.server.journal import JournalBatch, JournaledJob
 from remus.server.limits import RUN, Limits
@@ -124,6 +125,8 @@ class BrokerCore:
         self.serving = Serving(self)
         #: streamed files in the spool: which exist, who may read them, when they go
         self.blobs = Blobs(self)
+        #: jobs submitted after others (workflows)
+        self.deps = Dependencies(self)
         #: set by drain(): no new job is accepted or started, running ones may finish
         self.draining = False
         #: what the factory's processes did (and the quarantine rule)
@@ -622,6 +625,8 @@ class BrokerCore:
                 assistant = self.jobs.get(assistant_id)
                 if assistant is not None and not assistant.status.done:
                     self.end(assistant, Status.TERMINATED, now, why, "parent ended")
+        if job.dependents is not None:  # the jobs that wait for it go on, or fail with it
+            self.deps.ended(job, now)
 
     def end(self, job: JobRecord, status: Status, now: float, reason: str, cancel: str) -> None:
         """End a job that is not over from outside its worker (a client terminated it, its
@@ -721,6 +726,7 @@ class BrokerCore:
                     job.checkpoint,
                     job.parent or "",
                     job.rank >= PROTECTED_HALF,
+                    job.linked or (),
                 )
             )
             # In the worker's hands from now on: the status says so and names the worker, and

@@ -330,6 +330,8 @@ class Introspection:
                 if said is None:
                     said = reasons[job.key] = core.serving.queued_reason(job)
                 reason = said
+        elif status is Status.WAITING:
+            reason = core.deps.why_waiting(job)
         else:
             reason = job.reason
         holder = None if job.worker is None or status.done else core.workers.get(job.worker)

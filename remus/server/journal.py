@@ -50,7 +50,8 @@ VACUUM_THRESHOLD_PAGES = 4096
 #: the WAL file is truncated back to this after a checkpoint (a big blob grows it)
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
-_FINAL = int(Status.FINISHED)  # statuses from here up are final (Status.done)
+#: the final statuses (Status.done) lie from here to there; WAITING lies past them
+_FINAL, _LAST = int(Status.FINISHED), int(Status.TERMINATED)
 
 # -------------------------------------------------------------------------- batch rows
 
@@ -363,7 +364,7 @@ class Journal:
         freed = False
         if batch.status:
             conn.executemany(_UPDATE_STATUS, batch.status)
-            final = [(row[0],) for row in batch.status if row[1] >= _FINAL]
+            final = [(row[0],) for row in batch.status if _FINAL <= row[1] <= _LAST]
             if final:
                 conn.executemany(_DELETE_CONTENTS, final)
                 conn.executemany(_DELETE_CHECKPOINT, final)

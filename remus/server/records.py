@@ -49,12 +49,14 @@ def rank_of(priority: int, protected: bool) -> int:
 
 class JobRecord:
     __slots__ = (
+        "after",
         "assistants",
         "attempt",
         "blobs",
         "checkpoint",
         "controls",
         "counts",
+        "dependents",
         "dispatched_at",
         "error_retries",
         "evidence",
@@ -65,6 +67,7 @@ class JobRecord:
         "key",
         "keys",
         "limits",
+        "linked",
         "losses",
         "order",
         "owner",
@@ -83,6 +86,7 @@ class JobRecord:
         "submitted_at",
         "traceback",
         "used",
+        "waiting",
         "worker",
     )
 
@@ -151,6 +155,13 @@ class JobRecord:
         self.controls: list[Any] | None = None
         #: one line per preemption or requeue, oldest first (None until the first)
         self.history: list[str] | None = None
+        #: workflows (remus.server.dependencies): the jobs it was submitted after, those of
+        #: them not finished yet (while WAITING), the jobs that wait for it, and per
+        #: predecessor (id, first file, file count) of what was attached to it
+        self.after: tuple[str, ...] | None = None
+        self.waiting: set[str] | None = None
+        self.dependents: list[str] | None = None
+        self.linked: list[tuple[str, int, int]] | None = None
 
     @property
     def protected(self) -> bool:

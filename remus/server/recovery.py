@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: a file job's files and args, journaled with its submit options
 FILES_OPTION = "_files"
+#: the submit option the journal keeps the jobs a job waits for in (remus.server.dependencies)
+AFTER_OPTION = "_after"
 #: the submit option the journal keeps a job's owner in (secure mode), never a client's
 OWNER_OPTION = "_owner"
 
@@ -194,6 +196,9 @@ class Recovery:
             core.order = max(core.order, saved.order)
             core.jobs[job.id] = job
             core.census.add(job)
+            after = opts.get(AFTER_OPTION)
+            if after and not core.deps.restored(job, tuple(after), saved.status, now):
+                continue  # WAITING again (or FAILED: what it waited for ended otherwise)
             if saved.status.done:
                 core.census.move(job, saved.status)
                 if saved.status is not Status.FINISHED:

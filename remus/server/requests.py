@@ -17,7 +17,7 @@ from remus.errors import FileError
 from remus.server.introspection import AT_QUEUED, SUBMITTED
 from remus.server.limits import QUEUE
 from remus.server.records import JobRecord, job_key, rank_of
-from remus.server.recovery import FILES_OPTION, OWNER_OPTION, saved_files
+from remus.server.recovery import AFTER_OPTION, FILES_OPTION, OWNER_OPTION, saved_files
 from remus.types import JobRequirements, Status, matches
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ class Requests:
             if unserved is not None:
                 core.out.clients.append((client, core.serving.no_worker(msg.rid, unserved)))
                 return
+        refusal = core.deps.refusal(msg.jobs)
+        if refusal:
+            core.error(client, msg.rid, "bad-after", refusal)
+            return
         origin = msg.options.get("host")
         origin = origin if type(origin) is str else ""
         try:
@@ -180,9 +184,14 @@ class Requests:
             counts[SUBMITTED] += 1
             if journal is not None:
                 saved = opts if fs is None else {**opts, FILES_OPTION: saved_files(fs)}
+                if sub.after:
+                    saved = {**saved, AFTER_OPTION: list(sub.after)}
                 journal.submitted.append(
                     (job.id, job.reqs.to_wire(), job.keys, values, job.order, wall, saved)
                 )
+            if sub.after and not core.deps.place(job, sub.after, now):
+                core.journal_status(job)  # WAITING (or FAILED already)
+                continue
             if limits[2] is not None:
                 core.limits.add(now + limits[2], QUEUE, job)
             core.matcher.enqueue(job)
@@ -206,7 +215,12 @@ class Requests:
             return [job_id, int(Status.INVALID), None, "", 0, "", 0, "", "", [], []]
         last = job.last_progress()
         value, message = (last[1], last[2]) if last else (None, "")
-        reason = core.serving.queued_reason(job) if job.status is Status.QUEUED else job.reason
+        if job.status is Status.QUEUED:
+            reason = core.serving.queued_reason(job)
+        elif job.status is Status.WAITING:
+            reason = core.deps.why_waiting(job)
+        else:
+            reason = job.reason
         holder = None if job.worker is None or job.status.done else core.workers.get(job.worker)
         worker = holder.name if holder is not None else ""
         return [

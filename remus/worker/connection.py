@@ -418,6 +418,7 @@ class Connection(threading.Thread):
             parent=assigned.parent,
             protected=assigned.protected,
             state=state,
+            linked=tuple(assigned.after),
         )
 
     def _flush_outbox(self, sock: zmq.Socket[Any], usage: p.Usage | None = None) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from remus.types import DEFAULT_KEY, FileHandle, IOType, JobRequirements
+from remus.types import DEFAULT_KEY, FileHandle, IOType, JobRequirements, JobResult
 from remus.worker.jobstate import ControlCallback, Hub, JobState
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ class Job:
     protected: bool = True
     #: what this run shares with the worker's connection thread (internal)
     state: JobState | None = field(default=None, repr=False, compare=False)
+    #: for a job submitted ``after`` others: per predecessor (id, first file, file count)
+    linked: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.contents, Contents):
@@ -148,6 +150,28 @@ class Job:
     def paths(self) -> list[str]:
         """The local path of each input file."""
         return [f.path for f in self.files]
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        """The ids of the jobs this one was submitted after (all FINISHED), in order."""
+        return tuple(link[0] for link in self.linked)
+
+    def inputs_from(self, job: str | Any) -> JobResult:
+        """The result of a job this one was submitted ``after`` (by its id or its Job): its
+        data, and for a file result its files at local paths (a JobFileResult)."""
+        from remus.files import JobFileResult
+
+        job_id = job if isinstance(job, str) else job.id
+        for pred, first, count in self.linked:
+            if pred == job_id:
+                data = self.contents.get("@" + pred, b"") or b""
+                if not count:
+                    return JobResult(pred, data)
+                return JobFileResult(pred, data, tuple(self.files[first : first + count]))
+        raise KeyError(
+            f"job {self.id} was not submitted after job {job_id} (it was after: "
+            f"{', '.join(self.after) or 'none'})"
+        )
 
     # -------------------------------------------------------------- while it runs
 
