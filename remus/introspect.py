@@ -104,6 +104,8 @@ class JobInfo:
     protected: bool = True
     #: the master job of an assistant ("" if none)
     parent: str = ""
+    #: the group it was submitted in (``BasicClient.submit_group``; "" if none)
+    group: str = ""
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> JobInfo:
@@ -121,6 +123,7 @@ class JobInfo:
             priority=raw.get("priority", 0),
             protected=raw.get("protected", True),
             parent=raw.get("parent") or "",
+            group=raw.get("group") or "",
         )
 
 
@@ -163,6 +166,8 @@ class BrokerStats:
     #: "mode" ("plain" or "curve"); in secure mode the keys allowed (client_keys, admin_keys,
     #: worker_keys) and the connections refused since the start (refused_clients/_workers)
     security: dict[str, Any] = field(default_factory=dict)
+    #: per group (the 100 most recently submitted), its jobs by status name
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> BrokerStats:
@@ -187,4 +192,5 @@ class BrokerStats:
             messages=dict(raw.get("messages") or {}),
             resources=dict(zip(("rss", "peak_rss", "cpu"), raw.get("usage") or (), strict=False)),
             security=dict(raw.get("security") or {}),
+            groups={k: dict(v) for k, v in (raw.get("groups") or {}).items()},
         )

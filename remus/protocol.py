@@ -623,6 +623,10 @@ class SubmitRequest(Request):
             _field(opts, "protected", bool)
         if "parent" in opts:
             _field(opts, "parent", str)
+        if "group" in opts:
+            group = _field(opts, "group", str)
+            if not group or len(group) > 128:
+                raise ProtocolError("a group's name is a non-empty string of at most 128 chars")
         if "follow" in opts:
             _seconds(opts, "follow")
             if len(jobs) != 1:

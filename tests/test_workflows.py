@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_e2e import restart_cli_server, sigkill, start_cli_server
+from helpers_e2e import StatusFeed, restart_cli_server, sigkill, start_cli_server
 
 from remus import (
     IOType,
@@ -195,3 +195,41 @@ def test_a_graph_survives_a_broker_sigkill_and_restart_with_the_journal(
         assert time.monotonic() - started < 10, "d waits again after the restart"
     make_process([FLOW_WORKER, ports.worker])
     assert c.wait(jobs["d"], timeout=30).data == b"d(b(a)+c(a))"
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+def test_a_group_has_one_status_a_wait_in_order_and_a_terminate(
+    make_server: Callable[..., Any], make_worker: Callable[..., Any], make_client: Any
+) -> None:
+    server = make_server()
+    feed = StatusFeed(server.ports.status, b"job.")
+    c = make_client(server.ports.client, basic=True, timeout=10)
+    nobody = IOType("Nobody", "Serves")
+    feed.prime(lambda: c.submit(nobody, b"probe", wait_for_worker=True), "job.queued")
+    group = c.submit_group([sub(b"%d" % i) for i in range(5)], name="batch-1", wait_for_worker=True)
+    assert len(group) == 5 and group.name == "batch-1"
+    status = group.status()
+    assert status.counts == {Status.QUEUED: 5} and not status.done
+    stats = c.client.stats()
+    assert stats.groups == {"batch-1": {"QUEUED": 5}}
+    assert sum(j.group == "batch-1" for j in c.client.jobs()) == 5
+
+    make_worker(FLOW, server.ports.worker, run=step)
+    assert [r.data for r in group.wait(timeout=10)] == [b"0", b"1", b"2", b"3", b"4"]
+    assert group.status().done and group.status().finished == 5
+    assert sorted(r.data for r in group.as_completed(timeout=10)) == [b"%d" % i for i in range(5)]
+    _, event = feed.until(lambda topic, _: topic == "job.finished")
+    assert event["group"] == "batch-1"
+    feed.sock.close()
+
+    later = c.submit_group(
+        [JobSubmission(nobody, {"data": b"x"}) for _ in range(3)],
+        wait_for_worker=True,
+    )
+    assert later.name.startswith("group-")
+    after = later.terminate()
+    assert after.done and after.counts == {Status.TERMINATED: 3}
+    failed = later.wait(timeout=5, errors="yield")
+    assert [type(e) for e in failed] == [JobTerminatedError] * 3

@@ -40,7 +40,7 @@ from remus.client.client import (
     scheduling,
 )
 from remus.client.patience import Patience
-from remus.client.workflow import Step
+from remus.client.workflow import Group, Step
 from remus.errors import JobNotRunningError, RemusError, UnknownJobError
 from remus.files import JobFileRequest
 from remus.security import KeyArg, SecretArg
@@ -186,6 +186,22 @@ class BasicClient:
         jobs = self.client.submit_jobs(subs, timeout=timeout, **options)
         by_name = dict(zip(order, jobs, strict=True))
         return {name: by_name[name] for name in steps}
+
+    def submit_group(
+        self,
+        submissions: Iterable[Submission],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Group:
+        """Submit jobs as one group (``name``: its name on the broker, in ``jobs``, ``stats``
+        and the status feed; default a new one): a :class:`~remus.client.workflow.Group`
+        with one ``status()``, ``wait()`` (results in submission order), ``as_completed()``
+        and ``terminate()``. ``options`` as in :meth:`submit_many`."""
+        name = name or f"group-{secrets.token_hex(4)}"
+        jobs = self.client.submit_jobs(submissions, timeout=timeout, group=name, **options)
+        return Group(self, name, jobs)
 
     def send_control(
         self, job: Job | str, data: bytes | str, *, timeout: float | None = None

@@ -446,9 +446,11 @@ class Client:
         priority: int = 0,
         protected: bool = True,
         parent: Job | str | None = None,
+        group: str | None = None,
         timeout: float | None = None,
     ) -> list[Job]:
         """Queue many jobs, in batches, several batches in flight: no round trip per job.
+        ``group`` names the group they belong to (``BasicClient.submit_group``).
 
         The options are per-job limits (see ``remus.client.limits``) and the jobs' place in
         the queue: ``priority``, ``protected`` and, for assistants only, ``parent`` (see
@@ -462,6 +464,8 @@ class Client:
             **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
             **scheduling(priority, protected, parent),
         }
+        if group is not None:
+            opts["group"] = group
         try:
             return self._submit_jobs(submissions, opts, timeout)
         except (UnknownJobError, JobNotRunningError) as e:
@@ -562,6 +566,17 @@ class Client:
         """Stop a job: a queued job never runs, a running one's worker is told to stop and its
         late result is dropped. Terminating a finished job changes nothing."""
         return _status(self.call(p.TerminateRequest, [_id(job)], timeout=timeout).data[0])
+
+    def terminate_many(
+        self, jobs: Iterable[Job | str], *, timeout: float | None = None
+    ) -> list[JobStatus]:
+        """Terminate many jobs, in one request per thousand."""
+        ids = [_id(j) for j in jobs]
+        rows: list[Any] = []
+        for at in range(0, len(ids), BATCH_JOBS):
+            reply = self.call(p.TerminateRequest, ids[at : at + BATCH_JOBS], timeout=timeout)
+            rows.extend(reply.data)
+        return [_status(row) for row in rows]
 
     def send_control(
         self, job: Job | str, data: bytes | str, *, timeout: float | None = None

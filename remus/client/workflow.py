@@ -1,4 +1,5 @@
-"""Workflows on the client side: a job submitted after others, a whole graph in one call.
+"""Workflows on the client side: a job submitted after others, a whole graph in one call,
+groups of jobs followed as one.
 
 A :class:`Step` is a submission with the jobs it must wait for. The broker holds it WAITING
 until they have all FINISHED, then hands its handler their results (``job.inputs_from``); if
@@ -12,12 +13,15 @@ before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from remus.files import JobFileRequest
-from remus.types import Job, JobSubmission
+from remus.types import Job, JobSubmission, Status
+
+if TYPE_CHECKING:
+    from remus.client.basic import BasicClient
 
 Submission = JobSubmission | JobFileRequest
 
@@ -78,3 +82,74 @@ def graph_order(steps: Mapping[str, Any]) -> list[str]:
             path.pop()
             order.append(name)
     return order
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """A group's jobs by status, as one status: ``done`` once every job is over."""
+
+    name: str
+    counts: dict[Status, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> bool:
+        return all(s.done for s, n in self.counts.items() if n)
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get(Status.FINISHED, 0)
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{n} {s.name}" for s, n in sorted(self.counts.items()) if n)
+        return f"group {self.name}: {parts or 'no jobs'}{' (done)' if self.done else ''}"
+
+
+class Group:
+    """Jobs submitted together (``BasicClient.submit_group``), followed and stopped as one."""
+
+    def __init__(self, client: BasicClient, name: str, jobs: list[Job]) -> None:
+        self.client = client
+        self.name = name
+        #: the group's jobs, in submission order
+        self.jobs = jobs
+
+    def status(self, *, timeout: float | None = None) -> GroupStatus:
+        """How many of its jobs are in each status (one request)."""
+        counts: dict[Status, int] = {}
+        for st in self.client.client.job_statuses(self.jobs, timeout=timeout):
+            counts[st.status] = counts.get(st.status, 0) + 1
+        return GroupStatus(self.name, counts)
+
+    def as_completed(
+        self,
+        timeout: float | None = None,
+        errors: Literal["raise", "yield"] = "raise",
+        on_progress: Any = None,
+    ) -> Iterator[Any]:
+        """Each job's result as it finishes (as ``BasicClient.as_completed``)."""
+        return self.client.as_completed(
+            self.jobs, timeout=timeout, errors=errors, on_progress=on_progress
+        )
+
+    def wait(
+        self, timeout: float | None = None, errors: Literal["raise", "yield"] = "raise"
+    ) -> list[Any]:
+        """Every job's result, in submission order, once all are over. A failed job raises
+        its error (``errors="yield"``: its error takes its place in the list)."""
+        got = {getattr(r, "job_id", None): r for r in self.as_completed(timeout, errors=errors)}
+        return [got[j.id] for j in self.jobs]
+
+    def terminate(self, *, timeout: float | None = None) -> GroupStatus:
+        """Terminate every job of the group not over yet; the group's status after."""
+        self.client.client.terminate_many(self.jobs, timeout=timeout)
+        return self.status(timeout=timeout)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __repr__(self) -> str:
+        return f"<Group {self.name} of {len(self.jobs)} jobs>"

@@ -127,6 +127,10 @@ class BrokerCore:
         self.blobs = Blobs(self)
         #: jobs submitted after others (workflows)
         self.deps = Dependencies(self)
+        #: groups (``opts.group``) and their jobs' ids, oldest group first, and how many of
+        #: each group's jobs the broker still holds
+        self.groups: dict[str, list[str]] = {}
+        self.group_left: dict[str, int] = {}
         #: set by drain(): no new job is accepted or started, running ones may finish
         self.draining = False
         #: what the factory's processes did (and the quarantine rule)
@@ -435,6 +439,11 @@ class BrokerCore:
         self.census.remove(job)
         if self.journal is not None:
             self.journal.forgotten.append(job.id)
+        if job.group is not None:  # the last of its group to go takes the group along
+            left = self.group_left[job.group] = self.group_left.get(job.group, 1) - 1
+            if left <= 0:
+                self.groups.pop(job.group, None)
+                del self.group_left[job.group]
 
     def result_rows(self, ids: list[str], key: bytes | None) -> tuple[list[Any], list[Any]]:
         """Result rows of ``ids`` as the client with ``key`` may see them."""
@@ -763,6 +772,8 @@ class BrokerCore:
         payload = {"job": job.id, "status": job.status.name, "io_type": job.reqs.io_type.to_wire()}
         if job.worker is not None and job.worker in self.workers:
             payload["worker"] = self.workers[job.worker].name
+        if job.group is not None:
+            payload["group"] = job.group
         payload.update(extra)
         self.out.events.append((topic, payload))
         if job.owner is not None:

@@ -47,6 +47,8 @@ AT_QUEUED, AT_RUNNING, AT_FINISHED = int(QUEUED), int(RUNNING), int(FINISHED)
 #: gathered from where they are kept (the queues, the ended list) and sorted, instead of
 #: walking every job newest first until they are all found
 RARE = 8
+#: how many groups ``stats`` describes (the most recently submitted)
+MAX_GROUPS = 100
 #: the counters a rate is kept for
 RATED = ("submitted", "finished", "failed")
 #: the span of the rates, in seconds
@@ -356,6 +358,7 @@ class Introspection:
             "priority": job.priority,
             "protected": job.protected,
             "parent": job.parent or "",
+            "group": job.group or "",
         }
 
     # ================================================================ stats
@@ -376,6 +379,20 @@ class Introspection:
             "refused_clients": refused.get(CLIENT_DOMAIN, 0),
             "refused_workers": refused.get(WORKER_DOMAIN, 0),
         }
+
+    def groups(self) -> dict[str, dict[str, int]]:
+        """The jobs of the latest MAX_GROUPS groups by status name."""
+        core = self._core
+        out: dict[str, dict[str, int]] = {}
+        for name in list(core.groups)[-MAX_GROUPS:][::-1]:
+            counts: dict[str, int] = {}
+            for job_id in core.groups[name]:
+                job = core.jobs.get(job_id)
+                if job is not None:
+                    counts[job.status.name] = counts.get(job.status.name, 0) + 1
+            if counts:
+                out[name] = counts
+        return out
 
     def stats(self, client: bytes, msg: p.StatsRequest, now: float) -> None:
         self._core.reply(client, msg.rid, self.stats_map(now))
@@ -417,6 +434,7 @@ class Introspection:
             },
             "timings": {"bounds": list(BOUNDS), **self.timings()},
             "loop": core.loop.stats(now),
+            "groups": self.groups(),
             "messages": dict(core.traffic),
             "security": self.security(),
             "usage": list(usage.current()),

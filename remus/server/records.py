@@ -62,6 +62,7 @@ class JobRecord:
         "evidence",
         "files",
         "finished_at",
+        "group",
         "history",
         "id",
         "key",
@@ -162,6 +163,8 @@ class JobRecord:
         self.waiting: set[str] | None = None
         self.dependents: list[str] | None = None
         self.linked: list[tuple[str, int, int]] | None = None
+        #: the group it was submitted in (``opts.group``), None if none
+        self.group: str | None = None
 
     @property
     def protected(self) -> bool:

@@ -171,6 +171,11 @@ class Recovery:
             if FILES_OPTION in opts:
                 job.files = restored_files(opts[FILES_OPTION])
                 core.blobs.use(job.files, job.id, now)
+            group = opts.get("group")
+            if isinstance(group, str):
+                job.group = group
+                core.groups.setdefault(group, []).append(job.id)
+                core.group_left[group] = core.group_left.get(group, 0) + 1
             owner = opts.get(OWNER_OPTION)
             job.owner = owner.encode() if isinstance(owner, str) else None
             job.limits = (

@@ -130,6 +130,8 @@ class Requests:
         wants = core.wants_event("job.queued")
         keys_cache = core.keys_cache
         opts = msg.options
+        group: str | None = opts.get("group")
+        members = core.groups.setdefault(group, []) if group is not None else None
         limits = (
             int(opts.get("max_retries", cfg.max_retries)),
             opts.get("time_limit"),
@@ -173,6 +175,10 @@ class Requests:
             job.error_retries = error_retries
             job.rank = rank
             job.owner = owner
+            if members is not None and group is not None:
+                job.group = group
+                members.append(job.id)
+                core.group_left[group] = core.group_left.get(group, 0) + 1
             if parent is not None:
                 job.parent = parent.id
                 if parent.assistants is None:
