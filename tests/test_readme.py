@@ -18,9 +18,11 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,8 @@ WORKER_COMMAND = re.compile(r"\.venv/bin/python (\w+\.py) (\S+)$")
 CLI_SECTION = "Operating a broker"
 #: the secure mode walk-through, run in order by test_shared_network_walkthrough
 SECURE_SECTION = "Running on a shared network"
+#: the HTTP gateway's commands: run by test_http_section_runs_as_written
+HTTP_SECTION = "HTTP"
 
 
 @dataclass
@@ -228,7 +232,7 @@ def test_every_snippet_is_known() -> None:
             for line in sh_lines(snippet):
                 known = (
                     line.startswith("make ")
-                    or snippet.section in (CLI_SECTION, SECURE_SECTION)
+                    or snippet.section in (CLI_SECTION, SECURE_SECTION, HTTP_SECTION)
                     or line.startswith(".venv/bin/remus server")
                     or WORKER_COMMAND.fullmatch(line)
                 )
@@ -299,6 +303,36 @@ def test_server_command_starts_a_broker(command: str, make_process: Any) -> None
     assert all(ep.startswith("tcp://127.0.0.1:") for ep in (ports.client, ports.worker))
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, 20) == 0
+
+
+def test_http_section_runs_as_written(make_process: Any, make_client: Any, tmp_path: Path) -> None:
+    """The "HTTP" commands: `remus http` on a free port in front of a test broker with the
+    README's workers, then its curl line against it (curl is Debian's; where a machine lacks
+    it, the same request is made with urllib)."""
+    _, ports = start_cli_server(make_process)
+    start_workers(ports, make_process, make_client, tmp_path)
+    lines = [ln for s in SNIPPETS if s.section == HTTP_SECTION and s.lang == "sh"
+             for ln in sh_lines(s)]  # fmt: skip
+    gateway = lines[0].split("#")[0].split()
+    assert gateway[:3] == [".venv/bin/remus", "http", "--listen"]
+    proc = make_process(
+        [str(ROOT / gateway[0]), *gateway[1:-1], "127.0.0.1:0"],
+        env={"REMUS_CLIENT": ports.client},
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().split("url=")[1].split()[0]
+    curl = lines[1].replace("http://127.0.0.1:8080", url)
+    assert curl.startswith("curl --data-binary 'hello' ")
+    if shutil.which("curl"):
+        done = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        out = done.stdout
+    else:
+        with urllib.request.urlopen(curl.split()[-1], data=b"hello", timeout=30) as answer:
+            out = answer.read().decode()
+    assert out == "HELLO"
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc, 15) == 0
 
 
 def test_shared_network_walkthrough(make_process: Any, tmp_path: Path) -> None:

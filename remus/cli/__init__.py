@@ -6,7 +6,8 @@ silence. A broker in secure mode needs ``--key FILE`` (this client's secret key)
 ``--server-key KEY`` (the broker's public key), else ``$REMUS_SECRET_KEY`` and
 ``$REMUS_SERVER_KEY``. One module per concept: ``server`` (run a broker), ``keys`` (make and
 show CURVE keys), ``inspect`` (info, workers, jobs), ``jobs`` (submit, status, result, cancel,
-control), ``watch`` (the status feed), ``top`` (a live view), ``common`` (what they share).
+control), ``watch`` (the status feed), ``top`` (a live view), ``gateway`` (``remus http``, an
+HTTP front door), ``common`` (what they share).
 
 Exit codes, for every subcommand: 0 done; 1 the job failed, was terminated or expired (or the
 broker refused it: no worker, queue full, a job of another key); 2 a usage error (a key file
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from remus.cli import common as c
-from remus.cli import inspect, jobs, keys, server, top, watch
+from remus.cli import gateway, inspect, jobs, keys, server, top, watch
 from remus.errors import (
     BrokerStoppedError,
     ConfigError,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_parsers(sub, reach)
     watch.add_parser(sub)
     top.add_parser(sub, reach)
+    gateway.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,69 @@
+"""Bearer tokens: who may call the gateway.
+
+``remus http --tokens FILE`` reads one token per line (blank lines and lines starting with
+``#`` are skipped). Every route but ``GET /healthz`` then needs ``Authorization: Bearer
+<token>``; anything else is answered 401. The gateway itself reaches the broker with its own
+key (``--key``), so HTTP is no back door into a broker in secure mode: a caller gets what the
+gateway's key may do, and only with a token.
+
+Tokens are compared in constant time: each candidate's SHA-256 digest is compared with every
+token's with ``hmac.compare_digest``, all of them, so neither the time taken nor the token's
+length says which token came close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from remus.errors import ConfigError
+
+#: the routes anyone may call
+PUBLIC = frozenset({"/healthz"})
+
+
+def load_tokens(path: str) -> tuple[str, ...]:
+    """The tokens in file ``path``; ConfigError if it cannot be read or holds none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read the tokens file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the tokens file {path} is not UTF-8 text") from None
+    tokens = tuple(t for t in (line.strip() for line in lines) if t and not t.startswith("#"))
+    if not tokens:
+        raise ConfigError(f"the tokens file {path} holds no token (one per line)")
+    for token in tokens:
+        if any(c.isspace() for c in token):
+            raise ConfigError(f"the tokens file {path} has a token with a space in it")
+    return tokens
+
+
+class Tokens:
+    """The tokens let in, kept as digests."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._digests = [_digest(t) for t in tokens]
+        if not self._digests:
+            raise ValueError("no tokens")
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header value carries one of the tokens."""
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        candidate = _digest(given.strip())
+        found = False
+        for digest in self._digests:
+            found |= hmac.compare_digest(candidate, digest)  # no early exit: constant time
+        return found and scheme.lower() == "bearer"
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def __repr__(self) -> str:
+        return f"<Tokens {len(self._digests)}>"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
