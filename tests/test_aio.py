@@ -687,3 +687,22 @@ def test_secure_mode_with_keys_and_a_refused_key_says_so(make_server: Any, tmp_p
         arun(main)
     finally:
         workers.close()
+
+
+def test_a_job_after_others_through_the_async_client(make_worker: Any, server: Server) -> None:
+    """``after=`` on submit and run, as with BasicClient: the last job sees the others' results."""
+    step = IOType("Async", "Step")
+
+    def handle(job: Any) -> bytes:
+        return job["data"] + b"".join(b"<" + job.inputs_from(p).data for p in job.after)
+
+    make_worker(JobRequirements(step), server.ports.worker, run=handle)
+
+    async def main() -> None:
+        async with AsyncClient(server.ports.client, timeout=5) as c:
+            first = await c.submit(step, b"a")
+            second = await c.submit(step, b"b", after=[first])
+            result = await c.run(step, b"c", after=[second, first], timeout=10)
+            assert result.data == b"c<b<a<a"
+
+    arun(main)

@@ -321,7 +321,9 @@ def test_http_section_runs_as_written(make_process: Any, make_client: Any, tmp_p
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
-    url = proc.stdout.readline().split("url=")[1].split()[0]
+    ready = proc.stdout.readline()
+    assert "url=" in ready, f"remus http did not start (exit code {proc.poll()}): {ready!r}"
+    url = ready.split("url=")[1].split()[0]
     curl = lines[1].replace("http://127.0.0.1:8080", url)
     assert curl.startswith("curl --data-binary 'hello' ")
     if shutil.which("curl"):

@@ -177,14 +177,16 @@ class AsyncClient:
         priority: int = 0,
         protected: bool = True,
         parent: Job | str | None = None,
+        after: Iterable[Job | str] | None = None,
         timeout: float | None = None,
         **contents: Content,
     ) -> Job:
         """Queue a job for any worker that serves ``what``, as ``BasicClient.submit``: ``data``
         (and named ``contents``), or ``files`` and ``args``; per-job limits and the job's
-        place in the queue; ``timeout`` bounds this call."""
+        place in the queue; ``after``: the jobs it waits for; ``timeout`` bounds this call."""
+        plain = _submission(what, data, files, args, contents)
         return await self.submit_job(
-            _submission(what, data, files, args, contents),
+            Step(plain, tuple(after)) if after else plain,
             max_retries=max_retries,
             time_limit=time_limit,
             queue_time_limit=queue_time_limit,
@@ -250,9 +252,9 @@ class AsyncClient:
 
         try:
             for sub in submissions:
-                if not isinstance(sub, (JobSubmission, JobFileRequest)):
+                if not isinstance(sub, (JobSubmission, JobFileRequest, Step)):
                     raise TypeError(
-                        "submit_many takes JobSubmission or JobFileRequest objects, "
+                        "submit_many takes JobSubmission, JobFileRequest or Step objects, "
                         f"got {type(sub).__name__}"
                     )
                 entry = await self._entry(sub, timeout=_left(deadline))
@@ -344,13 +346,15 @@ class AsyncClient:
         protected: bool = True,
         parent: Job | str | None = None,
         release: bool = False,
+        after: Iterable[Job | str] | None = None,
         **contents: Content,
     ) -> JobResult:
         """Submit and wait in one round trip, as ``BasicClient.run`` (options as in
         :meth:`submit`, errors as in :meth:`wait`; ``timeout`` bounds the whole call).
         ``release=True`` lets the broker forget the job once its result is on its way here:
         a run cancelled then loses that result."""
-        sub = _submission(what, data, files, args, contents)
+        plain = _submission(what, data, files, args, contents)
+        sub: Submission = Step(plain, tuple(after)) if after else plain
         place = scheduling(priority, protected, parent)  # checked before anything is sent
         c = self.conn
         known = _Known()
