@@ -39,6 +39,8 @@ class Options:
     depths: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
     worker_counts: tuple[int, ...] = (2, 16, 64, 256)
     idle_seconds: float = 5.0
+    graph_jobs: int = 10_000  # the fan-out/fan-in graph's middle jobs
+    package_jobs: int = 20_000  # jobs per sample of the work packages row
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
@@ -52,6 +54,8 @@ class Options:
             depths=(1_000, 10_000),
             worker_counts=(2, 16, 256),
             idle_seconds=2.0,
+            graph_jobs=2_000,
+            package_jobs=5_000,
         )
         return cls(**{**small, **overrides})
 
@@ -474,6 +478,59 @@ def preemption(opts: Options, why: str | None) -> list[Row]:
     return [row]
 
 
+def workflow(opts: Options, why: str | None) -> list[Row]:
+    """A fan-out/fan-in graph (a root, N middle jobs after it, a reduce after them all that
+    reads their results) in one ``submit_graph``, end to end, against the same jobs run one
+    stage after the other by a client that waits for each (issue 14)."""
+    n = opts.graph_jobs
+    row = Row(f"fan-out/fan-in graph, {n:,} jobs", "jobs/s", ref_label="staged client")
+    if why is None:
+        for label, mode in (("remus graph", "graph"), ("remus staged", "staged")):
+            got = _measure(
+                row,
+                label,
+                lambda m=mode: remus_bench.workflow(
+                    mode=m, jobs=n, warmup=opts.warmup, repeat=opts.repeat
+                ),
+            )
+            stat = Stat.of(got["samples"]) if got else None
+            if mode == "graph":
+                row.remus = stat
+            else:
+                row.reference = stat
+    return [row]
+
+
+#: the work packages row's package size
+PACKAGE = 64
+
+
+def packages(opts: Options, why: str | None) -> list[Row]:
+    """100-byte jobs through 2 default workers in work packages of 64 (``submit_many(...,
+    package_size=64)`` + ``as_completed``), against the same jobs dispatched one by one."""
+    n = opts.package_jobs
+    row = Row(f"packages of {PACKAGE}, 100 B jobs", "jobs/s", ref_label="per-job dispatch")
+    if why is None:
+        for size in (PACKAGE, 0):
+            got = _measure(
+                row,
+                "remus packages" if size else "remus per job",
+                lambda s=size: remus_bench.workflow(
+                    mode="pipelined",
+                    jobs=n,
+                    warmup=opts.warmup,
+                    repeat=opts.repeat,
+                    package_size=s,
+                ),
+            )
+            stat = Stat.of(got["samples"]) if got else None
+            if size:
+                row.remus = stat
+            else:
+                row.reference = stat
+    return [row]
+
+
 CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "pipelined": pipelined,
     "defaults": defaults,
@@ -487,4 +544,6 @@ CASES: dict[str, Callable[[Options, str | None], list[Row]]] = {
     "curve": curve,
     "slots": slots,
     "preemption": preemption,
+    "workflow": workflow,
+    "packages": packages,
 }

@@ -383,3 +383,22 @@ def preemption(*, repeat: int, grace: float) -> dict[str, Any]:
         out: dict[str, Any] = {"samples": client.result(timeout=120)["samples"]}
         client.wait(10)
         return out
+
+
+def workflow(
+    *, mode: str, jobs: int, warmup: int, repeat: int, package_size: int = 0
+) -> dict[str, Any]:
+    """Jobs/s of one client mode through 2 worker processes with ``Worker.run``'s defaults
+    (prefetch "auto"): ``graph`` (a fan-out/fan-in of ``jobs`` middle jobs in one
+    ``submit_graph``), ``staged`` (the same, one stage after the other), or ``pipelined``
+    (``jobs`` tiny jobs; in work packages of ``package_size`` if given)."""
+    kind = "flow" if mode in ("graph", "staged") else "tiny"
+    packed = {"package_size": package_size} if package_size else {}
+    with ProcGroup() as group, session(group) as (_, eps):
+        start_workers(group, eps.worker, kind, processes=2, prefetch="auto")
+        client = start_client(
+            group, eps.client, mode, jobs=jobs, warmup=warmup, repeat=repeat, timeout=300, **packed
+        )
+        out: dict[str, Any] = {"samples": client.result(timeout=900)["samples"]}
+        client.wait(10)
+        return out

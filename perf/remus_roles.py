@@ -1,9 +1,9 @@
 """remus clients and workers for the benchmarks, each run as its own process.
 
 Only the public API is used: ``remus.worker.Worker`` with ``run(handler, prefetch=...)`` and
-``send_progress``, ``remus.client.BasicClient`` with ``submit_many``, ``as_completed``, ``run``
-and ``wait(job, on_progress=...)``. The broker is ``python -m remus.server`` (see
-:mod:`perf.remus_bench`)::
+``send_progress``, ``remus.client.BasicClient`` with ``submit_many`` (``package_size`` too),
+``submit_graph``, ``as_completed``, ``run`` and ``wait(job, on_progress=...)``. The broker is
+``python -m remus.server`` (see :mod:`perf.remus_bench`)::
 
     python -m perf.remus_roles worker --endpoint EP --kind tiny --threads 1 --prefetch 64
     python -m perf.remus_roles client --endpoint EP --mode pipelined --jobs 20000
@@ -34,6 +34,7 @@ IO = {
     "bulk": ("Bulk", "Bulk"),
     "sleep": ("Sleep", "Sleep"),
     "preempt": ("Preempt", "Preempt"),
+    "flow": ("Flow", "Stage"),
 }
 #: what a "sleep" job waits (seconds): a job that waits on I/O, where slots pay off
 SLEEP = 0.002
@@ -64,6 +65,18 @@ def _handler(kind: str, w: Any) -> Callable[[Any], Any]:
             return repr(started).encode()
 
         return preemptible
+    if kind == "flow":
+
+        def stage(job: Any) -> bytes:
+            """Echo; a job whose data starts with ``+`` (a reduce) returns the bytes of what it
+            reduces: the results of the jobs it ran after, or else the rest of its data."""
+            data = job["data"]
+            if data[:1] != b"+":
+                return data
+            inputs = [job.inputs_from(j).data for j in job.after] or [data[1:]]
+            return str(sum(len(d) for d in inputs)).encode()
+
+        return stage
     if kind == "progress":
 
         def progress(job: Any) -> bytes:
@@ -162,16 +175,57 @@ def worker(
 # -- client modes: each returns one sample per call ----------------------------------------------
 
 
-def _pipelined(c: Any, sub: Any, jobs: int, timeout: float) -> float:
+def _pipelined(c: Any, sub: Any, jobs: int, timeout: float, package_size: int = 0) -> float:
     subs = [sub] * jobs  # one frozen submission, submitted ``jobs`` times: ``jobs`` distinct jobs
     expected = sub.contents["data"]
+    packed = {"package_size": package_size} if package_size else {}
     t0 = time.perf_counter()
-    handles = c.submit_many(subs)
+    handles = c.submit_many(subs, **packed)
     good = sum(r.data == expected for r in c.as_completed(handles, timeout=timeout))
     elapsed = time.perf_counter() - t0
     if good != jobs:
         raise RuntimeError(f"{jobs - good} of {jobs} results missing or wrong")
     return jobs / elapsed
+
+
+def _graph(c: Any, sub: Any, middle: int, timeout: float) -> float:
+    """Jobs/s of a fan-out/fan-in graph in one ``submit_graph``: a root, ``middle`` jobs after
+    it, a reduce after all of them that reads their results; first submit to the reduce's
+    result."""
+    from remus import JobSubmission
+    from remus.client import Step
+
+    names = [f"m{i}" for i in range(middle)]
+    steps: dict[str, Any] = {"root": sub}
+    steps.update((name, Step(sub, after=["root"])) for name in names)
+    steps["reduce"] = Step(JobSubmission.of(sub.requirements, b"+"), after=names)
+    t0 = time.perf_counter()
+    jobs = c.submit_graph(steps)
+    total = c.wait(jobs["reduce"], timeout=timeout).data
+    elapsed = time.perf_counter() - t0
+    _check_reduce(total, middle * len(sub.contents["data"]))
+    return (middle + 2) / elapsed
+
+
+def _staged(c: Any, sub: Any, middle: int, timeout: float) -> float:
+    """The same jobs the way a client without workflows runs them: the root, then the middle
+    jobs with its result (``submit_many`` + ``as_completed``), then the reduce with theirs."""
+    from remus import JobSubmission
+
+    io = sub.requirements
+    t0 = time.perf_counter()
+    root = c.run(io, sub.contents["data"], timeout=timeout).data
+    handles = c.submit_many([JobSubmission.of(io, root)] * middle)
+    results = [r.data for r in c.as_completed(handles, timeout=timeout)]
+    total = c.run(io, b"+" + b"".join(results), timeout=timeout).data
+    elapsed = time.perf_counter() - t0
+    _check_reduce(total, middle * len(sub.contents["data"]))
+    return (middle + 2) / elapsed
+
+
+def _check_reduce(total: bytes, expected: int) -> None:
+    if int(total) != expected:
+        raise RuntimeError(f"the reduce saw {int(total)} bytes of results, expected {expected}")
 
 
 def _round_trips(c: Any, io: Any, payload: bytes, count: int) -> dict[str, float]:
@@ -261,16 +315,20 @@ def client(
     warmup: int,
     repeat: int,
     timeout: float,
+    package_size: int,
 ) -> None:
     from remus import IOType, JobSubmission
     from remus.client import BasicClient
 
     kind = {"progress": "progress", "bulk": "bulk", "sleep": "sleep"}.get(mode, "tiny")
+    kind = {"graph": "flow", "staged": "flow"}.get(mode, kind)
     io = IOType(*IO[kind])
     payload = {"progress": str(updates).encode(), "bulk": b"x" * size}.get(kind, b"x" * 100)
     sub = JobSubmission.of(io, payload)
     modes: dict[str, Callable[[Any], Any]] = {
-        "pipelined": lambda c: _pipelined(c, sub, jobs, timeout),
+        "pipelined": lambda c: _pipelined(c, sub, jobs, timeout, package_size),
+        "graph": lambda c: _graph(c, sub, jobs, timeout),
+        "staged": lambda c: _staged(c, sub, jobs, timeout),
         "sleep": lambda c: _pipelined(c, sub, jobs, timeout),
         "roundtrip": lambda c: _round_trips(c, io, payload, count),
         "progress": lambda c: _progress(c, sub, updates),
@@ -302,7 +360,17 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--endpoint", required=True)
     c.add_argument(
         "--mode",
-        choices=("pipelined", "roundtrip", "progress", "bulk", "fill", "sleep", "preempt"),
+        choices=(
+            "pipelined",
+            "roundtrip",
+            "progress",
+            "bulk",
+            "fill",
+            "sleep",
+            "preempt",
+            "graph",
+            "staged",
+        ),
         required=True,
     )
     c.add_argument("--jobs", type=int, default=20000)
@@ -312,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--warmup", type=int, default=1)
     c.add_argument("--repeat", type=int, default=3)
     c.add_argument("--timeout", type=float, default=120.0)
+    c.add_argument(
+        "--package-size", type=int, default=0, help="pipelined: submit in work packages of N"
+    )
     sub.add_parser("server", help="an in-process Server() with its defaults")
     args = vars(p.parse_args(argv))
     role = args.pop("role")

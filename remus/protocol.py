@@ -19,7 +19,7 @@ import enum
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import msgpack
@@ -540,6 +540,8 @@ class SubmittedJob:
 MAX_AFTER = 100_000
 #: a submission's ``priority`` lies within ±this (higher runs first)
 MAX_PRIORITY = 1 << 30
+#: ``opts.package_size`` lies within these bounds (work packages: docs/protocol.md)
+MIN_PACKAGE, MAX_PACKAGE = 2, 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +629,17 @@ class SubmitRequest(Request):
             group = _field(opts, "group", str)
             if not group or len(group) > 128:
                 raise ProtocolError("a group's name is a non-empty string of at most 128 chars")
+        if "package_size" in opts:
+            size = _field(opts, "package_size", int)
+            if not MIN_PACKAGE <= size <= MAX_PACKAGE:
+                raise ProtocolError(
+                    f"package_size {size} must be {MIN_PACKAGE}-{MAX_PACKAGE} jobs per package"
+                )
+            if opts.get("protected") is False:
+                raise ProtocolError(
+                    "package_size needs protected jobs: a spare-capacity job (protected false) "
+                    "must be preemptible on its own; submit those without package_size"
+                )
         if "follow" in opts:
             _seconds(opts, "follow")
             if len(jobs) != 1:
@@ -1170,12 +1183,23 @@ class AssignedJob:
     #: a job submitted ``after`` others: per predecessor (id, its first file, its file count);
     #: its result is the content ``@id``, its result files those entries of ``files``
     after: Sequence[tuple[str, int, int]] = ()
+    #: a work package's jobs (same message, one after the other) carry its first job's id:
+    #: the worker runs them in one slot and gives back one credit for all of them
+    package: str = ""
 
     def extra(self, frames: list[Blob]) -> dict[str, Any] | None:
         """The optional fifth element of a job row (None when there is nothing to say)."""
-        if self.checkpoint is None and not self.parent and self.protected and not self.after:
+        if (
+            self.checkpoint is None
+            and not self.parent
+            and self.protected
+            and not self.after
+            and not self.package
+        ):
             return None
         extra: dict[str, Any] = {}
+        if self.package:
+            extra["package"] = self.package
         if self.after:
             extra["after"] = [list(a) for a in self.after]
         if self.checkpoint is not None:
@@ -1237,7 +1261,6 @@ class Jobs(Message):
                 if len(raw) > 3 and raw[3] is not None
                 else None
             )
-            job = AssignedJob(jid, _pick(table, idx), keys, values, fs)
             if len(raw) == 5:
                 extra = raw[4]
                 if type(extra) is not dict:
@@ -1257,13 +1280,22 @@ class Jobs(Message):
                     ):
                         raise ProtocolError(f"job {jid}: each 'after' entry is [id, first, count]")
                     after.append((a[0], a[1], a[2]))
-                job = replace(
-                    job,
-                    checkpoint=checkpoint,
-                    parent=_field(extra, "parent", str, ""),
-                    protected=_field(extra, "protected", bool, True),
-                    after=after,
+                # (one constructor call: a dataclasses.replace per job cost more than the rest
+                # of its decoding)
+                job = AssignedJob(
+                    jid,
+                    _pick(table, idx),
+                    keys,
+                    values,
+                    fs,
+                    checkpoint,
+                    _field(extra, "parent", str, ""),
+                    _field(extra, "protected", bool, True),
+                    after,
+                    _field(extra, "package", str, ""),
                 )
+            else:
+                job = AssignedJob(jid, _pick(table, idx), keys, values, fs)
             jobs.append(job)
         _no_frames_left(frames, "jobs")
         return cls(jobs, _seq(body, "ack"))

@@ -350,7 +350,9 @@ class BasicClient:
         self, submissions: Iterable[Submission], *, timeout: float | None = None, **limits: Any
     ) -> list[Job]:
         """Queue many jobs in batches, without a round trip per job (options as in submit,
-        ``priority`` and ``protected`` included; ``timeout`` bounds the whole call)."""
+        ``priority`` and ``protected`` included; ``timeout`` bounds the whole call).
+        ``package_size=K`` (2-1000) hands them to workers K at a time, as work packages: one
+        message each way per package instead of per job, for many tiny jobs."""
         return self.client.submit_jobs(submissions, timeout=timeout, **limits)
 
     def as_completed(

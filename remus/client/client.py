@@ -228,6 +228,22 @@ def about_job(error: Exception, job_id: str) -> None:
         error.job_id = job_id
 
 
+def _package_size(size: int, protected: bool) -> int:
+    """``package_size``, checked before anything is sent."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"package_size must be an int, got {type(size).__name__} {size!r}")
+    if not p.MIN_PACKAGE <= size <= p.MAX_PACKAGE:
+        raise ValueError(
+            f"package_size must be {p.MIN_PACKAGE}-{p.MAX_PACKAGE} jobs per package, got {size}"
+        )
+    if not protected:
+        raise ValueError(
+            "package_size needs protected jobs: spare-capacity jobs (protected=False) are "
+            "preempted one by one; submit them without package_size"
+        )
+    return size
+
+
 def _deadline(timeout: float | None) -> float | None:
     if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be positive")
@@ -447,10 +463,14 @@ class Client:
         protected: bool = True,
         parent: Job | str | None = None,
         group: str | None = None,
+        package_size: int | None = None,
         timeout: float | None = None,
     ) -> list[Job]:
         """Queue many jobs, in batches, several batches in flight: no round trip per job.
         ``group`` names the group they belong to (``BasicClient.submit_group``).
+        ``package_size`` (2-1000) hands them to workers in work packages of that many: each
+        package on one credit, run in one slot, one message each way (docs/protocol.md,
+        "Work packages"; for many tiny jobs).
 
         The options are per-job limits (see ``remus.client.limits``) and the jobs' place in
         the queue: ``priority``, ``protected`` and, for assistants only, ``parent`` (see
@@ -466,6 +486,8 @@ class Client:
         }
         if group is not None:
             opts["group"] = group
+        if package_size is not None:
+            opts["package_size"] = _package_size(package_size, protected)
         try:
             return self._submit_jobs(submissions, opts, timeout)
         except (UnknownJobError, JobNotRunningError) as e:
@@ -478,6 +500,9 @@ class Client:
         deadline = _deadline(timeout)
         jobs: list[Job] = []
         in_flight: list[int] = []
+        # the broker packs each batch on its own: a batch holds whole packages
+        package = opts.get("package_size", 1)
+        most = max(package, BATCH_JOBS - BATCH_JOBS % package)
         batch: list[p.SubmittedJob] = []
         size = 0
 
@@ -504,7 +529,7 @@ class Client:
                     flush()  # a big job travels on its own, not on top of a full batch
                 batch.append(entry)
                 size += entry_size
-                if len(batch) >= BATCH_JOBS or size >= BATCH_BYTES:
+                if len(batch) >= most or size >= BATCH_BYTES:
                     flush()
             if batch:
                 flush()

@@ -29,6 +29,7 @@ from remus.server.holds import Holds
 from remus.server.journal import JournalBatch, JournaledJob
 from remus.server.limits import RUN, Limits
 from remus.server.matching import Matcher
+from remus.server.packages import frees_slot, release
 from remus.server.preemption import PROTECTED_HALF, Preemption
 from remus.server.records import JobRecord, WorkerRecord
 from remus.server.recovery import Recovery
@@ -499,6 +500,7 @@ class BrokerCore:
         if job.rank < PROTECTED_HALF:
             self.preemption.left(job)
         job.worker = None
+        job.leader = None  # (a package's job runs again on its own)
         self.census.move(job, Status.QUEUED)
         job.dispatched_at = None
         job.started = False
@@ -544,7 +546,7 @@ class BrokerCore:
             job.evidence = [*(job.evidence or ()), line]
             job.history = [*(job.history or ()), line + "; running it again"]
             log.warning("job %s failed (%s); running it again", job.id, line)
-            worker.jobs.discard(job.id)
+            release(worker, job)
             job.attempt += 1
             self.requeue(job)
             self._event("job.requeued", job, reason=reason)
@@ -584,9 +586,11 @@ class BrokerCore:
         if job.worker is not None:
             worker = self.workers.get(job.worker)
             if worker is not None:
-                jobs = worker.jobs
-                jobs.discard(job.id)
-                if worker.credit and len(jobs) == worker.slots - 1:
+                if (
+                    release(worker, job)
+                    and worker.credit
+                    and len(worker.jobs) - worker.riders == worker.slots - 1
+                ):
                     self.matcher.slot_freed(worker)
                 if status is ix.FINISHED:
                     worker.finished += 1
@@ -643,9 +647,12 @@ class BrokerCore:
         holder = None if job.worker is None else self.workers.get(job.worker)
         if holder is not None and job in holder.outgoing:
             # assigned in this very pass and not sent yet: take it back, return the credit
+            # (a package's job: only with the last of its package)
             holder.outgoing.remove(job)
+            freed = frees_slot(holder, job)
             self.finish(job, status, now, reason)
-            self.matcher.add_credit(holder, 1)
+            if freed:
+                self.matcher.add_credit(holder, 1)
             return
         if holder is not None:
             self.out.workers.append((holder.id, p.Cancel([job.id], cancel)))
@@ -722,8 +729,8 @@ class BrokerCore:
                     )
                 except FileError as e:
                     reason = f"cannot send the job's files to worker {worker.name}: {e}"
+                    refused += frees_slot(worker, job)  # (a package's last job gives it back)
                     self.finish(job, Status.FAILED, self._now, reason)
-                    refused += 1
                     continue
             assigned.append(
                 p.AssignedJob(
@@ -736,6 +743,7 @@ class BrokerCore:
                     job.parent or "",
                     job.rank >= PROTECTED_HALF,
                     job.linked or (),
+                    job.leader or "",
                 )
             )
             # In the worker's hands from now on: the status says so and names the worker, and
@@ -754,7 +762,8 @@ class BrokerCore:
             if job.limits[1] is not None:
                 self.limits.add(now + job.limits[1], RUN, job, job.runs)
             self.journal_status(job)
-            self.preemption.dispatched(job)
+            if job.leader is None or job.leader == job.id:  # (a package takes one slot)
+                self.preemption.dispatched(job)
             if wants:
                 self._event("job.assigned", job)
         if refused:

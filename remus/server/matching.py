@@ -7,6 +7,10 @@ the best matching queued jobs: protected before unprotected, then higher priorit
 (a job's ``rank``, :func:`remus.server.records.rank_of`). A worker with a free slot is preferred
 to one whose credit is only prefetch (it already holds as many jobs as it has slots).
 
+Work packages (:mod:`remus.server.packages`): a package's leader is queued like any job; the
+package's other jobs are counted (``queued``, ``queued_bytes``, per key) but in no queue, and
+go to the worker that takes the leader, on the same credit and the same slot.
+
 Nothing here touches a socket: assigned jobs collect in ``worker.outgoing`` and the core sends
 them as one message per worker per pass.
 """
@@ -49,7 +53,7 @@ class KeyQueue:
     short ``front`` list by submission order), and so is taking the best job.
 
     Jobs leave lazily: one terminated or expired while queued stays where it is until it
-    reaches the head."""
+    reaches the head. A package's leader that left so hands its place to its heir there."""
 
     __slots__ = ("levels", "ranks", "top", "top_rank")
 
@@ -91,7 +95,12 @@ class KeyQueue:
                 return front[0]
             back = level.back
             while back and not _live(back[0]):
-                back.popleft()
+                heir = back[0].package  # a package's leader that left: [heir] takes its place
+                if heir:
+                    back[0].package = None
+                    back[0] = heir[0]
+                else:
+                    back.popleft()
             if back:
                 return back[0]
             # this rank is empty: the next one down
@@ -113,7 +122,12 @@ class KeyQueue:
     def __iter__(self) -> Iterator[JobRecord]:
         for level in self.levels.values():
             yield from level.front
-            yield from level.back
+            for job in level.back:
+                yield job
+                pack = job.package
+                while pack:  # a leader's package (one that left: its heir, then the heir's)
+                    yield from pack
+                    pack = pack[0].package
 
 
 class Matcher:
@@ -136,8 +150,14 @@ class Matcher:
     # ------------------------------------------------------------------ jobs
 
     def enqueue(self, job: JobRecord, *, front: bool = False) -> WorkerRecord | None:
-        """Give the job to a ready worker, or queue it. Returns the worker it went to."""
+        """Give the job to a ready worker, or queue it. Returns the worker it went to. A
+        package's leader brings its package: counted as queued, going out with it."""
         key = job.key
+        if job.package is not None:
+            for member in job.package:
+                self._counts[key] = self._counts.get(key, 0) + 1
+                self.queued += 1
+                self.queued_bytes += member.size
         ready = self._ready.get(key) or self._spare.get(key)
         if ready:
             worker = next(iter(ready.values()))
@@ -161,8 +181,31 @@ class Matcher:
         return None
 
     def forget_queued(self, job: JobRecord) -> None:
-        """A queued job left the queue without a worker (terminated, expired): lazy removal."""
+        """A queued job left the queue without a worker (terminated, expired): lazy removal.
+        A package's leader hands its place and the rest of its package to its heir."""
+        if job.leader is not None:  # riding in a package: counted, but in no queue
+            self._counts[job.key] -= 1
+            self.queued -= 1
+            self.queued_bytes -= job.size
+            return
         self._left(job)
+        if job.package is not None:
+            self._promote(job)
+
+    def _promote(self, gone: JobRecord) -> None:
+        """``gone`` led a package and left the queue: its first job still queued becomes the
+        leader of the jobs after it, in ``gone``'s place (:meth:`KeyQueue.head` puts it there
+        when it gets to it: ``gone.package`` is then ``[heir]``)."""
+        members, gone.package = gone.package or [], None
+        for i, heir in enumerate(members):
+            if _live(heir):
+                heir.leader = None
+                heir.package = members[i + 1 :] or None
+                gone.package = [heir]
+                if heir.rank >= PROTECTED_HALF:  # now a job in a queue, waiting for a slot
+                    self.protected[heir.key] = self.protected.get(heir.key, 0) + 1
+                    self.protected_waits = True
+                return
 
     def _left(self, job: JobRecord) -> None:
         key = job.key
@@ -204,7 +247,7 @@ class Matcher:
 
     def _tier(self, worker: WorkerRecord) -> dict[QueueKey, dict[bytes, WorkerRecord]]:
         """Where a worker with credit waits: with the free slots, or with the prefetch."""
-        return self._ready if len(worker.jobs) < worker.slots else self._spare
+        return self._ready if len(worker.jobs) - worker.riders < worker.slots else self._spare
 
     def add_credit(self, worker: WorkerRecord, credit: int) -> None:
         worker.credit += credit
@@ -241,20 +284,48 @@ class Matcher:
 
     def _assign(self, worker: WorkerRecord, job: JobRecord) -> None:
         job.worker = worker.id
-        had_free_slot = len(worker.jobs) < worker.slots
+        had_free_slot = len(worker.jobs) - worker.riders < worker.slots
         worker.jobs.add(job.id)
         worker.outgoing.append(job)
+        if job.package is not None:
+            self._board(worker, job)
         worker.credit -= 1
         self.dirty[worker.id] = worker
         if worker.credit == 0:
             self._unready(worker)
-        elif had_free_slot and len(worker.jobs) >= worker.slots:
+        elif had_free_slot and len(worker.jobs) - worker.riders >= worker.slots:
             # its slots are full: what credit it has left is prefetch
             self._move(worker, self._ready, self._spare)
 
+    def _board(self, worker: WorkerRecord, leader: JobRecord) -> None:
+        """The package of ``leader`` goes with it: each of its jobs still queued, right after
+        it, in the same slot (``riders`` take none)."""
+        members, leader.package = leader.package or [], None
+        riders = 0
+        wid = worker.id
+        held = worker.jobs
+        outgoing = worker.outgoing
+        for member in members:
+            if member.status is not QUEUED or member.worker is not None:
+                continue  # ended while queued (already uncounted), or taken back by a worker
+            self._counts[member.key] -= 1
+            self.queued -= 1
+            self.queued_bytes -= member.size
+            member.worker = wid
+            member.leader = leader.id
+            held.add(member.id)
+            outgoing.append(member)
+            riders += 1
+        if riders:
+            leader.leader = leader.id
+            worker.riders += riders
+            if worker.packs is None:
+                worker.packs = {}
+            worker.packs[leader.id] = riders + 1
+
     def slot_freed(self, worker: WorkerRecord) -> None:
         """A job of the worker ended: with credit left, it may move up to the free slots."""
-        if worker.credit > 0 and len(worker.jobs) == worker.slots - 1:
+        if worker.credit > 0 and len(worker.jobs) - worker.riders == worker.slots - 1:
             self._move(worker, self._spare, self._ready)
 
     def _move(

@@ -56,7 +56,7 @@ class Preemption:
         if pending:  # one of the slots made for this key's protected jobs is taken
             self._pending[job.key] = pending - 1
         worker = self._core.workers.get(job.worker) if job.worker is not None else None
-        if self.running and worker is not None and len(worker.jobs) > worker.slots:
+        if self.running and worker is not None and len(worker.jobs) - worker.riders > worker.slots:
             # it went to the worker's prefetch: it must not wait there behind a spare job
             mine = [j for j in self.running.values() if j.worker == worker.id]
             if mine:

@@ -67,11 +67,13 @@ class JobRecord:
         "id",
         "key",
         "keys",
+        "leader",
         "limits",
         "linked",
         "losses",
         "order",
         "owner",
+        "package",
         "parent",
         "progress",
         "rank",
@@ -165,6 +167,14 @@ class JobRecord:
         self.linked: list[tuple[str, int, int]] | None = None
         #: the group it was submitted in (``opts.group``), None if none
         self.group: str | None = None
+        #: work packages (``opts.package_size``, remus.server.packages). While queued: on a
+        #: package's leader (the one job of it in a queue) its other jobs, in order; on a
+        #: leader that left the queue before its package went out, ``[heir]``, the job that
+        #: took its place there. None otherwise
+        self.package: list[JobRecord] | None = None
+        #: on a queued package's other jobs, the id of its leader; on every job of a package
+        #: handed to a worker, the id of the package's leader (until the job leaves it)
+        self.leader: str | None = None
 
     @property
     def protected(self) -> bool:
@@ -201,9 +211,11 @@ class WorkerRecord:
         "name",
         "next_beat",
         "outgoing",
+        "packs",
         "peer_key",
         "pid",
         "reqs",
+        "riders",
         "slots",
         "usage",
     )
@@ -244,6 +256,11 @@ class WorkerRecord:
         self.usage: tuple[int, int, float] | None = None
         #: how many jobs it runs at once (credit beyond its free slots is prefetch)
         self.slots = 1
+        #: work packages it holds: per package (its leader's id) how many of its jobs it still
+        #: holds (None: none yet); all of them share one slot, so ``riders`` (the held jobs
+        #: beyond one per package) take none: the slots in use are len(jobs) - riders
+        self.packs: dict[str, int] | None = None
+        self.riders = 0
 
     def __repr__(self) -> str:
         return f"<WorkerRecord {self.name} credit={self.credit} jobs={len(self.jobs)}>"

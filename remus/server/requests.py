@@ -16,6 +16,7 @@ from remus import protocol as p
 from remus.errors import FileError
 from remus.server.introspection import AT_QUEUED, SUBMITTED
 from remus.server.limits import QUEUE
+from remus.server.packages import Packer
 from remus.server.records import JobRecord, job_key, rank_of
 from remus.server.recovery import AFTER_OPTION, FILES_OPTION, OWNER_OPTION, saved_files
 from remus.types import JobRequirements, Status, matches
@@ -140,6 +141,8 @@ class Requests:
         error_retries = opts.get("retries_on_error", 0)
         error_retries = error_retries if type(error_retries) is int and error_retries > 0 else 0
         rank = rank_of(opts.get("priority", 0), opts.get("protected", True))
+        # work packages: the jobs queued at once go in packages (remus.server.packages)
+        packer = Packer(core.matcher, opts["package_size"]) if "package_size" in opts else None
         journal = core.journal
         census = core.census
         # a batch shares its requirements objects: one census look-up for each
@@ -200,9 +203,14 @@ class Requests:
                 continue
             if limits[2] is not None:
                 core.limits.add(now + limits[2], QUEUE, job)
-            core.matcher.enqueue(job)
+            if packer is not None:
+                packer.add(job)
+            else:
+                core.matcher.enqueue(job)
             if wants:
                 core._event("job.queued", job)
+        if packer is not None:
+            packer.flush()
         core.counters["submitted"] += len(ids)
         follow = msg.options.get("follow")
         if follow is not None:

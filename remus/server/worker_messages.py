@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from remus import protocol as p
 from remus.errors import FileError
+from remus.server.packages import release
 from remus.server.preemption import PROTECTED_HALF
 from remus.server.records import WorkerRecord
 from remus.types import Status
@@ -68,7 +69,7 @@ class WorkerMessages:
             for job in sorted((core.jobs[i] for i in worker.jobs), key=lambda j: j.order):
                 if job.id in held:
                     continue
-                worker.jobs.discard(job.id)
+                release(worker, job)
                 if not job.started:
                     core.requeue(job)
                 else:

@@ -38,6 +38,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -349,9 +350,15 @@ class Connection(threading.Thread):
         if isinstance(msg, p.Jobs):
             if msg.ack:
                 self._acked(msg.ack)
-            for assigned in msg.jobs:
-                self.inbox.put(self._job(assigned))
-            self.received += len(msg.jobs)
+            places = _package_places(msg.jobs)
+            if places is None:
+                for assigned in msg.jobs:
+                    self.inbox.put(self._job(assigned))
+                self.received += len(msg.jobs)
+            else:  # a package came on one credit: it counts as one job received
+                for assigned, place in zip(msg.jobs, places, strict=True):
+                    self.inbox.put(self._job(assigned, place))
+                self.received += sum(1 for place in places if place is None or place[1] == 0)
         elif isinstance(msg, p.Ack):
             self._acked(msg.seq, msg.dropped)
         elif isinstance(msg, p.Cancel):
@@ -401,7 +408,7 @@ class Connection(threading.Thread):
                 log.warning("the broker refused a message: %s (%s)", msg.message, msg.code)
         return False
 
-    def _job(self, assigned: p.AssignedJob) -> Job:
+    def _job(self, assigned: p.AssignedJob, package: tuple[str, int, int] | None = None) -> Job:
         """The job as handed to the user side, with a new run state."""
         job_id = assigned.id
         state = JobState(job_id, self._hub)
@@ -419,6 +426,7 @@ class Connection(threading.Thread):
             protected=assigned.protected,
             state=state,
             linked=tuple(assigned.after),
+            package=package,
         )
 
     def _flush_outbox(self, sock: zmq.Socket[Any], usage: p.Usage | None = None) -> bool:
@@ -493,6 +501,31 @@ class Connection(threading.Thread):
         elif credit or used or usage is not None:
             self._send(sock, p.Report(credit=credit, used=used, usage=usage))
         return stop
+
+
+def _package_places(
+    jobs: Sequence[p.AssignedJob],
+) -> list[tuple[str, int, int] | None] | None:
+    """For each job of a ``jobs`` message, (package id, its place, the package's size) if it
+    is one of a work package's (they come one after the other), else None; None for a
+    message with no package at all."""
+    sizes: dict[str, int] = {}
+    for assigned in jobs:
+        if assigned.package:
+            sizes[assigned.package] = sizes.get(assigned.package, 0) + 1
+    if not sizes:
+        return None
+    seen: dict[str, int] = {}
+    places: list[tuple[str, int, int] | None] = []
+    for assigned in jobs:
+        package = assigned.package
+        if not package:
+            places.append(None)
+            continue
+        place = seen.get(package, 0)
+        seen[package] = place + 1
+        places.append((package, place, sizes[package]))
+    return places
 
 
 def _bytes(blob: Any) -> bytes:

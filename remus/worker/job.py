@@ -93,6 +93,8 @@ class Job:
     - ``job.send_progress(value, message)``: as ``Worker.send_progress(job, ...)``.
     - ``job.parent``: the master's id for an assistant (else ""); ``job.protected``: False for
       a spare-capacity job, the first to be preempted.
+    - ``job.package``: for a job of a work package, (package id, its place, package size);
+      ``Worker.run`` runs a package's jobs one after the other in one slot.
     """
 
     id: str = ""
@@ -118,6 +120,13 @@ class Job:
     state: JobState | None = field(default=None, repr=False, compare=False)
     #: for a job submitted ``after`` others: per predecessor (id, first file, file count)
     linked: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
+    #: for a job of a work package (``package_size``): (the package's id, this job's place
+    #: in it from 0, how many jobs of it this worker got); None for a job on its own
+    package: tuple[str, int, int] | None = field(default=None, repr=False)
+    #: ``linked`` by predecessor id, made on the first ``inputs_from`` (internal)
+    _links: dict[str, tuple[int, int]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.contents, Contents):
@@ -162,12 +171,16 @@ class Job:
         from remus.files import JobFileResult
 
         job_id = job if isinstance(job, str) else job.id
-        for pred, first, count in self.linked:
-            if pred == job_id:
-                data = self.contents.get("@" + pred, b"") or b""
-                if not count:
-                    return JobResult(pred, data)
-                return JobFileResult(pred, data, tuple(self.files[first : first + count]))
+        links = self._links
+        if links is None:  # (by id: a reduce reads thousands of them, one lookup each)
+            links = {pred: (first, count) for pred, first, count in self.linked}
+            object.__setattr__(self, "_links", links)
+        if job_id in links:
+            first, count = links[job_id]
+            data = self.contents.get("@" + job_id, b"") or b""
+            if not count:
+                return JobResult(job_id, data)
+            return JobFileResult(job_id, data, tuple(self.files[first : first + count]))
         raise KeyError(
             f"job {self.id} was not submitted after job {job_id} (it was after: "
             f"{', '.join(self.after) or 'none'})"

@@ -23,7 +23,15 @@ script) and so must its return value; it gets a :class:`ProcessJob`: the job's i
 ``cancel_reason`` / ``preempted``, which follow the broker's cancels through shared memory.
 Progress, checkpoints, control messages and assistants are NOT available there: those methods
 raise :class:`RuntimeError` saying so. A handler process that dies fails its job (and the pool
-is started again for the next ones).
+is started again for the next ones). A driver thread per slot (``remus-slot``) hands each job
+to the process pool and waits for it, so both pools share one loop.
+
+**Work packages** (jobs submitted with ``package_size``): the broker sends a package's jobs
+together, on one credit. They run one after the other in one slot; each one's end is reported
+without waking the connection (it rides with the next report, or the next heartbeat, which
+keeps the package's jobs alive), and the last one's end brings the package's one credit back,
+so a package costs one message each way. ``prefetch="auto"`` counts a package as one job of the
+package's whole duration.
 """
 
 from __future__ import annotations
@@ -149,11 +157,10 @@ class Runner:
         w.ask_for_jobs(first)
         if self.pool == "thread" and self.slots == 1:
             return self._one_slot()
-        executor: cf.Executor
         if self.pool == "process":
-            executor = self._procs = _Processes(self.slots)
-        else:
-            executor = cf.ThreadPoolExecutor(self.slots, thread_name_prefix="remus-slot")
+            self._procs = _Processes(self.slots, self.handler)
+        # (with processes too, a thread per slot drives its jobs through the process pool)
+        executor = cf.ThreadPoolExecutor(self.slots, thread_name_prefix="remus-slot")
         taken = 0
         try:
             while not w.should_terminate and (self.max_jobs is None or taken < self.max_jobs):
@@ -164,19 +171,23 @@ class Runner:
                     if self._idle_ends_run():
                         break
                     continue
-                taken += 1
+                rest = self._rest_of_package(job)  # (its slot's, in order: taken now)
+                taken += 1 + len(rest)
                 with self._cond:
                     self.running += 1
                 if job.cancelled:  # cancelled while it waited here: it never starts
-                    self._ended(job, None, None, None)
-                    continue
-                log.info("job %s taken (%s)", job.id, w.requirements.io_type)
-                if self._procs is not None:
-                    self._procs.start(self, job)
+                    self._ended(job, None, None, None, last=not rest)
+                    unit = self._next(rest)
+                    if unit is None:
+                        continue
+                    job, rest = unit
                 else:
-                    executor.submit(self._in_thread, job)
+                    log.info("job %s taken (%s)", job.id, w.requirements.io_type)
+                executor.submit(self._in_slot, job, rest)
         finally:
             executor.shutdown(wait=True)
+            if self._procs is not None:
+                self._procs.shutdown(wait=True)
         return taken
 
     def _one_slot(self) -> int:
@@ -190,6 +201,8 @@ class Runner:
         max_jobs = self.max_jobs
         meter = JobMeter()
         taken = 0
+        #: the handlers' time so far in the work package running now
+        spent = 0.0
         while not stop.is_set() and (max_jobs is None or taken < max_jobs):
             job = w._take(block=True, timeout=self._wait())
             if not job:
@@ -197,9 +210,15 @@ class Runner:
                     break
                 continue
             taken += 1
+            pack = job.package
+            if pack is None or pack[1] == 0:
+                spent = 0.0
+            # a work package's jobs share the slot: only the last one gives it back
+            last = pack is None or pack[1] == pack[2] - 1
             if job.cancelled:  # cancelled while it waited here: it never starts
-                self._credit_back()
-                self._report(job, None, None, None)
+                if last:
+                    self._credit_back(spent or None)
+                self._report(job, None, None, None, wake=last)
             else:
                 log.info("job %s taken (%s)", job.id, w.requirements.io_type)
                 error: tuple[str, str] | None = None
@@ -210,10 +229,11 @@ class Runner:
                     result = handler(job)
                 except Exception as e:
                     error = (f"{type(e).__name__}: {e}", traceback.format_exc())
-                took = time.perf_counter() - began
+                spent += time.perf_counter() - began
                 used = meter.stop()
-                self._credit_back(took)  # (only now: while the handler ran, the slot was busy)
-                self._report(job, result, error, used)
+                if last:  # (only now: while the handler ran, the slot was busy)
+                    self._credit_back(spent)
+                self._report(job, result, error, used, wake=last)
             self._idle_since = time.monotonic()
         return taken
 
@@ -246,20 +266,67 @@ class Runner:
                 and time.monotonic() - self._idle_since >= self.idle_timeout
             )
 
-    # ------------------------------------------------------------------ one job
+    # ------------------------------------------------------------------ one slot's jobs
 
-    def _in_thread(self, job: Job) -> None:
+    def _in_slot(self, job: Job, rest: list[Job]) -> None:
+        """On a slot's thread: run the job, then the rest of its work package, if any."""
+        call = self._procs.call if self._procs is not None else self._call
+        spent = 0.0
+        while True:
+            began = time.perf_counter()
+            result, error, used = call(job)
+            spent += time.perf_counter() - began
+            self._ended(job, result, error, used, spent, last=not rest)
+            unit = self._next(rest)
+            if unit is None:
+                return
+            job, rest = unit
+
+    def _call(self, job: Job) -> tuple[Any, tuple[str, str] | None, tuple[int, float] | None]:
+        """The handler on this thread: (result, error, (peak RSS, CPU seconds))."""
         meter = JobMeter()
         meter.start()
-        began = time.perf_counter()
-        error: tuple[str, str] | None = None
-        result: Any = None
         try:
             result = self.handler(job)
         except Exception as e:
-            error = (f"{type(e).__name__}: {e}", traceback.format_exc())
-        took = time.perf_counter() - began
-        self._ended(job, result, error, meter.stop(), took)
+            return None, (f"{type(e).__name__}: {e}", traceback.format_exc()), meter.stop()
+        return result, None, meter.stop()
+
+    def _rest_of_package(self, job: Job) -> list[Job]:
+        """The jobs of ``job``'s work package after it (none for a job on its own), taken from
+        what the worker received (they came in the same message, right after it) but not
+        started: each starts in turn (:meth:`_next`)."""
+        pack = job.package
+        if pack is None:
+            return []
+        rest = []
+        for _ in range(pack[2] - 1 - pack[1]):
+            member = self.worker._take_raw(block=True, timeout=1.0)
+            if not member:
+                break  # the worker is stopping
+            rest.append(member)
+        return rest
+
+    def _next(self, jobs: list[Job]) -> tuple[Job, list[Job]] | None:
+        """The next job of a work package that can run in this slot, started, and the ones
+        after it; those that cannot (cancelled, files that cannot be had) are reported on the
+        way. None when none is left."""
+        w = self.worker
+        while jobs:
+            job, jobs = jobs[0], jobs[1:]
+            try:
+                job = w._begin(job)
+            except FileError as e:
+                log.warning("job %s failed: %s", job.id, e)
+                error = (f"the worker cannot take the job's files: {e}", "")
+                self._ended(job, None, error, None, last=not jobs)
+                continue
+            if job.cancelled:
+                self._ended(job, None, None, None, last=not jobs)
+                continue
+            log.info("job %s taken (%s)", job.id, w.requirements.io_type)
+            return job, jobs
+        return None
 
     def _ended(
         self,
@@ -268,18 +335,24 @@ class Runner:
         error: tuple[str, str] | None,
         used: tuple[int, float] | None,
         took: float | None = None,
+        *,
+        last: bool = True,
     ) -> None:
         """A pool's handler ended (any thread) after ``took`` seconds (None: it never ran): a
-        credit back for its slot, the report, and the slot free again."""
+        credit back for its slot, the report, and the slot free again. ``last``: False for a
+        work package's job with more to run in its slot (no credit, nothing freed: the
+        report waits for the next one)."""
         try:
-            with self._cond:  # (keeps the worker's request count exact across threads)
-                self._credit_back(took)
-            self._report(job, result, error, used)
+            if last:
+                with self._cond:  # (keeps the worker's request count exact across threads)
+                    self._credit_back(took)
+            self._report(job, result, error, used, wake=last)
         finally:
-            with self._cond:
-                self.running -= 1
-                self._idle_since = time.monotonic()
-                self._cond.notify_all()
+            if last:
+                with self._cond:
+                    self.running -= 1
+                    self._idle_since = time.monotonic()
+                    self._cond.notify_all()
 
     def _report(
         self,
@@ -287,9 +360,13 @@ class Runner:
         result: Any,
         error: tuple[str, str] | None,
         used: tuple[int, float] | None,
+        *,
+        wake: bool = True,
     ) -> None:
         """Report how the job ended; it rides with the credit for its slot, posted before.
-        ``used``: (peak RSS, CPU seconds) of its handler, if it ran and that is known."""
+        ``used``: (peak RSS, CPU seconds) of its handler, if it ran and that is known.
+        ``wake=False`` (a work package's job, not its last): the report waits for the next
+        one that wakes the connection, or its next heartbeat."""
         w = self.worker
         try:
             cpu = 0.0
@@ -308,21 +385,23 @@ class Runner:
                         when,
                         job.cancel_reason,
                     )
-                w.send_stopped(job)
+                w.send_stopped(job, _wake=wake)
             elif error is not None:
                 log.warning("job %s failed: %s", job.id, error[0])
-                w.send_failure(job, *error)
+                w.send_failure(job, *error, _wake=wake)
             elif isinstance(result, (list, tuple)):
                 try:
-                    w.return_result(job, files=result)
+                    w.return_result(job, files=result, _wake=wake)
                 except FileError as e:
                     log.info("job %s failed: result file %s", job.id, e)
             else:
                 try:
-                    w.return_result(job, b"" if result is None else result)
+                    w.return_result(job, b"" if result is None else result, _wake=wake)
                 except TypeError as e:
                     log.warning("job %s failed: %s", job.id, e)
-                    w.send_failure(job, f"the handler's return value is not a result: {e}")
+                    w.send_failure(
+                        job, f"the handler's return value is not a result: {e}", _wake=wake
+                    )
                 else:
                     log.info("job %s finished (%.3f s of CPU)", job.id, cpu)
         except Exception:
@@ -454,10 +533,11 @@ def _code(reason: str) -> int:
         return len(CANCEL_REASONS) + 1
 
 
-class _Processes(cf.Executor):
+class _Processes:
     """A process pool with a cancel flag per slot; started again if a handler process dies."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, handler: Callable[[ProcessJob], Any]) -> None:
+        self._handler = handler
         self._ctx = multiprocessing.get_context("spawn")
         self._flags = self._ctx.RawArray("b", slots)
         self._slots = slots
@@ -471,7 +551,9 @@ class _Processes(cf.Executor):
             self._slots, mp_context=self._ctx, initializer=_init_process, initargs=(self._flags,)
         )
 
-    def start(self, runner: Runner, job: Job) -> None:
+    def call(self, job: Job) -> tuple[Any, tuple[str, str] | None, tuple[int, float] | None]:
+        """Run the handler on ``job`` in a handler process and wait for it (on a slot's
+        thread): (result, error, (peak RSS, CPU seconds)); never raises."""
         with self._lock:
             flag = self._free.pop()
             self._flags[flag] = 0
@@ -490,38 +572,37 @@ class _Processes(cf.Executor):
             None if job.scratch is None else job.workdir,
             flag,
         )
-
-        def done(future: cf.Future[tuple[Any, ...]]) -> None:
+        try:
+            out = self._submit(view).result()
+        except BrokenProcessPool as e:
+            return None, (f"the handler's process died: {e}", ""), None
+        except Exception as e:  # e.g. a result that cannot be pickled
+            return None, (f"{type(e).__name__}: {e}", traceback.format_exc()), None
+        finally:
             with self._lock:
                 self._owner.pop(flag, None)
                 self._free.append(flag)
-            try:
-                out = future.result()
-            except BrokenProcessPool as e:
-                runner._ended(job, None, (f"the handler's process died: {e}", ""), None)
-                return
-            except Exception as e:  # e.g. a result that cannot be pickled
-                error = (f"{type(e).__name__}: {e}", traceback.format_exc())
-                runner._ended(job, None, error, None)
-                return
-            if out[0] == "ok":
-                runner._ended(job, out[1], None, (out[2], out[3]))
-            else:
-                runner._ended(job, None, (out[1], out[2]), (out[3], out[4]))
+        if out[0] == "ok":
+            return out[1], None, (out[2], out[3])
+        return None, (out[1], out[2]), (out[3], out[4])
 
+    def _submit(self, view: ProcessJob) -> cf.Future[tuple[Any, ...]]:
+        pool = self._pool
         try:
-            future = self._pool.submit(_call, runner.handler, view)
+            return pool.submit(_call, self._handler, view)
         except BrokenProcessPool:
-            log.warning("a handler process died: starting the process pool again")
-            self._pool.shutdown(wait=False)
-            self._pool = self._new_pool()
-            future = self._pool.submit(_call, runner.handler, view)
-        future.add_done_callback(done)
+            with self._lock:  # (one slot's thread starts it again, not each of them)
+                if self._pool is pool:
+                    log.warning("a handler process died: starting the process pool again")
+                    pool.shutdown(wait=False)
+                    self._pool = self._new_pool()
+                pool = self._pool
+            return pool.submit(_call, self._handler, view)
 
     def _cancelled(self, flag: int, state: object, reason: str) -> None:
         with self._lock:
             if self._owner.get(flag) is state:  # (not a flag handed on to another job since)
                 self._flags[flag] = _code(reason)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait)

@@ -175,31 +175,46 @@ class Worker:
 
     def _take(self, *, block: bool, timeout: float | None) -> Job:
         while True:
-            if self.should_terminate:
-                return INVALID
-            try:
-                job = self._conn.inbox.get(block=block, timeout=timeout)
-            except queue.Empty:
-                return INVALID
-            if job is None:  # shutdown
-                self._conn.inbox.put(None)  # for any other thread waiting
-                return INVALID
-            # "started" rides along with the job's first progress or its result, or goes with
-            # the next heartbeat: a quick job costs one message, not two (a worker that dies
-            # before saying so has its oldest job counted as an attempt by the broker). A file
-            # job's or a big job's goes now, so the broker can let go of its input meanwhile.
-            if job.cancelled:  # cancelled before it started: the caller says it stopped
-                return job
-            big = job.contents.total_size() > BIG_INPUT
-            self._conn.post("started", job.id, wake=big or job.wire_files is not None)
-            if job.wire_files is None:
+            job = self._take_raw(block=block, timeout=timeout)
+            if not job:
                 return job
             try:
-                return self._with_files(job)
+                return self._begin(job)
             except FileError as e:
                 log.warning("job %s failed: %s", job.id, e)
+                last = job.package is None or job.package[1] == job.package[2] - 1
                 self.send_failure(job, f"the worker cannot take the job's files: {e}")
-                self.ask_for_jobs(1)  # in place of the job that failed; take the next one
+                if last:  # in place of the job that failed (a package's: of the package)
+                    self.ask_for_jobs(1)
+
+    def _take_raw(self, *, block: bool, timeout: float | None) -> Job:
+        """The next job received, not started yet (see :meth:`_begin`); invalid if none."""
+        if self.should_terminate:
+            return INVALID
+        try:
+            job = self._conn.inbox.get(block=block, timeout=timeout)
+        except queue.Empty:
+            return INVALID
+        if job is None:  # shutdown
+            self._conn.inbox.put(None)  # for any other thread waiting
+            return INVALID
+        return job
+
+    def _begin(self, job: Job) -> Job:
+        """The job, about to run here: said started, its files at local paths (FileError if
+        they cannot be). A job cancelled meanwhile is returned as it is: the caller says it
+        stopped."""
+        # "started" rides along with the job's first progress or its result, or goes with
+        # the next heartbeat: a quick job costs one message, not two (a worker that dies
+        # before saying so has its oldest job counted as an attempt by the broker). A file
+        # job's or a big job's goes now, so the broker can let go of its input meanwhile.
+        if job.cancelled:
+            return job
+        big = job.contents.total_size() > BIG_INPUT
+        self._conn.post("started", job.id, wake=big or job.wire_files is not None)
+        if job.wire_files is None:
+            return job
+        return self._with_files(job)
 
     def _with_files(self, job: Job) -> Job:
         """The job with its inputs at local paths (inline ones written to its folder)."""
@@ -239,6 +254,7 @@ class Worker:
         data: bytes | bytearray | memoryview | str = b"",
         *,
         files: Iterable[PathLike] | None = None,
+        _wake: bool = True,
     ) -> None:
         """Hand in the job's result. A str is sent as UTF-8.
 
@@ -251,7 +267,7 @@ class Worker:
         elif not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"a result must be bytes or str, got {type(data).__name__}")
         if files is None:
-            self._conn.post("result", job.id, data)
+            self._conn.post("result", job.id, data, wake=_wake)
         else:
             inline = not job.origin or job.origin != self.host
             try:
@@ -264,19 +280,21 @@ class Worker:
             except FileError as e:
                 self.send_failure(job, f"result file {e}")
                 raise
-            self._conn.post("result", job.id, data, fs)
+            self._conn.post("result", job.id, data, fs, wake=_wake)
         self._end(job)
 
-    def send_failure(self, job: Job, reason: str, traceback_text: str = "") -> None:
+    def send_failure(
+        self, job: Job, reason: str, traceback_text: str = "", *, _wake: bool = True
+    ) -> None:
         """Report that the job failed; the client's retrieve_result raises with this reason."""
-        self._conn.post("failure", job.id, str(reason), traceback_text)
+        self._conn.post("failure", job.id, str(reason), traceback_text, wake=_wake)
         self._end(job)
 
-    def send_stopped(self, job: Job) -> None:
+    def send_stopped(self, job: Job, *, _wake: bool = True) -> None:
         """Say that the job's handler stopped after the broker cancelled it (``job.cancelled``):
         no result follows. The broker stops counting down the grace after which it would kill a
         spawned worker that ignores a cancel. ``run`` does this by itself."""
-        self._conn.post("stopped", job.id)
+        self._conn.post("stopped", job.id, wake=_wake)
         self._end(job)
 
     def job_should_be_terminated(self, job: Job) -> bool:
@@ -338,6 +356,10 @@ class Worker:
         slot, the next asked for with the result of the last, so no job waits here while
         another worker is free), and up to 16 for tiny jobs, whose round trips would otherwise
         cost more than the jobs. ``prefetch=0`` is one at a time whatever the jobs take.
+
+        The jobs of a work package (submitted with ``package_size``) come on one credit and
+        run one after the other in one slot; their ends are reported together, with the one
+        credit the package gives back (``prefetch="auto"`` counts the package as one job).
 
         Returns after ``max_jobs`` jobs, after ``idle_timeout`` seconds with no job running or
         arriving, or when the broker stops, once the running handlers have returned. Returns
