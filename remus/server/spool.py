@@ -253,14 +253,13 @@ class Spool(threading.Thread):
                     "or the broker restarted)",
                 )
             path, size, sha = whole
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                if not sha:  # a file served in place: checked again, from the opened file
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # (an OSError is answered "spool")
+            if not sha:  # a file served in place: checked again, from the opened file
+                try:
                     files.check_roots(path, fd, self._roots)
-            except FileError as e:
-                if "fd" in locals():
+                except FileError as e:
                     os.close(fd)
-                raise _Refused("bad-files", str(e)) from None
+                    raise _Refused("bad-files", str(e)) from None
             reader = self._readers[blob] = _Reader(fd, size, sha, hashlib.sha256())
         reader.touched = now
         return reader
