@@ -360,14 +360,44 @@ def many_workers(opts: Options, why: str | None) -> list[Row]:
 
 
 def journal(opts: Options, why: str | None) -> list[Row]:
-    """What the durable journal costs: pipelined jobs/s with ``--journal`` against without."""
-    row = Row("pipelined, 2 workers, journal", "jobs/s", ref_label="no journal")
+    """What the durable journal costs: pipelined jobs/s with ``--journal`` (``--journal-sync
+    normal``, then ``full``) against the same broker without, measured between the two."""
+    rows = [
+        Row(
+            f"pipelined, 2 workers, journal {sync}",
+            "jobs/s",
+            goal=Goal(">=", 0.8),
+            ref_label="no journal",
+        )
+        for sync in ("normal", "full")
+    ]
     if why is not None:
-        return [row]
+        return rows
 
+    def run(**extra: Any) -> Any:
+        return remus_bench.pipelined(
+            workers=2,
+            jobs=opts.jobs,
+            warmup=opts.warmup,
+            repeat=opts.repeat,
+            prefetch=opts.prefetch,
+            **extra,
+        )
+
+    got: dict[str, Any] = {}
+    ref: Any = None
     with tempfile.TemporaryDirectory(prefix="remus-perf-") as tmp:
-        _with_and_without(row, opts, "remus --journal", journal=os.path.join(tmp, "remus.db"))
-    return [row]
+        for row, sync in zip(rows, ("normal", "full"), strict=True):
+            path = os.path.join(tmp, f"remus-{sync}.db")
+            got[sync] = _measure(
+                row, f"remus --journal-sync {sync}", lambda p=path, s=sync: run(journal=p, sync=s)
+            )
+            if sync == "normal":
+                ref = _measure(row, "remus", run)
+    for row, sync in zip(rows, ("normal", "full"), strict=True):
+        row.remus = Stat.of(got[sync]["samples"]) if got[sync] else None
+        row.reference = Stat.of(ref["samples"]) if ref else None
+    return rows
 
 
 def _with_and_without(row: Row, opts: Options, label: str, **option: Any) -> Any:

@@ -140,16 +140,20 @@ def pipelined(
     idle: float = 0.0,
     prefetch: int | str = 64,
     journal: str | None = None,
+    sync: str | None = None,
     observed: bool = False,
     curve: bool = False,
     inprocess: bool = False,
 ) -> dict[str, Any]:
     """Jobs/s of one pipelined client; with ``idle``, the broker's CPU % afterwards, idle;
-    with ``journal``, the broker writes every pass to that SQLite file; ``observed``: the broker
+    with ``journal``, the broker journals to that SQLite file (``sync``: its --journal-sync);
+    ``observed``: the broker
     serves ``--metrics``, scraped every second, and ``remus top`` polls it every second;
     ``curve``: the broker runs in secure mode, and the client and workers use keys;
     ``inprocess``: the broker is a script's ``Server()`` with every default."""
     options: tuple[str, ...] = ("--journal", journal) if journal else ()
+    if journal and sync:
+        options += ("--journal-sync", sync)
     if observed:
         options += ("--metrics", "0")
     with ProcGroup() as group, secure_mode(curve) as keys:

@@ -51,7 +51,9 @@ def until_cancelled(job: Any, path: str) -> bytes:
     deadline = time.monotonic() + NEVER_LONGER_THAN
     while not job.cancelled and time.monotonic() < deadline:
         time.sleep(0.01)
-    Path(path).write_text(str(job.cancel_reason))
+    # written aside and renamed: a test waiting for the file never reads it half written
+    Path(path + ".tmp").write_text(str(job.cancel_reason))
+    Path(path + ".tmp").replace(path)
     return b"stopped"
 
 

@@ -39,7 +39,8 @@ def test_owner_survives_a_restart_with_the_journal(tmp_path: Path) -> None:
             runner = threading.Thread(target=w.run, args=(lambda job: job["data"].upper(),))
             runner.start()
             with BasicClient(first.ports.client, server_key=key, secret_key=alice) as c:
-                done = c.submit(UPPER, b"done before")
+                # (the worker registers after its CURVE handshake: the job may come first)
+                done = c.submit(UPPER, b"done before", wait_for_worker=True)
                 assert c.wait(done, timeout=20).data == b"DONE BEFORE"
         runner.join(10)
         with BasicClient(first.ports.client, server_key=key, secret_key=alice) as c:

@@ -107,7 +107,15 @@ def add_parser(sub: Any) -> None:
         "--journal",
         metavar="PATH",
         help="a SQLite file that keeps every accepted job and result across restarts "
-        "(default: memory only: a stopped broker forgets everything)",
+        "(default: memory only: a stopped broker forgets everything); its log is PATH-log",
+    )
+    s.add_argument(
+        "--journal-sync",
+        choices=("normal", "full"),
+        default=ServerConfig().journal_sync,
+        help="with --journal: 'normal' keeps what was acknowledged through a kill of the broker; "
+        "'full' also through a power loss or kernel crash, at the cost of an fsync per group "
+        "commit [%(default)s]",
     )
     s.add_argument(
         "--max-retries",
@@ -262,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             restart_grace=args.restart_grace,
             preempt_grace=args.preempt_grace,
+            journal_sync=args.journal_sync,
         )
         factory = _factory(args)
         try:

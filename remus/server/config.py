@@ -99,8 +99,15 @@ class ServerConfig:
     #: long-lived objects (a record per job) without reference cycles; the default thresholds
     #: make the collector rescan them thousands of times a second under load
     gc_threshold: tuple[int, int, int] | None = (100_000, 50, 1000)
+    #: how the journal (if any) syncs its commits: "normal" survives a kill of the broker,
+    #: "full" a power loss or kernel crash too (an fsync per commit; see remus.server.journal)
+    journal_sync: str = "normal"
 
     def __post_init__(self) -> None:
+        if self.journal_sync not in ("normal", "full"):
+            raise ConfigError(
+                f"ServerConfig.journal_sync must be 'normal' or 'full', not {self.journal_sync!r}"
+            )
         for name in ("result_ttl", "liveness_factor", "stall_threshold", "max_wait"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ServerConfig.{name} must be positive")

@@ -26,6 +26,7 @@ from remus.server.core import TOPIC_FAMILIES, BrokerCore, Outbox
 from remus.server.edge import DRAIN, STATISTICS, TERMINATE, pipe_parts_read
 from remus.server.factory_base import ASKED_TO_LEAVE, QUARANTINED, SPAWNED, WorkerSeen
 from remus.server.factory_base import EXITED as REAPED
+from remus.server.group_commit import GroupCommit
 from remus.server.journal import Journal
 from remus.server.monitors import MonitorPipe
 from remus.server.recovery import local_process_gone
@@ -104,6 +105,7 @@ class CoreThread(threading.Thread):
         self._factory = factory
         self._journal = journal
         #: with a journal: its writer thread, and the outboxes held until their pass is durable
+        self._commits: GroupCommit | None = None
         self._subscriptions: dict[bytes, int] = {}
         #: secure mode: per topic a subscriber asked for, what was applied for each of them
         self._applied: dict[bytes, list[tuple[bytes, ...]]] = {}
@@ -252,7 +254,13 @@ class CoreThread(threading.Thread):
                 gone = local_process_gone(self.core.host)  # no wait for a worker that died
                 self.core.restore(self._journal.load(), time.monotonic(), gone)
                 self._write_journal(self.core)
+                self._commits = GroupCommit(
+                    ctx, self._journal, f"inproc://remus-journal-{id(self)}"
+                )
+                self._commits.start(self._config.stop_timeout)
             except Exception as e:
+                if self._commits is not None:
+                    self._commits.close(self._config.stop_timeout)
                 self.error = e
                 self.ready.set()
                 for s in sockets:
@@ -274,12 +282,16 @@ class CoreThread(threading.Thread):
             try:
                 recent = time.monotonic() - self._last_client < CLOSING
                 out = self.core.shutdown()
-                self._write_journal(self.core)
-                self._send(out, client, worker, status)
+                self._deliver(out, client, worker, status)
+                if self._commits is not None:  # everything held, once durable
+                    for done in self._commits.finish(self._config.stop_timeout):
+                        self._send(done, client, worker, status)
                 if recent:  # (not the stopping answers just sent: they end their waits)
                     self._refuse_while_closing(client, self.core.stopping_error())
             except Exception:
                 log.exception("could not tell workers to stop")
+            if self._commits is not None:
+                self._commits.close(self._config.stop_timeout)
             for edge, pipe, done in zip(edges, (client, worker), self._edges_finished, strict=True):
                 self._stop_edge(edge, self._parts_sent[pipe], done)
             if self._factory is not None:
@@ -338,6 +350,9 @@ class CoreThread(threading.Thread):
         spool = self._spool_pipe
         assert spool is not None
         poller.register(spool, zmq.POLLIN)
+        commits = self._commits
+        if commits is not None:
+            poller.register(commits.pipe, zmq.POLLIN)
         tracing = log.isEnabledFor(TRACE)
         now = time.monotonic()
         tick_due = now
@@ -377,6 +392,9 @@ class CoreThread(threading.Thread):
                 else:
                     log.info("drained: no job is running")
                 return
+            if commits is not None and commits.pipe in ready:
+                for done in commits.committed():  # their passes are durable now
+                    self._send(done, client, worker, status)
             if spool in ready:
                 self._from_spool(spool, client, worker, now)
             traffic = core.traffic
@@ -409,10 +427,8 @@ class CoreThread(threading.Thread):
             if self._factory is not None and self._worker_endpoint and now >= factory_due:
                 self._run_factory(core, now)
                 factory_due = now + FACTORY_PERIOD
-            out = core.flush()
             # what this pass changed is durable before anyone hears of it
-            self._write_journal(core)
-            self._send(out, client, worker, status)
+            self._deliver(core.flush(), client, worker, status)
             # a reply held in this pass may be due before the next scheduled tick
             tick_due = min(tick_due, core.earliest_hold(tick_due))
 
@@ -624,6 +640,20 @@ class CoreThread(threading.Thread):
                 status.send_multipart([topic.encode(), packed])
                 if monitors is not None and topic in monitors.topics:
                     monitors.send(topic, packed)
+
+    def _deliver(
+        self, out: Outbox, client: zmq.Socket[Any], worker: zmq.Socket[Any], status: zmq.Socket[Any]
+    ) -> None:
+        """Send a pass's outbox once what the pass changed is durable: with a journal, its batch
+        is written here, or by the writer thread while the outbox waits (see group_commit)."""
+        core = self.core
+        assert core is not None
+        if self._commits is None:
+            self._write_journal(core)
+            self._send(out, client, worker, status)
+            return
+        for done in self._commits.after_pass(core.take_journal(), out):
+            self._send(done, client, worker, status)
 
     def _write_journal(self, core: BrokerCore) -> None:
         batch = core.take_journal()

@@ -1,4 +1,4 @@
-"""The broker's durable journal: what it must not forget when it is killed, in one SQLite file.
+"""The broker's durable journal: what it must not forget when it is killed, in SQLite.
 
 The core gathers what happened during one loop pass into a :class:`JournalBatch` and calls
 :meth:`Journal.write` once, *before* it sends the pass's replies: a job is in the journal before
@@ -6,23 +6,56 @@ its client is told it was accepted, a result is in it before its worker is told 
 After a restart, :meth:`Journal.load` hands back every job that was not forgotten, in submission
 order, for the core to rebuild its state from.
 
+The log and the fold
+--------------------
+The state a restart loads is in the tables of the journal file (``jobs``, ``contents``,
+``progress``, ``checkpoints``). Writing each batch into them as it comes costs a statement per
+job and change, 2-4 µs each: a tiny job took about ten, and the broker half its time. So a
+write *appends* the batch, as one msgpack row, to the journal's log, a second SQLite file
+beside it (``PATH-log``, :mod:`remus.server.journal_log`), and commits: that commit is what
+makes the batch durable. The tables are written later, many batches at a time (a *fold*):
+each job's changes are reduced to their net effect (:mod:`remus.server.journal_plan`: a job
+submitted, run and finished between two folds is one insert), written with multi-row
+statements (:mod:`remus.server.journal_apply`), and the last log row they cover is recorded in
+the same transaction (``meta.folded``); the log rows up to it are deleted at the next append.
+Opening a journal folds whatever log rows a killed broker left past ``folded``.
+
+A fold starts when the log holds :data:`FOLD_ROWS` rows or its oldest row is :data:`FOLD_AGE`
+seconds old, and before :meth:`Journal.load` and :meth:`Journal.close`. In the broker, folds
+run in a process of their own (:meth:`Journal.start_folding`, :mod:`remus.server.journal_fold`)
+that holds the journal file and reads the log file itself: the broker's process only encodes
+and appends, and neither a fold's Python (which would hold the GIL the core thread needs) nor
+its SQLite work slows the core thread. A fold that fails stops the broker at its next write.
+A content or result is written twice (into the log, then into the tables) and copied once
+into its log row's body.
+
 Durability, and its limit
 -------------------------
-The file is in WAL mode with ``synchronous=NORMAL``. A commit appends the transaction's pages
-and a commit frame to the ``-wal`` file with ``write(2)`` before :meth:`Journal.write` returns;
-from then on the bytes are in the operating system's page cache, which belongs to the kernel,
-not to the broker. A SIGKILL (or a crash, or an OOM kill) of the broker therefore loses nothing
-committed: the next open replays the WAL. A transaction cut short by the kill has no commit
-frame and is ignored as a whole, so a batch is in the journal entirely or not at all.
-``NORMAL`` only skips the ``fsync`` at each commit (WAL frames are synced at checkpoints), which
-is what makes small batches cheap. The price: a power loss or a kernel crash may lose the last
-transactions before the latest checkpoint (the file stays consistent; it is the most recent
-batches that may be missing). Surviving that needs ``synchronous=FULL`` and is out of scope.
+Both files are in WAL mode with ``synchronous=NORMAL`` by default. A commit appends the
+transaction's pages and a commit frame to the ``-wal`` file with ``write(2)`` before
+:meth:`Journal.write` returns; from then on the bytes are in the operating system's page cache,
+which belongs to the kernel, not to the broker. A SIGKILL (or a crash, or an OOM kill) of the
+broker therefore loses nothing committed: the next open replays the WAL. A transaction cut
+short by the kill has no commit frame and is ignored as a whole, so a batch is in the journal
+entirely or not at all. ``NORMAL`` only skips the ``fsync`` at each commit (WAL frames are
+synced at checkpoints), which is what makes small batches cheap. The price: a power loss or a
+kernel crash may lose the last transactions before the latest checkpoint (the file stays
+consistent; it is the most recent batches that may be missing). ``synchronous="full"``
+(``remus server --journal-sync full``) also syncs the WAL at every commit, so a commit survives
+a power loss too, at the cost of one ``fsync`` per commit; the broker's group commit
+(:mod:`remus.server.group_commit`) shares that cost among every pass that waited for it.
+The tables' own commits (folds) use the same mode, and a log row is deleted only once the
+fold that holds it has committed, so no mode loses more than it says.
 
-The file is opened in exclusive locking mode: one broker per journal. A second process (or a
-second :class:`Journal` in this one) that opens it while it is in use gets a ConfigError.
+The journal file is opened in exclusive locking mode: one broker per journal. A second process
+(or a second :class:`Journal` in this one) that opens it while it is in use gets a ConfigError
+(after :data:`LOCK_WAIT` seconds: the folding process of a broker just killed may take a
+moment to go).
 
-The journal is not thread-safe: one thread (the core thread) uses it at a time.
+The journal is not thread-safe: one thread uses it at a time (the core thread; with
+``"full"``, the broker's journal writer thread once the broker runs), and while folds run in
+the background (:meth:`Journal.start_folding`) the journal file belongs to the folding
+process.
 """
 
 from __future__ import annotations
@@ -30,173 +63,68 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 
-from remus.errors import ConfigError, RemusError
-from remus.types import Buffer, JobRequirements, Status
+from remus.errors import ConfigError
+from remus.server.journal_apply import SCHEMA, UPGRADE_1, Tables
+from remus.server.journal_batch import (
+    Checkpoint,
+    JournalBatch,
+    JournaledJob,
+    JournalError,
+    Progress,
+    Result,
+    StatusChange,
+    Submitted,
+)
+from remus.server.journal_fold import FoldError, FoldProcess
+from remus.server.journal_log import LogStore, decode, encode, new_journal_id
+from remus.types import JobRequirements, Status
+
+__all__ = [
+    "Checkpoint",
+    "Journal",
+    "JournalBatch",
+    "JournalError",
+    "JournaledJob",
+    "Progress",
+    "Result",
+    "StatusChange",
+    "Submitted",
+]
 
 log = logging.getLogger(__name__)
 
 #: bump when the tables change; a file of another version is refused, never guessed at
-SCHEMA_VERSION = 1
+#: (2: ``meta.journal`` and ``meta.folded``, and the log file; version 1 is upgraded at open)
+SCHEMA_VERSION = 2
 #: what the meta table says this file is, so that some other SQLite file is not taken for one
 APPLICATION = "remus-journal"
 #: free pages (4 KiB each) tolerated before the file is shrunk after contents are deleted
 VACUUM_THRESHOLD_PAGES = 4096
 #: the WAL file is truncated back to this after a checkpoint (a big blob grows it)
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
-
-#: the final statuses (Status.done) lie from here to there; WAITING lies past them
-_FINAL, _LAST = int(Status.FINISHED), int(Status.TERMINATED)
-
-# -------------------------------------------------------------------------- batch rows
-
-#: job id, JobRequirements.to_wire(), content keys, content values, order, submitted_at
-#: (wall clock), options (msgpack-able; empty for none)
-Submitted = tuple[str, list[Any], tuple[str, ...], Sequence[Buffer], int, float, dict[str, Any]]
-#: job id, status, reason, traceback, attempt, worker name
-StatusChange = tuple[str, int, str, str, int, str]
-#: job id, result bytes (or any buffer: memoryview, zmq.Frame)
-Result = tuple[str, Buffer]
-#: job id, seq, value (0-100 or None), message
-Progress = tuple[str, int, int | None, str]
-#: job id, its latest checkpoint
-Checkpoint = tuple[str, Buffer]
-
-
-@dataclass(slots=True)
-class JournalBatch:
-    """What happened during one loop pass. Rows are applied in the order of these fields
-    (submitted, status, results, progress, forgotten), each list in its own order."""
-
-    submitted: list[Submitted] = field(default_factory=list)
-    status: list[StatusChange] = field(default_factory=list)
-    results: list[Result] = field(default_factory=list)
-    progress: list[Progress] = field(default_factory=list)
-    forgotten: list[str] = field(default_factory=list)
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.submitted
-            or self.status
-            or self.results
-            or self.progress
-            or self.forgotten
-            or self.checkpoints
-        )
-
-    def clear(self) -> None:
-        self.submitted.clear()
-        self.status.clear()
-        self.results.clear()
-        self.progress.clear()
-        self.forgotten.clear()
-        self.checkpoints.clear()
-
-
-@dataclass(slots=True)
-class JournaledJob:
-    """One job as the journal remembers it. ``values`` is empty once the job is over;
-    ``changed_at`` is the wall-clock time of its last status change (or of its submission)."""
-
-    id: str
-    requirements: JobRequirements
-    keys: tuple[str, ...]
-    values: list[bytes]
-    order: int
-    submitted_at: float
-    options: dict[str, Any]
-    status: Status
-    reason: str
-    traceback: str
-    attempt: int
-    worker: str
-    result: bytes | None
-    progress: list[tuple[int, int | None, str]]
-    changed_at: float
-    #: the latest checkpoint its handler saved, None if none
-    checkpoint: bytes | None = None
-
-
-class JournalError(RemusError):
-    """The journal could not be written or read (disk full, I/O error, closed journal)."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"journal {path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-
-# -------------------------------------------------------------------------- SQL
-
-_SCHEMA = """
-CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY,
-    ord INTEGER NOT NULL,
-    submitted_at REAL NOT NULL,
-    requirements BLOB NOT NULL,
-    keys BLOB NOT NULL,
-    options BLOB,
-    status INTEGER NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    traceback TEXT NOT NULL DEFAULT '',
-    attempt INTEGER NOT NULL DEFAULT 1,
-    worker TEXT NOT NULL DEFAULT '',
-    result BLOB,
-    changed_at REAL NOT NULL
-);
-CREATE TABLE contents (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (job_id, idx)
-);
-CREATE TABLE progress (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    value INTEGER,
-    message TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-) WITHOUT ROWID;
-"""
-#: added to a file of this schema version that lacks it (it came later; nothing else changed)
-_CHECKPOINTS = (
-    "CREATE TABLE IF NOT EXISTS checkpoints (job_id TEXT PRIMARY KEY, value BLOB NOT NULL)"
-)
-_SAVE_CHECKPOINT = "INSERT OR REPLACE INTO checkpoints (job_id, value) VALUES (?, ?)"
-
-_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # unix time, on SQLite before 3.42
-_INSERT_JOB = (
-    "INSERT INTO jobs (id, ord, submitted_at, requirements, keys, options, status, changed_at)"
-    f" VALUES (?, ?, ?, ?, ?, ?, {int(Status.QUEUED)}, ?3)"
-)
-_INSERT_CONTENT = "INSERT INTO contents (job_id, idx, value) VALUES (?, ?, ?)"
-# the batch's tuples are bound as they are: ?1 is the job id
-_UPDATE_STATUS = (
-    "UPDATE jobs SET status = ?2, reason = ?3, traceback = ?4, attempt = ?5, worker = ?6,"
-    f" changed_at = {_NOW} WHERE id = ?1"
-)
-_DELETE_CONTENTS = "DELETE FROM contents WHERE job_id = ?"
-_DELETE_CHECKPOINT = "DELETE FROM checkpoints WHERE job_id = ?"
-# a result is written after the pass's status changes, so that no later UPDATE of the row
-# in the same batch rewrites a big result (SQLite rewrites the whole record)
-_UPDATE_RESULT = "UPDATE jobs SET result = ?2 WHERE id = ?1"
-_INSERT_PROGRESS = (
-    "INSERT OR REPLACE INTO progress (job_id, seq, value, message) VALUES (?, ?, ?, ?)"
-)
-_TRIM_PROGRESS = "DELETE FROM progress WHERE job_id = ? AND seq <= ?"
-_FORGET = (
-    "DELETE FROM jobs WHERE id = ?",
-    "DELETE FROM contents WHERE job_id = ?",
-    "DELETE FROM progress WHERE job_id = ?",
-    "DELETE FROM checkpoints WHERE job_id = ?",
-)
+#: ``synchronous`` values a journal takes: "normal" survives a kill of the broker, "full" a
+#: power loss as well (one fsync per commit)
+SYNC_MODES = ("normal", "full")
+#: a fold starts once the log holds this many rows not folded (a job takes about four:
+#: submitted, dispatched, ended, result) ...
+FOLD_ROWS = 100_000
+#: ... or once its oldest row is this many seconds old (the longer, the more of a job's
+#: changes fold into one write)
+FOLD_AGE = 1.0
+#: while a fold runs in the background, appends wait for it past this many rows not folded
+#: (this bounds the folding process's memory, and the time a restart takes to fold them)
+FOLD_ROWS_MAX = 4 * FOLD_ROWS
+#: ids per query when a write's new jobs are looked for in the tables
+CHECK_CHUNK = 500
+#: seconds the journal file's lock is waited for when it is opened
+LOCK_WAIT = 2.0
 
 
 def _pack(value: Any) -> bytes:
@@ -208,32 +136,78 @@ def _unpack(raw: bytes) -> Any:
 
 
 class Journal:
-    """A SQLite journal of the broker's jobs. ``Journal(path)`` opens or creates it.
+    """A SQLite journal of the broker's jobs. ``Journal(path)`` opens or creates it (and its
+    log, ``path + "-log"``), folding what the log holds past the tables.
 
     ``progress_limit`` keeps at most that many progress updates per job (the newest), like
-    ``ServerConfig.max_progress_history``; None keeps them all.
+    ``ServerConfig.max_progress_history``; None keeps them all. ``synchronous`` is one of
+    :data:`SYNC_MODES` (see "Durability, and its limit" above).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, progress_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        progress_limit: int | None = None,
+        synchronous: str = "normal",
+    ) -> None:
         self.path = os.fspath(path)
         if progress_limit is not None and progress_limit < 1:
             raise ConfigError("Journal progress_limit must be at least 1, or None to keep all")
+        if synchronous not in SYNC_MODES:
+            raise ConfigError(
+                f"journal synchronous mode {synchronous!r} is not one of {', '.join(SYNC_MODES)}"
+            )
         self.progress_limit = progress_limit
+        self.synchronous = synchronous
         self.batches = 0
         self.jobs_written = 0
-        self._packed_keys: dict[tuple[str, ...], bytes] = {}
-        self._conn: sqlite3.Connection | None = self._open()
+        #: folds of the log into the tables so far
+        self.folds = 0
+        self._tables = Tables(progress_limit)
+        #: the last log row written, the last the tables hold, the last deleted from the log
+        self._seq = 0
+        self._folded = 0
+        self._dropped = 0
+        #: the last row a fold under way will hold (None: none under way)
+        self._in_flight: int | None = None
+        #: rows written since the last fold started, and when (monotonic) the first came
+        self._pending_rows = 0
+        self._pending_since = 0.0
+        #: what the log says of jobs it submitted or forgot (id -> held; False: forgotten),
+        #: since the last fold started, and in the fold under way
+        self._pending_ids: dict[str, bool] = {}
+        self._sealed_ids: dict[str, bool] = {}
+        self._process: FoldProcess | None = None
+        self._journal_id = ""
+        self._log: LogStore | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._conn = self._open_tables()
+        try:
+            self._log = LogStore(self.path, synchronous, self._journal_id)
+            self._seq = max(self._folded, self._log.last_seq())
+            if self._seq > self._folded:
+                log.info("journal %s: folding the log the last broker left", self.path)
+                self.fold_through(self._seq)
+        except BaseException as e:
+            self._close_files()
+            if isinstance(e, JournalError):
+                raise ConfigError(str(e)) from None
+            raise
         #: the largest content value or result SQLite stores (SQLITE_LIMIT_LENGTH); the core
         #: must refuse larger ones before accepting them: one too big fails its whole batch
         self.max_blob = self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
 
     # ------------------------------------------------------------------ lifetime
 
-    def _open(self) -> sqlite3.Connection:
+    def _open_tables(self) -> sqlite3.Connection:
         where = self.path
         try:
-            # timeout=0: a journal in use by another broker is refused at once, not waited on
-            conn = sqlite3.connect(where, timeout=0, isolation_level=None, check_same_thread=False)
+            # a journal in use by another broker is refused once LOCK_WAIT is over (not at
+            # once: the folding process of a broker just killed may still be going)
+            conn = sqlite3.connect(
+                where, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as e:
             raise ConfigError(
                 f"cannot open the journal {where}: {e}; give a file path in a folder that "
@@ -257,6 +231,7 @@ class Journal:
         return conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
+        """Lock, create or check the file; read its journal id, ``folded``, tracked sets."""
         # exclusive locking before WAL: no shared-memory index, and one process per journal
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes on a new, empty file
@@ -266,13 +241,13 @@ class Journal:
                 f"the journal {self.path} cannot use WAL mode (SQLite chose {mode!r}); "
                 "give a path on a local file system"
             )
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         conn.execute("BEGIN EXCLUSIVE")  # takes the lock now, not at the first write
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             if not tables:
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.executemany(
@@ -282,7 +257,16 @@ class Journal:
                 log.info("created the journal %s", self.path)
             else:
                 self._check_meta(conn, tables)
-            conn.execute(_CHECKPOINTS)
+            meta = dict(conn.execute("SELECT name, value FROM meta"))
+            if "journal" not in meta:  # (new, or upgraded from version 1)
+                meta.update(journal=new_journal_id(), folded=0)
+                conn.executemany(
+                    "INSERT INTO meta (name, value) VALUES (?, ?)",
+                    [("journal", meta["journal"]), ("folded", 0)],
+                )
+            self._journal_id = str(meta["journal"])
+            self._folded = int(meta["folded"])
+            self._tables.read_tracked(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -297,6 +281,11 @@ class Journal:
                 "give a new path (the journal is created there) or the journal of a broker"
             )
         version = meta.get("schema_version")
+        if version == 1:
+            for statement in UPGRADE_1:
+                conn.execute(statement)
+            log.info("journal %s: upgraded from schema version 1 to %d", self.path, SCHEMA_VERSION)
+            return
         if version != SCHEMA_VERSION:
             raise ConfigError(
                 f"the journal {self.path} has schema version {version!r}, and this remus "
@@ -304,15 +293,36 @@ class Journal:
                 "or give a new path"
             )
 
-    def close(self) -> None:
-        """Checkpoint and close (the ``-wal`` file goes away). Idempotent."""
+    def close(self, *, fold: bool = True) -> None:
+        """Stop folding in the background, fold the log (unless ``fold=False``), checkpoint
+        and close both files. Idempotent. A fold that fails is logged: the next open folds
+        the log again."""
+        if self._log is None:
+            return
+        try:
+            self.stop_folding()
+            if fold:
+                self.fold()
+        except JournalError as e:
+            log.warning("%s; the next open folds its log", e)
+        self._close_files()
+
+    def _close_files(self) -> None:
+        log_store, self._log = self._log, None
         conn, self._conn = self._conn, None
+        if log_store is not None:
+            log_store.close()
         if conn is not None:
             conn.close()
 
     @property
     def closed(self) -> bool:
-        return self._conn is None
+        return self._log is None
+
+    @property
+    def folded(self) -> int:
+        """The last log row the tables hold."""
+        return self._folded
 
     def __enter__(self) -> Journal:
         return self
@@ -321,89 +331,245 @@ class Journal:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._conn is None else "open"
-        return f"<Journal {self.path} {state} batches={self.batches} jobs={self.jobs_written}>"
+        state = "closed" if self._log is None else "open"
+        return (
+            f"<Journal {self.path} {state} batches={self.batches} jobs={self.jobs_written} "
+            f"folds={self.folds} unfolded={self._seq - self._folded}>"
+        )
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+        if self._log is None:
             raise JournalError(self.path, "the journal is closed")
+        if self._conn is None:
+            raise JournalError(self.path, "its tables belong to its folding process now")
         return self._conn
+
+    def _log_store(self) -> LogStore:
+        if self._log is None:
+            raise JournalError(self.path, "the journal is closed")
+        return self._log
+
+    # ------------------------------------------------------------------ folding in the background
+
+    def start_folding(self) -> None:
+        """Fold in a process of its own from now on (:mod:`remus.server.journal_fold`): the
+        journal file's lock and tables are that process's until :meth:`stop_folding`, and
+        this journal only appends to the log. Raises JournalError if it does not start."""
+        if self._process is not None or os.name != "posix":
+            return  # (elsewhere, folds stay in the writing thread: no select() on pipes)
+        self._connection()
+        self._conn.close()  # type: ignore[union-attr]  # (its lock: the process takes it)
+        self._conn = None
+        try:
+            self._process = FoldProcess(self.path, self.synchronous, self.progress_limit)
+        except FoldError as e:
+            self._conn = self._open_tables()
+            raise JournalError(self.path, f"cannot fold in the background: {e}") from None
+        self._folded = max(self._folded, self._process.folded_at_start)
+
+    def stop_folding(self) -> None:
+        """End the folding process (it finishes the fold under way) and take the tables back.
+        Idempotent. Raises JournalError if a fold failed."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        done = process.stop(timeout=60.0)
+        self._in_flight = None
+        self._pending_ids = {**self._sealed_ids, **self._pending_ids}
+        self._sealed_ids = {}
+        self._conn = self._open_tables()  # (reads folded: what the process last wrote)
+        if done is not None and done > self._folded:
+            raise JournalError(self.path, f"the tables hold row {self._folded}, not {done}")
 
     # ------------------------------------------------------------------ writing
 
     def write(self, batch: JournalBatch) -> None:
-        """Apply one pass's batch in one transaction; when this returns, a SIGKILL loses none
-        of it. On failure nothing of the batch is written and JournalError is raised (the
-        core must then not send the pass's replies)."""
-        if not batch:
+        """Write one pass's batch; when this returns, a SIGKILL loses none of it. On failure
+        nothing of the batch is written and JournalError is raised (the core must then not
+        send the pass's replies)."""
+        self.write_many((batch,))
+
+    def write_many(self, batches: Sequence[JournalBatch]) -> None:
+        """Write several passes' batches with one commit (a group commit; with
+        ``synchronous="full"``, one fsync): the same as writing each in turn. All or
+        nothing, as :meth:`write`. Then start a fold if one is due (see :meth:`maintain`)."""
+        batches = [b for b in batches if b]
+        if not batches:
+            return
+        log_store = self._log_store()
+        at = time.time()
+        self._check_new(batches)
+        body = encode(batches)
+        drop = self._folded if self._folded > self._dropped else 0
+        try:
+            log_store.append(self._seq + 1, at, body, drop_through=drop)
+        except sqlite3.Error as e:
+            raise JournalError(self.path, f"cannot write a batch: {e}") from e
+        self._seq += 1
+        self._dropped = max(self._dropped, drop)
+        if not self._pending_rows:
+            self._pending_since = time.monotonic()
+        ids = self._pending_ids
+        for batch in batches:
+            for row in batch.submitted:
+                ids[row[0]] = True
+            for job_id in batch.forgotten:
+                ids[job_id] = False
+            self._pending_rows += (
+                len(batch.submitted)
+                + len(batch.status)
+                + len(batch.results)
+                + len(batch.progress)
+                + len(batch.forgotten)
+                + len(batch.checkpoints)
+            )
+        self.batches += len(batches)
+        self.jobs_written += sum(len(batch.submitted) for batch in batches)
+        self.maintain(time.monotonic())
+
+    def fold_due(self, now: float) -> float | None:
+        """Seconds until :meth:`maintain` starts a fold (0: now), None if nothing waits."""
+        if not self._pending_rows:
+            return None
+        if self._in_flight is not None:
+            return FOLD_AGE / 10  # (look again: the fold under way may be over by then)
+        if self._pending_rows >= FOLD_ROWS:
+            return 0.0
+        return max(0.0, self._pending_since + FOLD_AGE - now)
+
+    def maintain(self, now: float) -> None:
+        """Take the news of the folding process; start a fold if one is due (see
+        :data:`FOLD_ROWS` and :data:`FOLD_AGE`): in the background if :meth:`start_folding`
+        was called, else here. With a fold under way and :data:`FOLD_ROWS_MAX` rows not
+        folded, wait for it. Raises JournalError if a fold failed."""
+        self._reap(wait=self._pending_rows >= FOLD_ROWS_MAX)
+        due = self.fold_due(now)
+        if due is None or due > 0:
+            return
+        self._seal()
+
+    def fold(self) -> None:
+        """Write everything the log holds into the tables now, and wait for it. Raises
+        JournalError if that fails."""
+        self._reap(wait=True)
+        if self._seq > self._folded:
+            self._seal()
+            self._reap(wait=True)
+
+    def _seal(self) -> None:
+        """Start a fold of every row written so far."""
+        self._sealed_ids = self._pending_ids
+        self._pending_ids = {}
+        self._pending_rows = 0
+        if self._process is None:
+            self.fold_through(self._seq)
+            self._sealed_ids = {}
+            return
+        self._in_flight = self._seq
+        try:
+            self._process.fold(self._seq)
+        except FoldError as e:
+            raise JournalError(self.path, f"cannot fold the log into the tables: {e}") from None
+
+    def _reap(self, wait: bool) -> None:
+        """What the folding process did: a fold over (its log rows go at the next write),
+        or the error that ended it (raised). ``wait``: for the fold under way to end."""
+        process = self._process
+        while process is not None and self._in_flight is not None:
+            try:
+                done = process.folded(wait=60.0 if wait else 0.0)
+            except FoldError as e:
+                raise JournalError(self.path, f"cannot fold the log into the tables: {e}") from None
+            if done is None:
+                if wait:
+                    raise JournalError(self.path, "the folding process said nothing for 60 s")
+                return
+            self._folded = done
+            self.folds += 1
+            if done >= self._in_flight:
+                self._in_flight = None
+                self._sealed_ids = {}
+
+    def fold_through(self, last: int) -> None:
+        """Write the log rows up to ``last`` into the tables, and ``meta.folded = last``, in
+        one transaction (here, with this journal's connection to the tables)."""
+        if last <= self._folded:
             return
         conn = self._connection()
+        tables = self._tables
+        plans = [tables.plan()]
+        try:
+            for _, at, body in self._log_store().rows(self._folded, last):
+                for batch in decode(body):
+                    if not plans[-1].add(batch, at):
+                        plans.append(tables.plan())
+                        if not plans[-1].add(batch, at):
+                            raise ValueError("a job is submitted twice in one batch")
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            raise JournalError(self.path, f"its log has a row that cannot be read: {e}") from e
+        except sqlite3.Error as e:
+            raise JournalError(self.path, f"cannot read its log: {e}") from e
         conn.execute("BEGIN")
         try:
-            freed = self._apply(conn, batch)
+            freed = False
+            for plan in plans:
+                freed = tables.write(conn, plan) or freed
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'folded'", (last,))
             shrink = freed and self._free_pages(conn) > VACUUM_THRESHOLD_PAGES
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            try:
+                tables.read_tracked(conn)
+            except sqlite3.Error:
+                pass  # the error raised below says what is wrong with the file
             if isinstance(e, sqlite3.Error):
-                raise JournalError(self.path, f"cannot write a batch: {e}") from e
+                raise JournalError(self.path, f"cannot fold the log into the tables: {e}") from e
             raise
-        self.batches += 1
-        self.jobs_written += len(batch.submitted)
+        self._folded = last
+        self.folds += 1
         if shrink:
             self._shrink(conn)
 
-    def _apply(self, conn: sqlite3.Connection, batch: JournalBatch) -> bool:
-        """The batch's statements; returns whether anything was deleted."""
-        if batch.submitted:
-            conn.executemany(_INSERT_JOB, self._job_rows(batch.submitted))
-            conn.executemany(_INSERT_CONTENT, _content_rows(batch.submitted))
-        if batch.checkpoints:  # (before the status changes: a job over drops its own)
-            conn.executemany(_SAVE_CHECKPOINT, batch.checkpoints)
-        freed = False
-        if batch.status:
-            conn.executemany(_UPDATE_STATUS, batch.status)
-            final = [(row[0],) for row in batch.status if _FINAL <= row[1] <= _LAST]
-            if final:
-                conn.executemany(_DELETE_CONTENTS, final)
-                conn.executemany(_DELETE_CHECKPOINT, final)
-                freed = True
-        if batch.results:
-            conn.executemany(_UPDATE_RESULT, batch.results)
-        if batch.progress:
-            conn.executemany(_INSERT_PROGRESS, batch.progress)
-            if self.progress_limit is not None:
-                last: dict[str, int] = {}
-                for job_id, seq, _, _ in batch.progress:
-                    last[job_id] = max(seq, last.get(job_id, 0))
-                limit = self.progress_limit
-                conn.executemany(
-                    _TRIM_PROGRESS, [(j, s - limit) for j, s in last.items() if s > limit]
-                )
-        if batch.forgotten:
-            ids = [(job_id,) for job_id in batch.forgotten]
-            for statement in _FORGET:
-                conn.executemany(statement, ids)
-            freed = True
-        return freed
-
-    def _job_rows(self, submitted: list[Submitted]) -> Iterator[tuple[Any, ...]]:
-        packed_keys = self._packed_keys
-        for job_id, reqs, keys, _, order, submitted_at, options in submitted:
-            packed = packed_keys.get(keys)
-            if packed is None:
-                if len(packed_keys) > 1024:  # keys are usually a few shared tuples
-                    packed_keys.clear()
-                packed = packed_keys[keys] = _pack(list(keys))
-            yield (
-                job_id,
-                order,
-                submitted_at,
-                _pack(reqs),
-                packed,
-                _pack(options) if options else None,
-            )
+    def _check_new(self, batches: list[JournalBatch]) -> None:
+        """Refuse (JournalError) a submission of a job the journal holds, before anything is
+        written (in the log, it would be written over at the fold). The broker refuses those
+        itself; while folds run in the background, only the jobs of the log not folded yet
+        are looked at here (the tables belong to the folding process)."""
+        word: dict[str, bool] = {}  # these batches' last word on a job: True held, False gone
+        unknown: list[str] = []
+        for batch in batches:
+            for row in batch.submitted:
+                job_id = row[0]
+                held = word.get(job_id)
+                if held is None:
+                    held = self._pending_ids.get(job_id)
+                    if held is None:
+                        held = self._sealed_ids.get(job_id)
+                        if held is None:
+                            unknown.append(job_id)
+                if held:
+                    raise JournalError(
+                        self.path, f"cannot write a batch: job {job_id} is already in it"
+                    )
+                word[job_id] = True
+            for job_id in batch.forgotten:
+                word[job_id] = False
+        if self._conn is None or not unknown:
+            return
+        try:
+            for start in range(0, len(unknown), CHECK_CHUNK):
+                chunk = unknown[start : start + CHECK_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT id FROM jobs WHERE id IN ({marks})"
+                found = self._conn.execute(sql, chunk).fetchone()
+                if found is not None:
+                    raise JournalError(
+                        self.path, f"cannot write a batch: job {found[0]} is already in it"
+                    )
+        except sqlite3.Error as e:
+            raise JournalError(self.path, f"cannot write a batch: {e}") from e
 
     @staticmethod
     def _free_pages(conn: sqlite3.Connection) -> int:
@@ -421,7 +587,11 @@ class Journal:
     # ------------------------------------------------------------------ reading
 
     def load(self) -> list[JournaledJob]:
-        """Every job not forgotten, in submission order (``order``)."""
+        """Every job not forgotten, in submission order (``order``). Folds the log first;
+        not while folds run in the background."""
+        if self._process is not None:
+            raise JournalError(self.path, "load it before start_folding, or after stop_folding")
+        self.fold()
         conn = self._connection()
         try:
             contents: dict[str, list[bytes]] = {}
@@ -445,12 +615,6 @@ class Journal:
             replace(job, checkpoint=checkpoints.get(job.id)) if job.id in checkpoints else job
             for job in (_job(row, contents, progress) for row in rows)
         ]
-
-
-def _content_rows(submitted: Iterable[Submitted]) -> Iterator[tuple[str, int, Buffer]]:
-    for job_id, _, _, values, *_ in submitted:
-        for idx, value in enumerate(values):
-            yield (job_id, idx, value)  # a buffer is bound as a BLOB without a copy
 
 
 def _job(

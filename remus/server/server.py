@@ -190,7 +190,9 @@ class Server:
             ]
             if self.journal_path is not None:
                 try:
-                    self._journal = Journal(self.journal_path)  # ConfigError, in the caller
+                    self._journal = Journal(  # ConfigError, in the caller
+                        self.journal_path, synchronous=self.config.journal_sync
+                    )
                 except BaseException:
                     self._stop_gate()
                     self._untune_gc()
