@@ -9,7 +9,6 @@ except where a broker must be suspended (SIGSTOP): that one is a ``remus server`
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import shutil
 import signal
@@ -19,9 +18,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from helpers_async import arun, until
 from helpers_e2e import free_tcp_endpoint, is_stopped, start_cli_server
 from helpers_security import KeyRing, SecureWorkers, held_until
 
@@ -37,33 +37,6 @@ UPPER = IOType("Text", "Upper")
 NOBODY = IOType("Nothing", "Nowhere")  # no worker ever serves this
 #: the slack allowed past a timeout (as in test_client_timeouts.py)
 SLACK = 1.0
-
-T = TypeVar("T")
-
-
-def arun(main: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
-    """Run ``main()`` in a fresh event loop; fail the test if it takes over ``timeout``."""
-
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await main()
-
-    return asyncio.run(bounded())
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Check ``predicate`` (a function or a coroutine function) until it is truthy; fail the
-    test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        await asyncio.sleep(0.01)
 
 
 def shout(job: Any) -> bytes:

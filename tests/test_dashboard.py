@@ -20,13 +20,14 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
+from helpers_async import arun, until
 
 from remus import IOType, Job, JobRequirements
 from remus.aio import AsyncClient
@@ -41,32 +42,6 @@ pytestmark = pytest.mark.timeout(90)
 MESH = IOType("Edges", "Mesh2D")
 SURFACE = IOType("Points", "Surface")
 ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
-
-
-def arun(main: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:
-    """Run ``main()`` in a fresh event loop; fail the test if it takes over ``timeout``."""
-
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await main()
-
-    return asyncio.run(bounded())
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Check ``predicate`` (a function or a coroutine function) until it is truthy; fail the
-    test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout} s: {what or predicate}")
-        await asyncio.sleep(0.05)
 
 
 # ------------------------------------------------------------------ workers
@@ -211,7 +186,7 @@ def test_stream_is_one_shared_poll_that_stops_with_the_last_page(
             mesher.release(7)
             await client.wait(job, timeout=10)
 
-    arun(main)
+    arun(main, timeout=60)
 
 
 # ------------------------------------------------------------------ the page, in Chromium

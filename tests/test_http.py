@@ -21,16 +21,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from conftest import wait_for
+from helpers_async import arun, until
 from helpers_e2e import REMUS_SCRIPT, free_tcp_endpoint, restart_cli_server, start_cli_server
 from helpers_security import KeyRing, SecureWorkers, held_until
 
@@ -49,32 +50,6 @@ UPPER = IOType("Text", "Upper")
 ECHO = IOType("Bytes", "Echo")
 FILES = IOType("Files", "Back")
 MIB = 1024**2
-T = TypeVar("T")
-
-
-def arun(main: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
-    """Run ``main()`` in a fresh event loop; fail the test if it takes over ``timeout``."""
-
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await main()
-
-    return asyncio.run(bounded())
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Check ``predicate`` (a function or a coroutine function) until it is truthy; fail the
-    test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------ workers
@@ -320,9 +295,15 @@ def test_jobs_queue_follow_and_collect(make_worker: Any, server: Server) -> None
             assert headers["X-Remus-Job"] == job
 
             await until(held.started.is_set)
-            await until(lambda: _status_is(g, job, "IN_PROGRESS"))
-            status, _, body = await call(g, "GET", headers["Location"])
-            st = json.loads(body)
+
+            async def progressed() -> dict[str, Any] | None:
+                # (IN_PROGRESS from the hand-over on; its progress once the broker heard it)
+                _, _, body = await call(g, "GET", headers["Location"])
+                st: dict[str, Any] = json.loads(body)
+                return st if st["progress"] is not None else None
+
+            st = await until(progressed, what="the job's first progress at the broker")
+            assert st["status"] == "IN_PROGRESS"
             assert st["progress"] == {"seq": 1, "value": 40, "message": "meshing"}
 
             status, doc = await problem(g, "GET", f"/jobs/{job}/result")

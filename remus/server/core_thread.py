@@ -220,6 +220,7 @@ class CoreThread(threading.Thread):
             except zmq.ZMQError as e:
                 raise OSError(f"cannot bind the status endpoint {self._status_bind}: {e}") from e
             self.status_endpoint = status.last_endpoint.decode()
+            self._start_spool(ctx)
         except BaseException as e:
             self.error = e
             self.ready.set()
@@ -228,14 +229,6 @@ class CoreThread(threading.Thread):
             return
         self._parts_sent = {client: 0, worker: 0}
         self._worker_pipe = worker
-        try:
-            self._start_spool(ctx)
-        except BaseException as e:
-            self.error = e
-            self.ready.set()
-            for s in sockets:
-                s.close(0)
-            return
         self.core = BrokerCore(
             self._config,
             catalog=self._factory,

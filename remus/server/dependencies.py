@@ -63,6 +63,11 @@ class Dependencies:
         """A new job submitted ``after`` these jobs: True if it can be queued now (its
         predecessors' results attached); else it is WAITING, or FAILED already."""
         job.after = after
+        return self._settle(job, now)
+
+    def _settle(self, job: JobRecord, now: float) -> bool:
+        """True if ``job`` can be queued now (its predecessors' results attached); else it
+        waits, or it failed already."""
         waiting = self._waiting(job, now)
         if waiting is None:  # failed
             return False
@@ -191,11 +196,6 @@ class Dependencies:
         if saved.done:
             return True
         if saved is Status.WAITING:
-            waiting = self._waiting(job, now)
-            if waiting is None:
-                return False
-            if waiting:
-                self._wait(job, waiting)
-                return False
+            return self._settle(job, now)
         self._attach(job, now)
         return True
