@@ -94,7 +94,8 @@ def _silent(client: Client, what: str) -> TimeoutError:
 
 def upload(client: Client, path: str, fd: int, size: int) -> p.BlobRef:
     """Upload the open file ``fd`` (``size`` bytes, named ``path`` in messages) to the broker's
-    spool; its reference once the broker has stored and checked it. ``fd`` stays open."""
+    spool; its reference (with the SHA-256 every receiver checks) once the broker has stored
+    it whole. ``fd`` stays open."""
     for _ in range(RESTARTS):
         blob = new_blob_id()
         sha = _upload_once(client, path, fd, size, blob)

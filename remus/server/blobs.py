@@ -3,10 +3,10 @@
 The bytes live in the spool folder and only the spool thread touches them
 (:mod:`remus.server.spool`); this keeps the facts the core's rules need, with no I/O:
 
-- a blob is *stored* when the spool thread says its upload is whole and checked (size, SHA-256,
-  the key that sent it);
-- a submit or a result may name a stored blob (:meth:`Blobs.take`): the job becomes one of its
-  *users*;
+- a blob is *stored* when the spool thread says its upload is whole (its size, the sender's
+  SHA-256, which every receiver checks, and the key that sent it);
+- a submit or a result may name a stored blob (:meth:`Blobs.check`, then :meth:`Blobs.use`):
+  the job becomes one of its *users*;
 - a job of paths going to a worker on another host gets a blob *served in place* from the
   broker's disk (:meth:`Blobs.serve`), for that one run;
 - :meth:`Blobs.sweep` drops every blob no job has referred to for ``LINGER`` seconds and
