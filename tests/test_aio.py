@@ -679,3 +679,18 @@ def test_a_job_after_others_through_the_async_client(make_worker: Any, server: S
             assert result.data == b"c<b<a<a"
 
     arun(main)
+
+
+def test_submit_many_names_a_group(make_worker: Any, server: Server) -> None:
+    make_worker(JobRequirements(UPPER), server.ports.worker, run=shout)
+
+    async def main() -> None:
+        async with AsyncClient(server.ports.client, timeout=5) as c:
+            jobs = await c.submit_many(
+                [JobSubmission(UPPER, {"data": b"x"}) for _ in range(3)], group="nightly"
+            )
+            results = [r async for r in c.as_completed(jobs, timeout=10)]
+            assert len(results) == 3
+            assert (await c.stats()).groups == {"nightly": {"FINISHED": 3}}
+
+    arun(main)

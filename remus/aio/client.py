@@ -216,16 +216,20 @@ class AsyncClient:
         priority: int = 0,
         protected: bool = True,
         parent: Job | str | None = None,
+        group: str | None = None,
         timeout: float | None = None,
     ) -> list[Job]:
         """Queue many jobs in batches, several batches in flight (``Client.submit_jobs``):
-        a batch is accepted or refused whole. ``timeout`` bounds the whole call (None: the
+        a batch is accepted or refused whole. ``group`` names the group they belong to (as
+        ``BasicClient.submit_group`` does). ``timeout`` bounds the whole call (None: the
         client's timeout for each batch's answer)."""
         opts = {
             "host": self.host,
             **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
             **scheduling(priority, protected, parent),
         }
+        if group is not None:
+            opts["group"] = group
         try:
             return await self._submit_many(submissions, opts, timeout)
         except (UnknownJobError, JobNotRunningError) as e:
