@@ -356,3 +356,38 @@ def test_a_broker_killed_mid_upload_makes_the_client_start_the_upload_again(
     result = c.wait(job, timeout=120)
     assert isinstance(result, JobFileResult)
     assert rf.sha256_file(result.files[0].path) == sent
+
+
+def test_with_the_journals_full_sync_a_stored_file_is_fsynced_before_it_is_named(
+    make_server: Callable[..., Any],
+    make_client: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--journal-sync full`` promises that what a submit names survives a power loss: the
+    spool fsyncs a whole upload, and the folder's entry for its rename, before it says stored."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool = tmp_path / "spool"
+    config = ServerConfig(
+        stop_timeout=1.0, host_id="broker", spool_dir=str(spool), journal_sync="full"
+    )
+    server = make_server(config=config, journal=tmp_path / "journal.db")
+    c = make_client(server.ports.client, timeout=10)
+    sent = big_file(tmp_path / "in.bin")
+    fd = os.open(tmp_path / "in.bin", os.O_RDONLY)
+    try:
+        ref = c.upload(str(tmp_path / "in.bin"), fd, SIZE)
+    finally:
+        os.close(fd)
+    assert ref.sha256 == sent
+    stored = str(spool / f"{ref.id}.{ref.sha256}")
+    assert str(spool / f"{ref.id}.part") in synced, "the file's bytes, before the rename"
+    assert str(spool) in synced, "the folder, after the rename"
+    assert os.path.exists(stored)

@@ -511,7 +511,13 @@ class CoreThread(threading.Thread):
         endpoint = f"inproc://remus-spool-{id(self):x}"
         try:
             pipe.bind(endpoint)
-            self._spool = Spool(ctx, endpoint, self._spool_dir, list(self._config.file_roots))
+            self._spool = Spool(
+                ctx,
+                endpoint,
+                self._spool_dir,
+                list(self._config.file_roots),
+                durable=self._journal is not None and self._config.journal_sync == "full",
+            )
         except BaseException:
             pipe.close(0)
             raise

@@ -84,12 +84,21 @@ class Spool(threading.Thread):
     """Reads and writes the spool folder for the core thread (see the module's docstring)."""
 
     def __init__(
-        self, context: zmq.Context[Any], pipe: str, directory: str | None, roots: list[str]
+        self,
+        context: zmq.Context[Any],
+        pipe: str,
+        directory: str | None,
+        roots: list[str],
+        *,
+        durable: bool = False,
     ) -> None:
         super().__init__(name="remus-spool", daemon=True)
         self._context = context
         self._pipe_endpoint = pipe
         self._roots = roots
+        #: fsync each whole upload and its rename before saying it is stored (the journal's
+        #: ``full`` sync: what a submit names must survive a power loss too)
+        self._durable = durable
         #: a folder we made (no spool folder configured): removed when the broker stops
         self._own = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="remus-spool-")
@@ -216,7 +225,11 @@ class Spool(threading.Thread):
                 f"upload {blob} ends before all of its chunks arrived: send the missing ones",
             )
         del self._uploads[blob]
-        os.close(up.fd)
+        try:
+            if self._durable:
+                os.fsync(up.fd)
+        finally:
+            os.close(up.fd)
         # The sender's hash is kept, not checked here: every receiver checks the bytes it gets
         # against it, so a byte changed anywhere on the way (or on this disk) is caught at the
         # end, and each byte is hashed twice in all (by its sender and by its receiver).
@@ -224,6 +237,12 @@ class Spool(threading.Thread):
         part = self._part(blob)
         path = os.path.join(self.directory, f"{blob}.{sha}")
         os.replace(part, path)
+        if self._durable:  # the rename itself, in the folder's own entry
+            folder = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         self._whole[blob] = (path, up.size, sha)
         body = {"blob": blob, "size": up.size, "sha256": sha, "owner": up.owner}
         pipe.send_multipart([STORED, p.pack(body)])
