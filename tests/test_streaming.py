@@ -391,3 +391,41 @@ def test_with_the_journals_full_sync_a_stored_file_is_fsynced_before_it_is_named
     assert str(spool / f"{ref.id}.part") in synced, "the file's bytes, before the rename"
     assert str(spool) in synced, "the folder, after the rename"
     assert os.path.exists(stored)
+
+
+def test_a_file_result_survives_a_restart_with_the_journal(
+    make_server: Callable[..., Any],
+    make_client: Callable[..., Any],
+    make_worker: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The journal keeps a file result's files (a streamed one by its reference, a small one
+    by its bytes), so a client retrieving it after a restart gets the files, not bare data."""
+    journal = tmp_path / "journal.db"
+    config = ServerConfig(stop_timeout=1.0, host_id="broker")
+    first = make_server(config=config, journal=journal)
+    monkeypatch.setenv("REMUS_HOST_ID", "worker-host")
+
+    def two_files(job: Job) -> list[str]:
+        small = os.path.join(job.workdir, "small.txt")
+        with open(small, "w") as f:
+            f.write("small and inline")
+        return [*copy_back(job), small]
+
+    worker = make_worker(FILES, first.ports.worker, run=two_files)
+    monkeypatch.setenv("REMUS_HOST_ID", "client-host")
+    sent = big_file(tmp_path / "in.bin")
+    c = make_client(first.ports.client, basic=True, timeout=30)
+    done = c.run(FILES, files=[tmp_path / "in.bin"], timeout=60)
+    assert isinstance(done, JobFileResult) and len(done.files) == 2
+    worker.close()
+    first.stop()
+
+    again = make_server(ports=first.ports, config=config, journal=journal)
+    c2 = make_client(again.ports.client, timeout=30)
+    result = c2.retrieve_result(done.job_id)
+    assert isinstance(result, JobFileResult), "the files came back with the result"
+    big, small = result.files
+    assert rf.sha256_file(big.path) == sent, "the streamed file, from the spool beside it"
+    assert small.data == b"small and inline"

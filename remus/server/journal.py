@@ -71,7 +71,7 @@ from typing import Any
 import msgpack
 
 from remus.errors import ConfigError
-from remus.server.journal_apply import SCHEMA, UPGRADE_1, Tables
+from remus.server.journal_apply import RESULT_FILES_TABLE, SCHEMA, UPGRADE_1, Tables
 from remus.server.journal_batch import (
     Checkpoint,
     JournalBatch,
@@ -264,6 +264,7 @@ class Journal:
                     "INSERT INTO meta (name, value) VALUES (?, ?)",
                     [("journal", meta["journal"]), ("folded", 0)],
                 )
+            conn.execute(RESULT_FILES_TABLE)  # (a file from before file results were kept)
             self._journal_id = str(meta["journal"])
             self._folded = int(meta["folded"])
             self._tables.read_tracked(conn)
@@ -422,6 +423,7 @@ class Journal:
                 + len(batch.progress)
                 + len(batch.forgotten)
                 + len(batch.checkpoints)
+                + len(batch.result_files)
             )
         self.batches += len(batches)
         self.jobs_written += sum(len(batch.submitted) for batch in batches)
@@ -609,10 +611,13 @@ class Journal:
                 " traceback, attempt, worker, result, changed_at FROM jobs ORDER BY ord"
             ).fetchall()
             checkpoints = dict(conn.execute("SELECT job_id, value FROM checkpoints"))
+            files = dict(conn.execute("SELECT job_id, value FROM result_files"))
         except sqlite3.Error as e:
             raise JournalError(self.path, f"cannot read it: {e}") from e
         return [
-            replace(job, checkpoint=checkpoints.get(job.id)) if job.id in checkpoints else job
+            replace(job, checkpoint=checkpoints.get(job.id), result_files=files.get(job.id))
+            if job.id in checkpoints or job.id in files
+            else job
             for job in (_job(row, contents, progress) for row in rows)
         ]
 

@@ -50,7 +50,12 @@ CREATE TABLE progress (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE checkpoints (job_id TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE result_files (job_id TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+#: the table of file results' file sets, added within schema version 2 (made at open if missing)
+RESULT_FILES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS result_files (job_id TEXT PRIMARY KEY, value BLOB NOT NULL)"
+)
 #: what upgrades a file of schema version 1 (checkpoints came late in version 1)
 UPGRADE_1 = (
     "CREATE TABLE IF NOT EXISTS checkpoints (job_id TEXT PRIMARY KEY, value BLOB NOT NULL)",
@@ -74,6 +79,7 @@ INSERT_JOB = (
 )
 INSERT_CONTENT = "INSERT OR REPLACE INTO contents (job_id, idx, value) VALUES (?, ?, ?)"
 SAVE_CHECKPOINT = "INSERT OR REPLACE INTO checkpoints (job_id, value) VALUES (?, ?)"
+SAVE_RESULT_FILES = "INSERT OR REPLACE INTO result_files (job_id, value) VALUES (?, ?)"
 INSERT_PROGRESS = (
     "INSERT OR REPLACE INTO progress (job_id, seq, value, message) VALUES (?, ?, ?, ?)"
 )
@@ -92,6 +98,7 @@ DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
 DELETE_CONTENTS = "DELETE FROM contents WHERE job_id = ?"
 DELETE_PROGRESS = "DELETE FROM progress WHERE job_id = ?"
 DELETE_CHECKPOINT = "DELETE FROM checkpoints WHERE job_id = ?"
+DELETE_RESULT_FILES = "DELETE FROM result_files WHERE job_id = ?"
 
 
 def _values(columns: int, rows: int) -> str:
@@ -128,6 +135,7 @@ _INSERT_JOBS: Kind = (INSERT_JOB, _insert_many(INSERT_JOB, 13))
 _INSERT_CONTENTS: Kind = (INSERT_CONTENT, _insert_many(INSERT_CONTENT, 3))
 
 _SAVE_CHECKPOINTS: Kind = (SAVE_CHECKPOINT, _insert_many(SAVE_CHECKPOINT, 2))
+_SAVE_RESULT_FILES: Kind = (SAVE_RESULT_FILES, _insert_many(SAVE_RESULT_FILES, 2))
 _INSERT_PROGRESS: Kind = (INSERT_PROGRESS, _insert_many(INSERT_PROGRESS, 4))
 _UPDATE_STATUS: Kind = (UPDATE_STATUS, _update_many(_STATUS_SET, 7))
 _UPDATE_STATUS_RESULT: Kind = (
@@ -139,6 +147,7 @@ _DELETE_JOBS: Kind = (DELETE_JOB, _delete_many("jobs", "id"))
 _DELETE_CONTENTS: Kind = (DELETE_CONTENTS, _delete_many("contents", "job_id"))
 _DELETE_PROGRESS: Kind = (DELETE_PROGRESS, _delete_many("progress", "job_id"))
 _DELETE_CHECKPOINTS: Kind = (DELETE_CHECKPOINT, _delete_many("checkpoints", "job_id"))
+_DELETE_RESULT_FILES: Kind = (DELETE_RESULT_FILES, _delete_many("result_files", "job_id"))
 #: kinds that delete rows (the file may then shrink)
 _FREEING = frozenset({"ended", "forget"})
 
@@ -163,12 +172,13 @@ class Tables:
             "insert": (_INSERT_JOBS,),
             "content": (_INSERT_CONTENTS,),
             "checkpoint": (_SAVE_CHECKPOINTS,),
+            "result_files": (_SAVE_RESULT_FILES,),
             "status": (_UPDATE_STATUS,),
             "status_result": (_UPDATE_STATUS_RESULT,),
             "result": (_UPDATE_RESULT,),
             "ended": (_DELETE_CONTENTS,),
             "drop_checkpoint": (_DELETE_CHECKPOINTS,),
-            "forget": (_DELETE_JOBS, _DELETE_CONTENTS),
+            "forget": (_DELETE_JOBS, _DELETE_CONTENTS, _DELETE_RESULT_FILES),
             "forget_progress": (_DELETE_PROGRESS,),
             "forget_checkpoint": (_DELETE_CHECKPOINTS,),
         }

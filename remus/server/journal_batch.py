@@ -18,6 +18,8 @@ Submitted = tuple[str, list[Any], tuple[str, ...], Sequence[Buffer], int, float,
 StatusChange = tuple[str, int, str, str, int, str]
 #: job id, result bytes (or any buffer: memoryview, zmq.Frame)
 Result = tuple[str, Buffer]
+#: job id, a file result's file set (recovery.saved_files, msgpack-packed)
+ResultFiles = tuple[str, Buffer]
 #: job id, seq, value (0-100 or None), message
 Progress = tuple[str, int, int | None, str]
 #: job id, its latest checkpoint
@@ -35,6 +37,8 @@ class JournalBatch:
     progress: list[Progress] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    #: file results' file sets, applied with the results
+    result_files: list[ResultFiles] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -44,6 +48,7 @@ class JournalBatch:
             or self.progress
             or self.forgotten
             or self.checkpoints
+            or self.result_files
         )
 
     def clear(self) -> None:
@@ -53,6 +58,7 @@ class JournalBatch:
         self.progress.clear()
         self.forgotten.clear()
         self.checkpoints.clear()
+        self.result_files.clear()
 
 
 @dataclass(slots=True)
@@ -77,6 +83,8 @@ class JournaledJob:
     changed_at: float
     #: the latest checkpoint its handler saved, None if none
     checkpoint: bytes | None = None
+    #: a file result's file set (msgpack of recovery.saved_files), None if none
+    result_files: bytes | None = None
 
 
 class JournalError(RemusError):

@@ -134,7 +134,15 @@ def encode(batches: Sequence[JournalBatch]) -> bytes:
     """A log row's body: the batches' rows as msgpack, in the order a plan takes them."""
     return msgpack.packb(
         [
-            [b.submitted, b.checkpoints, b.status, b.results, b.progress, b.forgotten]
+            [
+                b.submitted,
+                b.checkpoints,
+                b.status,
+                b.results,
+                b.progress,
+                b.forgotten,
+                b.result_files,
+            ]
             for b in batches
         ],
         use_bin_type=True,
@@ -147,7 +155,9 @@ def decode(body: bytes) -> list[JournalBatch]:
     not one)."""
     batches = []
     rows = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    for submitted, checkpoints, status, results, progress, forgotten in rows:
+    for submitted, checkpoints, status, results, progress, forgotten, *more in rows:
+        # (a log written before file results were journaled has six lists a batch)
+        result_files = more[0] if more else []
         batches.append(
             JournalBatch(
                 submitted=[
@@ -159,6 +169,7 @@ def decode(body: bytes) -> list[JournalBatch]:
                 progress=[tuple(row) for row in progress],
                 forgotten=forgotten,
                 checkpoints=[tuple(row) for row in checkpoints],
+                result_files=[tuple(row) for row in result_files],
             )
         )
     return batches

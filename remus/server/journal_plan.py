@@ -57,6 +57,8 @@ class _Net:
     #: its last checkpoint, if one came after any final status (it is then kept)
     checkpoint: Buffer | None = None
     has_checkpoint: bool = False
+    #: its file result's file set, if one came
+    files: Buffer | None = None
     forgotten: bool = False
 
 
@@ -101,6 +103,8 @@ class GroupPlan:
         for job_id, blob in batch.results:
             net = jobs.get(job_id) or jobs.setdefault(job_id, _Net())
             net.result, net.has_result = blob, True
+        for job_id, files in batch.result_files:
+            (jobs.get(job_id) or jobs.setdefault(job_id, _Net())).files = files
         if batch.progress:
             self._progress.extend(batch.progress)
         for job_id in batch.forgotten:
@@ -124,6 +128,7 @@ class GroupPlan:
             batch.status,
             batch.results,
             batch.progress,
+            batch.result_files,
         )
         for rows in every:
             for row in rows:
@@ -142,6 +147,7 @@ class GroupPlan:
           ``content`` (id, index, value): a job submitted in the plan (no contents once it
           ended);
         - ``checkpoint`` (id, value): its last checkpoint, if no final status came after;
+        - ``result_files`` (id, value): its file result's file set;
         - ``status`` (id, status, reason, traceback, attempt, worker, changed_at),
           ``status_result`` (the same, then the result), ``result`` (id, result): a job
           already in the file;
@@ -169,6 +175,8 @@ class GroupPlan:
                         yield "content", (job_id, idx, value)
             if net.has_checkpoint:
                 yield "checkpoint", (job_id, net.checkpoint)
+            if net.files is not None:
+                yield "result_files", (job_id, net.files)
             if new is not None:
                 continue
             if net.status is None:

@@ -210,6 +210,9 @@ class Recovery:
                     core.census.bad[job.id] = job
                 job.reason, job.traceback = saved.reason, saved.traceback
                 job.result = saved.result
+                if saved.result_files is not None and saved.status is Status.FINISHED:
+                    job.result_files = restored_files(p.unpack(saved.result_files))
+                    core.blobs.use(job.result_files, job.id, now)
                 job.blobs = None
                 job.finished_at = now
                 core.ended.append((now, job.id))

@@ -18,6 +18,7 @@ from remus.errors import FileError
 from remus.server.packages import release
 from remus.server.preemption import PROTECTED_HALF
 from remus.server.records import WorkerRecord
+from remus.server.recovery import saved_files
 from remus.types import Status
 
 if TYPE_CHECKING:
@@ -168,6 +169,10 @@ class WorkerMessages:
                     continue
                 job.result_files = replace(result_files[0], host=worker.host)
                 core.blobs.use(job.result_files, job_id, now)
+                if core.journal is not None:  # (what they are, and where: restored with it)
+                    core.journal.result_files.append(
+                        (job_id, p.pack(saved_files(job.result_files)))
+                    )
             job.result = blob
             if core.journal is not None:
                 core.journal.results.append((job_id, blob))
