@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -429,3 +430,30 @@ def test_a_file_result_survives_a_restart_with_the_journal(
     big, small = result.files
     assert rf.sha256_file(big.path) == sent, "the streamed file, from the spool beside it"
     assert small.data == b"small and inline"
+
+
+def test_a_broker_without_a_spool_folder_makes_one_only_to_stream_and_removes_it(
+    make_server: Callable[..., Any],
+    make_client: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No --spool-dir and no journal: a private temporary folder, made at the first upload
+    (most brokers never stream a file) and removed when the broker stops."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    server = make_server(config=ServerConfig(stop_timeout=1.0, host_id="broker"))
+    c = make_client(server.ports.client, timeout=10)
+    assert c.call(p.HelloRequest).data["host"] == "broker"
+    assert os.listdir(temp) == [], "nothing made before a file streams"
+    big_file(tmp_path / "in.bin")
+    fd = os.open(tmp_path / "in.bin", os.O_RDONLY)
+    try:
+        c.upload(str(tmp_path / "in.bin"), fd, SIZE)
+    finally:
+        os.close(fd)
+    (folder,) = os.listdir(temp)
+    assert folder.startswith("remus-spool-") and os.listdir(temp / folder)
+    server.stop()
+    assert os.listdir(temp) == [], "removed with the broker"

@@ -99,15 +99,24 @@ class Spool(threading.Thread):
         #: fsync each whole upload and its rename before saying it is stored (the journal's
         #: ``full`` sync: what a submit names must survive a power loss too)
         self._durable = durable
-        #: a folder we made (no spool folder configured): removed when the broker stops
+        #: the spool folder: the one configured, else a private temporary one made at the
+        #: first upload (most brokers never stream a file) and removed when the broker stops
         self._own = directory is None
-        self.directory = directory or tempfile.mkdtemp(prefix="remus-spool-")
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self._folder = directory
         self._uploads: dict[str, _Upload] = {}
         self._readers: dict[str, _Reader] = {}
         #: blob id -> path of a whole blob (in the folder, or a file served in place)
         self._whole: dict[str, tuple[str, int, str]] = {}
-        self.stored_at_start = self._scan()
+        self.stored_at_start: list[dict[str, Any]] = []
+        if directory is not None:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self.stored_at_start = self._scan()
+
+    @property
+    def directory(self) -> str:
+        if self._folder is None:
+            self._folder = tempfile.mkdtemp(prefix="remus-spool-")
+        return self._folder
 
     def _scan(self) -> list[dict[str, Any]]:
         """Whole blobs left by a previous run (partial uploads are removed)."""
@@ -141,8 +150,8 @@ class Spool(threading.Thread):
                 os.close(up.fd)
             for reader in self._readers.values():
                 os.close(reader.fd)
-            if self._own:
-                shutil.rmtree(self.directory, ignore_errors=True)
+            if self._own and self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
 
     def _loop(self, pipe: zmq.Socket[Any]) -> None:
         last_sweep = time.monotonic()
