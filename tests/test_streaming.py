@@ -55,6 +55,16 @@ def copy_back(job: Job) -> list[str]:
     return out
 
 
+def upload(client: Any, path: Path) -> p.BlobRef:
+    """Upload the file at ``path`` to the broker's spool (as a submit does for a large file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ref: p.BlobRef = client.upload(str(path), fd, os.fstat(fd).st_size)
+        return ref
+    finally:
+        os.close(fd)
+
+
 def spooled(folder: Path) -> list[str]:
     return sorted(n for n in os.listdir(folder)) if folder.exists() else []
 
@@ -382,11 +392,7 @@ def test_with_the_journals_full_sync_a_stored_file_is_fsynced_before_it_is_named
     server = make_server(config=config, journal=tmp_path / "journal.db")
     c = make_client(server.ports.client, timeout=10)
     sent = big_file(tmp_path / "in.bin")
-    fd = os.open(tmp_path / "in.bin", os.O_RDONLY)
-    try:
-        ref = c.upload(str(tmp_path / "in.bin"), fd, SIZE)
-    finally:
-        os.close(fd)
+    ref = upload(c, tmp_path / "in.bin")
     assert ref.sha256 == sent
     stored = str(spool / f"{ref.id}.{ref.sha256}")
     assert str(spool / f"{ref.id}.part") in synced, "the file's bytes, before the rename"
@@ -448,11 +454,7 @@ def test_a_broker_without_a_spool_folder_makes_one_only_to_stream_and_removes_it
     assert c.call(p.HelloRequest).data["host"] == "broker"
     assert os.listdir(temp) == [], "nothing made before a file streams"
     big_file(tmp_path / "in.bin")
-    fd = os.open(tmp_path / "in.bin", os.O_RDONLY)
-    try:
-        c.upload(str(tmp_path / "in.bin"), fd, SIZE)
-    finally:
-        os.close(fd)
+    upload(c, tmp_path / "in.bin")
     (folder,) = os.listdir(temp)
     assert folder.startswith("remus-spool-") and os.listdir(temp / folder)
     server.stop()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from remus import protocol as p
 from remus.errors import FileError
+from remus.server.spool import DROP, PATH
 
 if TYPE_CHECKING:
     from remus.server.core import BrokerCore
@@ -113,8 +114,6 @@ class Blobs:
     def serve(self, path: str, job: JobRecord, now: float) -> p.BlobRef:
         """A new blob for the file at ``path`` (checked against ``--file-root`` already), read
         in place by the spool thread, for this run of ``job``."""
-        from remus.server.spool import PATH
-
         size = os.stat(path).st_size
         blob = secrets.token_hex(16)
         self.known[blob] = BlobInfo(size, "", b"", now, {job.id}, (job.id, job.runs + 1))
@@ -153,8 +152,6 @@ class Blobs:
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_EVERY
-        from remus.server.spool import DROP
-
         jobs = self._core.jobs
         gone = []
         for blob, info in self.known.items():

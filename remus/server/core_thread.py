@@ -83,7 +83,6 @@ class CoreThread(threading.Thread):
         self._spool_dir = spool_dir
         self._spool: Spool | None = None
         self._spool_pipe: zmq.Socket[Any] | None = None
-        self._worker_pipe: zmq.Socket[Any] | None = None
         #: secure mode: keys and allow-lists (None: plain mode)
         self._gate = gate
         #: (the monitor thread's pipe endpoint, the topics its monitors want), if any
@@ -228,7 +227,6 @@ class CoreThread(threading.Thread):
                 s.close(0)
             return
         self._parts_sent = {client: 0, worker: 0}
-        self._worker_pipe = worker
         self.core = BrokerCore(
             self._config,
             catalog=self._factory,
@@ -486,7 +484,8 @@ class CoreThread(threading.Thread):
                     p.name_jobs(p.job_ids(msg)),
                 )
             if msg.COMMAND.value in p.TRANSFER_COMMANDS:
-                self._to_spool(pipe, identity, msg, frames, now)
+                side = b"w" if allowed is p.WORKER_COMMANDS else b"c"
+                self._to_spool(pipe, side, identity, msg, frames, now)
                 continue
             try:
                 handle(identity, msg, now)
@@ -536,13 +535,15 @@ class CoreThread(threading.Thread):
     def _to_spool(
         self,
         pipe: zmq.Socket[Any],
+        side: bytes,
         identity: bytes,
         msg: p.Message,
         frames: list[Any],
         now: float,
     ) -> None:
-        """A ``put`` or ``get``: the spool thread does the I/O and answers; the core only says
-        who may read what (secure mode)."""
+        """A ``put`` or ``get`` that came on ``side`` (``c`` or ``w``, the edge to answer
+        through): the spool thread does the I/O and answers; the core only says who may read
+        what (secure mode)."""
         core = self.core
         assert core is not None and self._spool_pipe is not None
         key = core.sender if self._gate is not None else None
@@ -550,7 +551,6 @@ class CoreThread(threading.Thread):
             err = p.Error(msg.rid, "forbidden", f"blob {msg.blob} is not this key's to read")
             self._forward(pipe, [identity, *p.encode(err)])
             return
-        side = b"w" if pipe is self._worker_pipe else b"c"
         self._spool_pipe.send_multipart(
             [REQUEST, side, identity, key or b"", *frames[1:]], copy=False
         )
