@@ -384,23 +384,22 @@ def files_for_worker(
 ) -> p.FileSet:
     """The files as a worker on ``worker_host`` gets them: as they are if it shares the
     submitter's host or every file is inline or spooled; else the broker sends the path-only
-    ones, and only inside ``roots``: a large one (over STREAM_FROM) as a reference that
-    ``serve`` makes (the spool thread reads it in chunks, off the core thread), a small one
-    read here. Raises FileError naming the file that cannot go."""
+    ones, and only inside ``roots``, as references that ``serve`` makes: the spool thread reads
+    them (in chunks when large), so the core thread only opens each to check it. Without
+    ``serve`` they are read here. Raises FileError naming the file that cannot go."""
     if worker_host == fs.host or all(e.data is not None or e.ref for e in fs.files):
         return fs
     entries = []
     total = inline_size(fs)
     for e in fs.files:
         if e.data is None and e.ref is None and serve is not None:
-            fd, size = _open_regular(e.path)
+            fd, _ = _open_regular(e.path)
             try:
                 check_roots(e.path, fd, roots)
             finally:
                 os.close(fd)
-            if size > STREAM_FROM:
-                entries.append(dataclasses.replace(e, ref=serve(e.path)))
-                continue
+            entries.append(dataclasses.replace(e, ref=serve(e.path)))
+            continue
         if e.data is None and e.ref is None:
             data = read_file(e.path, already=total, roots=roots)
             total += len(data)

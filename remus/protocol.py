@@ -1050,7 +1050,7 @@ class Report(Message):
         if self.started:
             body["started"] = list(self.started)
         if self.progress:
-            body["progress"] = [list(p) for p in self.progress]
+            body["progress"] = self.progress  # (tuples go as arrays)
         if self.results:
             body["results"] = [
                 [r[0], inline(r[1], frames)]

@@ -381,7 +381,9 @@ def test_paths_for_a_worker_on_another_host_fail_without_file_roots(tmp_path: Pa
     assert wid == b"w" and [j.id for j in msg.jobs] == ["data"]
 
 
-def test_paths_for_a_worker_on_another_host_are_read_inside_file_roots(tmp_path: Path) -> None:
+def test_paths_for_a_worker_on_another_host_are_served_by_the_spool_thread(tmp_path: Path) -> None:
+    """Even a small file is read by the spool thread, never by the core: the worker gets a
+    reference to fetch, and the spool an order to serve the path in place."""
     src = tmp_path / "in.bin"
     src.write_bytes(b"\x00" * 70_000)
     c = Core(file_roots=(str(tmp_path),))
@@ -397,11 +399,15 @@ def test_paths_for_a_worker_on_another_host_are_read_inside_file_roots(tmp_path:
         ),
         0.0,
     )
-    sent = {wid: msg.jobs[0] for wid, msg in c.flush().workers}
+    out = c.flush()
+    sent = {wid: msg.jobs[0] for wid, msg in out.workers}
     near, far = sent[b"same"].files, sent[b"far"].files
     assert near is not None and far is not None
     assert near.files[0].data is None and near.host == "broker-host" and list(near.args) == ["-v"]
-    assert bytes(far.files[0].data) == src.read_bytes() and far.host == "broker-host"
+    ref = far.files[0].ref
+    assert far.files[0].data is None and far.host == "broker-host"
+    assert ref is not None and ref.size == 70_000
+    assert out.spool == [[b"path", ref.id.encode(), str(src).encode()]]
     # the bytes read for one worker are not kept by the broker
     assert all(e.data is None for j in c.core.jobs.values() for e in j.files.files)
 

@@ -385,8 +385,13 @@ def test_a_report_carries_the_latest_checkpoint_of_each_job_and_is_kept_until_ac
     sent: list[p.Message] = []
 
     class Keep:  # a socket that keeps what is sent (the connection thread is not started)
-        def send_multipart(self, frames: Any, flags: int = 0, copy: bool = True) -> None:
-            sent.append(p.decode(frames))
+        frames: list[Any] = []
+
+        def send(self, frame: Any, flags: int = 0, copy: bool = True) -> None:
+            self.frames.append(frame)
+            if not flags & zmq.SNDMORE:  # the message's last frame
+                sent.append(p.decode(self.frames))
+                self.frames = []
 
     try:
         for item in (("checkpoint", "a", b"a1"), ("checkpoint", "b", b"b1")):

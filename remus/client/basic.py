@@ -296,18 +296,18 @@ class BasicClient:
         """Follow a job to its end. ``rid``: a following submit already sent (and told to
         ``wait``); None to start with a progress request."""
         c = self.client
-        since = 0
+        since = 0  # the last update handed over
 
-        def ask(hold: float) -> int:
-            return c.send(p.ProgressRequest, job_id, since, hold, True, release)
+        def ask(hold: float, after: int) -> int:
+            return c.send(p.ProgressRequest, job_id, after, hold, True, release)
 
         def probe() -> int:
-            return ask(0.0)
+            return ask(0.0, since)
 
         try:
             if rid is None:
                 hold = wait.hold()
-                wait.sent(ask(hold), hold)
+                wait.sent(ask(hold, since), hold)
             while True:
                 reply = wait.next_reply(probe)
                 data = reply.data
@@ -321,9 +321,9 @@ class BasicClient:
                     if seq <= since:
                         continue  # an answer to an older request of this wait
                     since = seq
-                    known.progress = JobProgress(value, message, seq)
+                    known.progress = update = JobProgress(value, message, seq)
                     if on_progress is not None:
-                        on_progress(known.progress)
+                        on_progress(update)
                 status = known.status = Status(data["status"])
                 if status.done and "reason" in data:
                     if status is Status.FINISHED:
@@ -340,7 +340,7 @@ class BasicClient:
                     raise wait.expired()
                 if not wait.held():
                     hold = wait.hold()
-                    wait.sent(ask(hold), hold)
+                    wait.sent(ask(hold, since), hold)
         finally:
             wait.close()
 

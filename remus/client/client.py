@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from remus import files, transfer
+from remus import files, transfer, wire
 from remus import protocol as p
 from remus.client import workflow
 from remus.client.workflow import Step
@@ -289,6 +289,8 @@ class Client:
             self.keys.apply(self._sock)
             self._handshake = HandshakeWatch(self._sock)
         self._sock.connect(endpoint)
+        self._poller = zmq.Poller()  # kept: Socket.poll builds one per call
+        self._poller.register(self._sock, zmq.POLLIN)
         self._rids = itertools.count(1)
         self._prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
@@ -312,7 +314,7 @@ class Client:
         rid = next(self._rids)
         frames = p.encode(make(rid, *args))
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            wire.send(self._sock, frames, wire.NOBLOCK)
         except zmq.Again:
             # no connection to queue on: a secure broker refused ours (it is not retried)
             if not self._sock.poll(int(self.timeout * 1000), zmq.POLLOUT):
@@ -320,7 +322,7 @@ class Client:
                     f"cannot send to the broker at {self.endpoint}: {self.why_silent()}",
                     endpoint=self.endpoint,
                 ) from None
-            self._sock.send_multipart(frames, copy=False)
+            wire.send(self._sock, frames)
         self._pending.add(rid)
         self.calls += 1
         return rid
@@ -338,6 +340,11 @@ class Client:
                 endpoint=self.endpoint,
             )
         return got[1]
+
+    def _readable(self, seconds: float) -> bool:
+        """Whether a message from the broker is there, or arrives within ``seconds``."""
+        assert self._sock is not None
+        return wire.readable(self._sock) or bool(self._poller.poll(max(1, int(seconds * 1000))))
 
     def reply_to_any(self, rids: Collection[int], deadline: float) -> tuple[int, p.Reply] | None:
         """The first reply to any of ``rids`` (sent, not yet answered) that arrives before the
@@ -358,9 +365,9 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            if not self._sock.poll(max(1, int(remaining * 1000))):
+            if not self._readable(remaining):
                 continue
-            frames = self._sock.recv_multipart(copy=False)
+            frames = wire.recv(self._sock)
             try:
                 msg = p.decode(frames, p.BROKER_TO_CLIENT)
             except ProtocolError as e:

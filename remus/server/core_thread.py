@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from remus import protocol as p
+from remus import wire
 from remus.errors import ProtocolError
 from remus.hostid import host_id
 from remus.log import TRACE
@@ -436,8 +437,10 @@ class CoreThread(threading.Thread):
         assert core is not None
         secure = self._gate is not None
         for count in range(DRAIN):
+            if count and not wire.readable(pipe):
+                return count  # (the poll said the first one is there)
             try:
-                frames = pipe.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = wire.recv(pipe, wire.NOBLOCK)
             except zmq.Again:
                 return count
             identity = frames[0].bytes
@@ -606,7 +609,7 @@ class CoreThread(threading.Thread):
         )
 
     def _forward(self, pipe: zmq.Socket[Any], frames: list[Any]) -> None:
-        pipe.send_multipart(frames, copy=False)
+        wire.send(pipe, frames)
         self._parts_sent[pipe] += len(frames)
 
     def _send(
@@ -636,7 +639,7 @@ class CoreThread(threading.Thread):
             for topic, payload in out.events:
                 payload["time"] = stamp
                 packed = p.pack(payload)
-                status.send_multipart([topic.encode(), packed])
+                wire.send(status, (topic.encode(), packed))
                 if monitors is not None and topic in monitors.topics:
                     monitors.send(topic, packed)
 

@@ -32,6 +32,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from remus import wire
 from remus.log import TRACE, describe
 from remus.security import KeyPair
 
@@ -163,9 +164,11 @@ class EdgeThread(threading.Thread):
         while True:
             ready = dict(poller.poll())
             if pipe in ready:
-                for _ in range(DRAIN):
+                for count in range(DRAIN):
+                    if count and not wire.readable(pipe):
+                        break
                     try:
-                        frames = pipe.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = wire.recv(pipe, wire.NOBLOCK)
                     except zmq.Again:
                         break
                     parts_read += len(frames)
@@ -177,11 +180,13 @@ class EdgeThread(threading.Thread):
                             frames[0].bytes.hex(),
                             describe(frames[1:]),
                         )
-                    sock.send_multipart(frames, copy=False)
+                    wire.send(sock, frames)
             if sock in ready:
-                for _ in range(DRAIN):
+                for count in range(DRAIN):
+                    if count and not wire.readable(sock):
+                        break
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = wire.recv(sock, wire.NOBLOCK)
                     except zmq.Again:
                         break
                     if tracing:
@@ -198,9 +203,9 @@ class EdgeThread(threading.Thread):
                             key = str(frames[-1].get("User-Id")).encode()
                         except zmq.ZMQError:  # no handshake, so no key: the core refuses it
                             key = b""
-                        pipe.send_multipart([frames[0], key, *frames[1:]], copy=False)
+                        wire.send(pipe, [frames[0], key, *frames[1:]])
                         continue
-                    pipe.send_multipart(frames, copy=False)
+                    wire.send(pipe, frames)
             if monitor is not None and monitor in ready:
                 self._handshake_failed(recv_monitor_message(monitor))
             if control in ready:

@@ -213,13 +213,8 @@ class Holds:
         if job is None:
             core.reply(waiter.client, waiter.rid, {"status": int(Status.INVALID), "updates": []})
             return
-        updates: list[Any] = []
-        dropped = 0
-        if job.progress:
-            first = job.progress[0][0]
-            start = max(0, waiter.since + 1 - first)
-            dropped = max(0, first - waiter.since - 1)
-            updates = [list(u) for u in job.progress[start : start + MAX_PER_REPLY]]
+        kept, dropped = job.progress_since(waiter.since, MAX_PER_REPLY)
+        updates = [list(u) for u in kept]
         data: dict[str, Any] = {"status": int(job.status), "updates": updates}
         if dropped:
             data["dropped"] = dropped
@@ -274,11 +269,9 @@ class Holds:
                 break
             del watch.news[job_id]
             job = jobs.get(job_id)
-            if job is None or not job.progress:
+            if job is None:
                 continue
-            since = watch.sent.get(job_id, 0)
-            start = max(0, since + 1 - job.progress[0][0])
-            updates = job.progress[start : start + budget]
+            updates = job.progress_since(watch.sent.get(job_id, 0), budget)[0]
             if not updates:
                 continue
             rows.append([job_id, [list(u) for u in updates]])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+from itertools import islice
 from typing import Any
 
 from remus.types import JobRequirements, Status, tag_key
@@ -45,6 +47,10 @@ PROTECTED_RANK = 1 << 32
 
 def rank_of(priority: int, protected: bool) -> int:
     return priority + (PROTECTED_RANK if protected else 0)
+
+
+#: a progress update as the broker keeps it: (seq, value 0-100 or None, message)
+Update = tuple[int, int | None, str]
 
 
 class JobRecord:
@@ -116,8 +122,9 @@ class JobRecord:
         self.worker: bytes | None = None
         #: the holding worker said it took the job up (status is IN_PROGRESS from dispatch on)
         self.started = False
-        #: progress history: [(seq, value, message)], None until the first update
-        self.progress: list[tuple[int, int | None, str]] | None = None
+        #: progress history: (seq, value, message) oldest first, None until the first update;
+        #: bounded by ServerConfig.max_progress_history (the oldest drop off)
+        self.progress: deque[Update] | None = None
         self.seq = 0
         self.result: Any = None
         #: a file request's files (protocol.FileSet, stamped with the submitter's host) until
@@ -189,8 +196,36 @@ class JobRecord:
         """May it run again after losing its worker (``max_retries`` counts only those)?"""
         return self.losses < self.limits[0]
 
-    def last_progress(self) -> tuple[int, int | None, str] | None:
+    def last_progress(self) -> Update | None:
         return self.progress[-1] if self.progress else None
+
+    def add_progress(self, value: int | None, message: str, limit: int) -> Update:
+        """Number a new update and keep it (at most ``limit`` are kept: the oldest drop off)."""
+        if self.progress is None:
+            self.progress = deque(maxlen=limit)
+        self.seq += 1
+        update = (self.seq, value, message)
+        self.progress.append(update)
+        return update
+
+    def progress_since(self, since: int, count: int) -> tuple[list[Update], int]:
+        """At most ``count`` updates after seq ``since``, oldest first, and how many updates
+        after ``since`` are no longer kept (dropped by the history bound)."""
+        history = self.progress
+        if not history:
+            return [], 0
+        first = history[0][0]
+        start = max(0, since + 1 - first)
+        n = len(history)
+        stop = min(n, start + count)
+        if start >= stop:
+            updates: list[Update] = []
+        elif start <= n - stop:  # (a deque is read from its nearer end)
+            updates = list(islice(history, start, stop))
+        else:
+            updates = list(islice(reversed(history), n - stop, n - start))
+            updates.reverse()
+        return updates, max(0, first - since - 1)
 
     def __repr__(self) -> str:
         return f"<JobRecord {self.id} {self.status.name}>"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -196,7 +197,7 @@ class Recovery:
             retries = opts.get("retries_on_error", 0)
             job.error_retries = max(0, retries - (saved.attempt - 1)) if type(retries) is int else 0
             if saved.progress:
-                job.progress = list(saved.progress)
+                job.progress = deque(saved.progress, maxlen=core.config.max_progress_history)
                 job.seq = saved.progress[-1][0]
             core.order = max(core.order, saved.order)
             core.jobs[job.id] = job

@@ -10,6 +10,7 @@ reports.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,32 @@ class WorkerMessages:
             )
         return worker
 
+    def _progress(self, wid: bytes, updates: Sequence[tuple[str, int | None, str]]) -> None:
+        """A report's progress updates, in order. A report carries them by the hundred when a
+        job reports fast, so what is the same for all of them is looked up once."""
+        core = self._core
+        jobs = core.jobs
+        limit = core.config.max_progress_history
+        journal = core.journal.progress if core.journal is not None else None
+        events = core.wants_event("job.progress")
+        job = None
+        for job_id, value, message in updates:
+            if job is None or job.id != job_id:
+                if job is not None:
+                    core.holds.updated(job)
+                job = jobs.get(job_id)
+                if job is None or job.worker != wid or job.status.done:
+                    job = None
+                    continue
+                job.started = True  # progress says so even before a lazy "started" arrives
+            seq = job.add_progress(value, message, limit)[0]
+            if journal is not None:
+                journal.append((job_id, seq, value, message))
+            if events:
+                core._event("job.progress", job, value=value, message=message, seq=seq)
+        if job is not None:
+            core.holds.updated(job)
+
     def report(self, wid: bytes, msg: p.Report, now: float) -> None:
         core = self._core
         worker = self._known(wid, "report")
@@ -128,23 +155,8 @@ class WorkerMessages:
                     # contents can go now: a big input and its big result are not held together
                     job.blobs = job.files = None
                 core._event("job.started", job)
-        limit = core.config.max_progress_history
-        for job_id, value, message in msg.progress:
-            job = jobs.get(job_id)
-            if job is None or job.worker != wid or job.status.done:
-                continue
-            job.started = True  # progress says so even before a lazy "started" arrives
-            job.seq += 1
-            if job.progress is None:
-                job.progress = []
-            job.progress.append((job.seq, value, message))
-            if len(job.progress) > limit:
-                del job.progress[: len(job.progress) - limit]
-            if core.journal is not None:
-                core.journal.progress.append((job_id, job.seq, value, message))
-            core.holds.updated(job)
-            if core.wants_event("job.progress"):
-                core._event("job.progress", job, value=value, message=message, seq=job.seq)
+        if msg.progress:
+            self._progress(wid, msg.progress)
         if msg.usage is not None:
             self._usage(worker, msg.usage)
         for job_id, peak, cpu in msg.used:  # (before the results: their endings tell it)

@@ -45,6 +45,7 @@ from typing import Any
 import zmq
 
 from remus import protocol as p
+from remus import wire
 from remus.errors import ForbiddenError, ProtocolError, ServerError, WrongEndpointError
 from remus.hostid import host_id
 from remus.security import HandshakeWatch, PeerKeys
@@ -213,7 +214,7 @@ class Connection(threading.Thread):
         """Send without ever blocking: a TCP DEALER queues while disconnected; one whose
         inproc broker is gone has no peer at all, and then there is nobody to tell."""
         try:
-            sock.send_multipart(p.encode(msg), zmq.NOBLOCK, copy=False)
+            wire.send(sock, p.encode(msg), wire.NOBLOCK)
         except zmq.Again:
             log.debug("no broker to send %s to", type(msg).__name__)
 
@@ -285,12 +286,14 @@ class Connection(threading.Thread):
                 stop = False
                 while True:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = wire.recv(sock, wire.NOBLOCK)
                     except zmq.Again:
                         break
                     # after a shutdown, read on what already arrived: the acks among it
                     stop = self._handle(sock, frames) or stop
                     del frames  # a big job's frames now belong to its Job alone
+                    if not wire.readable(sock):
+                        break
                 if stop:
                     return
                 if self._resend_due:

@@ -242,11 +242,14 @@ class Worker:
     def send_progress(self, job: Job, value: int | None = None, message: str = "") -> None:
         """Report progress: ``value`` 0–100 (or None for a message only). Every update reaches
         the broker, in order; none is coalesced or dropped."""
-        if job.cancelled:
-            return  # nobody takes a cancelled run's progress any more
-        if value is not None:
-            value = max(0, min(100, int(value)))
-        self._conn.post("progress", job.id, value, str(message))
+        state = job.state
+        if state is not None and state.reason is not None:
+            return  # a cancelled run: nobody takes its progress any more
+        if value is not None and (type(value) is not int or not 0 <= value <= 100):
+            value = max(0, min(100, int(value)))  # (a handler may call this very often)
+        self._conn.post(
+            "progress", job.id, value, message if type(message) is str else str(message)
+        )
 
     def return_result(
         self,
