@@ -24,7 +24,10 @@ Memory: each process's peak RSS (``VmHWM`` for the broker and the worker, ``ru_m
 the client) against its RSS when idle (connected, before any file moved). Latency: a fourth
 process runs tiny jobs one after the other on a worker of its own through the same broker the
 whole time; its round-trip p99 while the big file moves is compared with its p99 before.
-The output's SHA-256 is checked against the input's.
+As a control, the same pinger then runs beside as many CPU-bound processes (hashing and
+copying 4 MiB blocks, no remus in them) as the round trip kept cores busy (its processes' CPU
+seconds over its wall time): what the p99 becomes when the machine's cores are merely that
+busy, whatever keeps them so. The output's SHA-256 is checked against the input's.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ IO = ("PerfFile", "PerfFileBack")
 PING = ("PerfPing", "PerfPong")
 #: how long the pinger's latency is sampled before any file moves
 BASELINE_S = 3.0
+#: how long the control (the pinger beside plain CPU-bound processes) runs at most
+CONTROL_S = 5.0
 
 
 # ---------------------------------------------------------------------------- roles (processes)
@@ -167,6 +172,16 @@ def rss_kib() -> int:
     return 0
 
 
+def role_hog() -> int:
+    """Keep one core busy the way a transfer does (hash and copy 4 MiB at a time), until
+    SIGTERM."""
+    install_sigterm_exit()
+    block = os.urandom(4 * MIB)
+    while True:
+        hashlib.sha256(block).digest()
+        bytes(block)
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
@@ -217,8 +232,19 @@ def measure_remus(src: Path, warm: Path, out: Path) -> dict[str, Any]:
         pinger = group.start("pinger", MODULE, "pinger", client_ep, worker_ep, stdin=True)
         pinger.expect("^ready", timeout=30)
         time.sleep(BASELINE_S)  # the pinger's latency with no file moving
+        moving = (client, broker, worker)
+        cpu = sum(p.cpu_seconds() for p in moving)
         client.send("go")
         got["loaded"] = client.result(timeout=1800)
+        wall = got["loaded"]["t1"] - got["loaded"]["t0"]
+        got["loaded"]["busy"] = (sum(p.cpu_seconds() for p in moving) - cpu) / wall
+        # the control: as many plain CPU-bound processes as the round trip kept cores busy
+        hogs = [group.start(f"hog-{i}", MODULE, "hog") for i in range(round(got["loaded"]["busy"]))]
+        t0 = time.monotonic()
+        time.sleep(min(wall, CONTROL_S))
+        got["control"] = {"t0": t0, "t1": time.monotonic(), "processes": len(hogs)}
+        for hog in hogs:
+            hog.stop()
         pinger.send("stop")
         got["ping"] = pinger.result(timeout=60)["samples"]
         return got
@@ -237,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = sub.add_parser("pinger")
     pg.add_argument("endpoint")
     pg.add_argument("worker_endpoint")
+    sub.add_parser("hog")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--warmup-mib", type=int, default=64)
     parser.add_argument("--dir", default=None, help="where to write the files [a temp dir]")
@@ -250,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return role_client(args.host, args.endpoint, args.warmup, args.path, args.out)
     if args.role == "pinger":
         return role_pinger(args.endpoint, args.worker_endpoint)
+    if args.role == "hog":
+        return role_hog()
 
     size = args.size_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="remus-files-1g-", dir=args.dir))
@@ -304,6 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     ping.remus, ping.reference = Stat.of(p99(during) * 1000), Stat.of(p99(before) * 1000)
     ping.note = f"{len(during)} jobs during, {len(before)} before"
     rows.append(ping)
+    control = got["control"]
+    beside = [s for t, s in got["ping"] if control["t0"] <= t <= control["t1"]]
+    hogged = Row(f"... beside {control['processes']} CPU-bound processes, no file", "ms")
+    hogged.ref_label = "p99 before"
+    hogged.remus, hogged.reference = Stat.of(p99(beside) * 1000), Stat.of(p99(before) * 1000)
+    hogged.note = (
+        f"the control: the file's round trip kept {loaded['busy']:.1f} cores busy "
+        f"(its processes' CPU seconds over its wall time); {len(beside)} jobs"
+    )
+    rows.append(hogged)
     notes = [
         f"round trip {got['result_s']:.2f} s; saved {got['saved_s'] - got['result_s']:.2f} s "
         "later (a rename)",
