@@ -284,20 +284,25 @@ def test_in_secure_mode_files_stream_and_only_their_owners_may_read_them(
 # ---------------------------------------------------------------------------- a broker killed
 
 
+@pytest.mark.parametrize(
+    "size", [256 * MIB, pytest.param(1024 * MIB, marks=pytest.mark.slow, id="1GiB")]
+)
 def test_a_broker_killed_mid_download_resumes_or_fails_clearly_never_truncates(
     make_process: Callable[..., subprocess.Popen[str]],
     make_client: Callable[..., Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    size: int,
 ) -> None:
     """SIGKILL the broker (journal on) while the worker is fetching a job's input: after the
-    restart the worker fetches the rest, and the job finishes with the right SHA-256."""
+    restart the worker fetches the rest, and the job finishes with the right SHA-256. The
+    issue's 1 GiB runs with `make test-slow`; CI runs it with 256 MiB."""
     journal = tmp_path / "journal.db"
     server, ports = start_cli_server(
         make_process, "--journal", str(journal), env={"REMUS_HOST_ID": "broker"}
     )
     monkeypatch.setenv("REMUS_HOST_ID", "client")
-    sent = big_file(tmp_path / "in.bin", 256 * MIB)
+    sent = big_file(tmp_path / "in.bin", size)
     c = make_client(ports.client, basic=True, timeout=60)
     job = c.submit(FILES, files=[tmp_path / "in.bin"], wait_for_worker=True)
     worker_tmp = tmp_path / "worker-tmp"
@@ -314,7 +319,7 @@ def test_a_broker_killed_mid_download_resumes_or_fails_clearly_never_truncates(
         for folder, _, names in os.walk(worker_tmp):
             for name in names:
                 path = os.path.join(folder, name)
-                if name.endswith(".part") and 0 < os.path.getsize(path) < 128 * MIB:
+                if name.endswith(".part") and 0 < os.path.getsize(path) < size // 2:
                     return True
         return False
 
