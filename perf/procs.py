@@ -117,6 +117,20 @@ class Proc:
             pass
         return 0
 
+    def thread_cpu_seconds(self) -> dict[str, float]:
+        """utime + stime per thread name (threads of one name summed), from
+        ``/proc/PID/task``; remus names its threads in the OS (``remus.log.name_os_thread``)."""
+        seconds: dict[str, float] = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended meanwhile
+            used = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            seconds[name] = seconds.get(name, 0.0) + used
+        return seconds
+
     def cpu_seconds(self) -> float:
         """utime + stime of the whole process (all its threads), from ``/proc/PID/stat``."""
         with open(f"/proc/{self.pid}/stat") as f:

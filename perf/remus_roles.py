@@ -230,11 +230,16 @@ def _check_reduce(total: bytes, expected: int) -> None:
 
 def _round_trips(c: Any, io: Any, payload: bytes, count: int) -> dict[str, float]:
     lat = []
+    cpu = time.process_time()
     for _ in range(count):
         t0 = time.perf_counter()
         c.run(io, payload)
         lat.append(time.perf_counter() - t0)
-    return {"p50": percentile(lat, 50) * 1e6, "p99": percentile(lat, 99) * 1e6}
+    return {
+        "p50": percentile(lat, 50) * 1e6,
+        "p99": percentile(lat, 99) * 1e6,
+        "cpu_us": (time.process_time() - cpu) / count * 1e6,  # this process's, per round trip
+    }
 
 
 def _progress(c: Any, sub: Any, updates: int) -> dict[str, float]:

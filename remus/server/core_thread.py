@@ -19,7 +19,7 @@ from remus import protocol as p
 from remus import wire
 from remus.errors import ProtocolError
 from remus.hostid import host_id
-from remus.log import TRACE
+from remus.log import TRACE, name_os_thread
 from remus.security import CLIENT_DOMAIN
 from remus.server.auth import Gate
 from remus.server.config import ServerConfig
@@ -191,6 +191,7 @@ class CoreThread(threading.Thread):
     # -------------------------------------------------------------- thread body
 
     def run(self) -> None:
+        name_os_thread()
         ctx = self._context
         control, client, worker = (ctx.socket(zmq.PAIR) for _ in range(3))
         status = ctx.socket(zmq.XPUB)

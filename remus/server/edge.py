@@ -33,7 +33,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from remus import wire
-from remus.log import TRACE, describe
+from remus.log import TRACE, describe, name_os_thread
 from remus.security import KeyPair
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class EdgeThread(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        name_os_thread()
         ctx = self._context
         sock, pipe, control = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
         try:

@@ -40,6 +40,7 @@ from typing import Any
 
 import zmq
 
+from remus.log import name_os_thread
 from remus.server.journal import Journal, JournalBatch, JournalError
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class JournalWriter(threading.Thread):
         return f"<JournalWriter written={self.written} commits={self.commits}>"
 
     def run(self) -> None:
+        name_os_thread()
         pipe = self._context.socket(zmq.PAIR)
         pipe.linger = 1000  # (the last count must reach the core, which reads it before closing)
         try:

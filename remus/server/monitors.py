@@ -36,6 +36,7 @@ from typing import Any
 import zmq
 
 from remus import protocol as p
+from remus.log import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class MonitorThread(threading.Thread):
         self._failed: dict[tuple[int, str], float] = {}
 
     def run(self) -> None:
+        name_os_thread()
         pipe = self._pipe
         try:
             while True:

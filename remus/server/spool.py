@@ -38,6 +38,7 @@ import zmq
 from remus import files
 from remus import protocol as p
 from remus.errors import FileError
+from remus.log import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class Spool(threading.Thread):
     # -------------------------------------------------------------- the thread
 
     def run(self) -> None:
+        name_os_thread()
         pipe = self._context.socket(zmq.PAIR)
         pipe.linger = 0
         pipe.sndhwm = pipe.rcvhwm = 0

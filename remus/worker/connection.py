@@ -48,6 +48,7 @@ from remus import protocol as p
 from remus import wire
 from remus.errors import ForbiddenError, ProtocolError, ServerError, WrongEndpointError
 from remus.hostid import host_id
+from remus.log import name_os_thread
 from remus.security import HandshakeWatch, PeerKeys
 from remus.types import JobRequirements
 from remus.usage import current
@@ -180,6 +181,7 @@ class Connection(threading.Thread):
     # -------------------------------------------------------------- thread body
 
     def run(self) -> None:
+        name_os_thread()
         sock = self._connect()
         try:
             self._loop(sock)
