@@ -29,7 +29,7 @@ from remus import protocol as p
 from remus.server import ServerPorts
 from remus.server.core import BrokerCore
 from remus.server.journal import Journal
-from remus.server.recovery import local_process_gone
+from remus.server.recovery import ACK_DELAY, local_process_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -425,3 +425,38 @@ def test_a_worker_that_closes_with_a_result_no_broker_took_names_the_job(
     err = worker.stderr.read()
     assert f"no broker took the result of job {job.id}" in err, err
     assert os.path.exists(tmp_path / "returned")
+
+
+def test_without_a_journal_an_ack_waits_for_the_next_job_then_goes_alone_on_time() -> None:
+    """One job at a time, the next job's message carries the ack of the last result (the
+    worker is woken once per job, not twice); with no next job the ack goes alone
+    ACK_DELAY after the report, and the core's next tick is due by then. (With a journal it
+    goes in the same pass: see the tests above.)"""
+    c = Core()
+    register(c, W1, credit=1)
+    submit(c, "a")
+    c.flush()
+    report(c, W1, 1, started=["a"], results={"a": b"r"}, credit=1)
+    assert acks(c.flush(), W1) == [], "no message of its own yet"
+    submit(c, "b")
+    (jobs,) = to_worker(c.flush(), W1, p.Jobs)
+    assert ([j.id for j in jobs.jobs], jobs.ack) == (["b"], 1)
+    report(c, W1, 2, started=["b"], results={"b": b"r"}, credit=1)
+    assert acks(c.flush(), W1) == []
+    assert c.core.next_deadline(c.now) <= c.now + ACK_DELAY
+    assert acks(c.tick(c.now + ACK_DELAY / 2), W1) == []
+    assert acks(c.tick(c.now + ACK_DELAY / 2 + 0.001), W1) == [(2, [])]
+    assert acks(c.tick(c.now + ACK_DELAY), W1) == [], "once"
+    assert c.core.next_deadline(c.now) > c.now + ACK_DELAY, "nothing owed: no early tick"
+
+
+def test_without_a_journal_a_refusal_is_acked_at_once() -> None:
+    c = Core()
+    register(c, W1, credit=1)
+    submit(c, "a")
+    c.flush()
+    c.core.client_message(b"c", p.TerminateRequest(c.rid(), ["a"]), c.now)
+    c.flush()
+    report(c, W1, 1, results={"a": b"late"}, credit=1)
+    ((seq, dropped),) = acks(c.flush(), W1)
+    assert seq == 1 and [job for job, _ in dropped] == ["a"]

@@ -321,7 +321,7 @@ class BrokerCore:
         if self.workers:
             soon = min(soon, min(w.next_beat for w in self.workers.values()))
         soon = min(soon, self.holds.earliest(soon))
-        soon = min(soon, self.limits.earliest(soon))
+        soon = min(soon, self.limits.earliest(soon), self.recovery.ack_due)
         return max(soon, now + 0.001)
 
     def earliest_hold(self, default: float) -> float:

@@ -6,9 +6,11 @@ again (docs/protocol.md, "Acknowledged reports"). On the broker's side this modu
 
 - remembers, per worker, the highest ``seq`` applied, so that a copy sent again to the same
   broker (its ack was lost) is acknowledged again but not applied twice;
-- acknowledges at flush, on the ``jobs`` message the worker gets in that pass if there is one,
-  else with a small ``ack`` message. The core thread writes the pass's journal before it sends
-  anything, so an acknowledged report is durable;
+- acknowledges on the next ``jobs`` message the worker gets, or on an ``ack`` message ahead of
+  any other message it gets, or alone ACK_DELAY after the report at the latest (a refusal, or
+  any report to a broker with a journal, in the same pass). One job at a time, the next job's
+  message carries the ack: the worker is woken once per job, not twice. The core thread
+  writes a pass's journal before it sends anything, so an acknowledged report is durable;
 - tells the worker which results and failures it refused, and why (the job was terminated,
   ran over its time limit, was given to another worker), so that the worker can say so;
 - after a restart from the journal, keeps each job that was running aside for
@@ -23,6 +25,7 @@ Part of the pure broker rules (no sockets, ``now`` passed in), driven by
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the longest an ack waits for a message to the same worker to ride on before it goes alone
+ACK_DELAY = 0.05
 #: a file job's files and args, journaled with its submit options
 FILES_OPTION = "_files"
 #: the submit option the journal keeps the jobs a job waits for in (remus.server.dependencies)
@@ -72,8 +77,10 @@ def restored_files(saved: dict[str, Any]) -> p.FileSet:
 class Recovery:
     def __init__(self, core: BrokerCore) -> None:
         self._core = core
-        #: workers whose reports were applied (or copied) this pass: acknowledged at flush
+        #: workers whose reports were applied (or copied) and not acknowledged yet
         self._due: dict[bytes, WorkerRecord] = {}
+        #: when the oldest of those acks goes, even alone
+        self.ack_due = math.inf
         #: restored running jobs waiting for their worker: job id -> that worker's name
         self.awaiting: dict[str, str] = {}
         #: the same, by worker name
@@ -83,8 +90,8 @@ class Recovery:
 
     def fresh(self, worker: WorkerRecord, seq: int) -> bool:
         """A report numbered ``seq`` (> 0) arrived: True to apply it, False if it is a copy of
-        one already applied. Either way it is acknowledged at flush."""
-        self._due[worker.id] = worker
+        one already applied. Either way it is acknowledged (see :meth:`flush`)."""
+        self._owe(worker)
         if seq <= worker.acked:
             return False
         worker.acked = seq
@@ -106,6 +113,15 @@ class Recovery:
         if worker.dropped is None:
             worker.dropped = []
         worker.dropped.append((job_id, why))
+        self._owe(worker)
+
+    def _owe(self, worker: WorkerRecord) -> None:
+        if not self._due:
+            # With a journal the ack goes in the pass that applied the report: waiting would
+            # widen the window in which a broker killed between its journal write and the ack
+            # is sent the report again after its restart, and applies its progress twice.
+            wait = ACK_DELAY if self._core.journal is None else 0.0
+            self.ack_due = self._core._now + wait
         self._due[worker.id] = worker
 
     @staticmethod
@@ -132,18 +148,26 @@ class Recovery:
         return msg
 
     def flush(self, out: Outbox) -> None:
-        """The acks not sent on a ``jobs`` message, as ``ack`` messages. They go first: an ack
-        is cumulative, so it may overtake anything, and a worker told to shut down in the same
-        pass reads it before it stops."""
+        """The acks not sent on a ``jobs`` message, as ``ack`` messages: to a worker that gets
+        another message in this pass, or was refused something, or whose ack is due (see
+        ACK_DELAY); the others wait for a later pass. They go first: an ack is cumulative, so
+        it may overtake anything, and a worker told to shut down in the same pass reads it
+        before it stops."""
         if not self._due:
+            self.ack_due = math.inf  # (the last went on jobs messages)
             return
+        overdue = self._core._now >= self.ack_due
+        busy = {wid for wid, _ in out.workers} if out.workers else ()
         workers = self._core.workers
         acks: list[tuple[bytes, p.Message]] = []
-        for wid, worker in self._due.items():
-            if workers.get(wid) is worker:
-                acks.append((wid, p.Ack(worker.acked, worker.dropped or ())))
-            worker.dropped = None
-        self._due.clear()
+        for wid, worker in list(self._due.items()):
+            if overdue or worker.dropped is not None or wid in busy:
+                if workers.get(wid) is worker:
+                    acks.append((wid, p.Ack(worker.acked, worker.dropped or ())))
+                worker.dropped = None
+                del self._due[wid]
+        if not self._due:
+            self.ack_due = math.inf
         out.workers[:0] = acks
 
     # ================================================================ restart
