@@ -316,6 +316,31 @@ def test_an_idle_worker_of_another_file_is_asked_to_leave_for_a_waiting_job(
     assert b.payload["worker_file"] == str(tmp_path / "b.rw")
 
 
+def test_a_worker_whose_own_jobs_wait_is_not_asked_to_leave_before_its_credit_comes(
+    tmp_path: Path, make_factory: Any
+) -> None:
+    """A worker registers, then asks for jobs: in between it holds none, but jobs of its own
+    file wait for it. Evicting it then for another file's job (a race test_factory_server
+    hit under load) would stop the worker about to run them and start another."""
+    for name, io_type in (("a.rw", EDGES), ("b.rw", POINTS)):
+        write_worker_file(
+            tmp_path,
+            name,
+            InputType=io_type.input,
+            WorkerName=name[0],
+            Environment={"PROBE_MODE": "sleep"},
+        )
+    factory = make_factory(tmp_path, max_workers=1)
+    both = {JobRequirements(EDGES): 1, JobRequirements(POINTS): 1}
+    [a] = factory.create_workers(both, ENDPOINT, 0.0)
+    assert a.payload["worker_file"] == str(tmp_path / "a.rw")
+    factory.observe({a.payload["pid"]: WorkerSeen(JobRequirements(EDGES, "a"), idle=True)}, 1.0)
+    assert factory.create_workers(both, ENDPOINT, 1.0) == [], "its own job waits for it"
+    # once nothing waits for a.rw, its idle worker does make room for b.rw
+    [leave] = factory.create_workers({JobRequirements(POINTS): 1}, ENDPOINT, 2.0)
+    assert leave.topic == ASKED_TO_LEAVE and leave.payload["pid"] == a.payload["pid"]
+
+
 # -- the thread factory ------------------------------------------------------------------------
 
 

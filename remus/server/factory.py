@@ -280,7 +280,18 @@ class WorkerFactory(WorkerFactoryBase):
         alive = [self._alive_of(wf) for wf in files]
         limits = [self._health.limit(wf.path, n, now) for wf, n in zip(files, alive, strict=True)]
         capacity = max(0, self.max_workers - len(self._children))
-        idle = [c for c in self._children.values() if c.registered and c.idle and not c.stopping]
+        # A worker of a file that jobs wait for is only idle until its credit comes (a worker
+        # registers first, then asks for jobs): never evicted for another file's jobs.
+        wanted = {
+            wf.path
+            for wf in files
+            if any(n > 0 and matches(reqs, wf.requirements) for reqs, n in demand.items())
+        }
+        idle = [
+            c
+            for c in self._children.values()
+            if c.registered and c.idle and not c.stopping and c.worker_file.path not in wanted
+        ]
         offers = [wf.requirements for wf in files]
         plan = plan_spawns(demand, offers, alive, limits, capacity + len(idle))
         for index in plan[:capacity]:
