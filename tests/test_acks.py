@@ -81,6 +81,12 @@ def acks(out: Any, wid: bytes) -> list[tuple[int, list[tuple[str, str]]]]:
     return got
 
 
+def acked_in_time(c: Core, wid: bytes) -> list[tuple[int, list[tuple[str, str]]]]:
+    """The acks ``wid`` gets by the time the longest wait for a message to ride on is over."""
+    got = acks(c.flush(), wid)
+    return got + acks(c.tick(c.now + ACK_DELAY), wid)
+
+
 def crash_and_restore(c: Core, path: Path, **config: Any) -> Core:
     """Journal what ``c`` did, then build a fresh broker from the file, as a restart does."""
     with Journal(path) as journal:
@@ -89,7 +95,7 @@ def crash_and_restore(c: Core, path: Path, **config: Any) -> Core:
             journal.write(batch)
     restored = journaled(**config)
     with Journal(path) as journal:
-        restored.core.restore(journal.load(), restored.now)
+        restored.core.restore(journal.load(), restored.now, acks=journal.worker_acks())
     return restored
 
 
@@ -111,17 +117,17 @@ def test_a_report_is_applied_once_and_acknowledged_each_time_it_comes() -> None:
     submit(c, "j")
     c.flush()
     report(c, W1, 1, started=["j"], progress=[("j", 10, "a")])
-    assert acks(c.flush(), W1) == [(1, [])]
+    assert acked_in_time(c, W1) == [(1, [])]
     # the ack was lost: the worker sends the same report again after it re-registers
     register(c, W1, credit=0, held=["j"])
     report(c, W1, 1, started=["j"], progress=[("j", 10, "a")])
-    assert acks(c.flush(), W1) == [(1, [])], "a copy is acknowledged again"
+    assert acked_in_time(c, W1) == [(1, [])], "a copy is acknowledged again"
     assert c.progress("j").data["updates"] == [[1, 10, "a"]], "and not applied twice"
     report(c, W1, 2, results={"j": b"r"})
-    assert acks(c.flush(), W1) == [(2, [])]
+    assert acked_in_time(c, W1) == [(2, [])]
     assert result_values(c.results("j")) == {"j": b"r"}
     report(c, W1, 2, results={"j": b"r"})
-    assert acks(c.flush(), W1) == [(2, [])]
+    assert acked_in_time(c, W1) == [(2, [])]
     assert c.core.stats()["finished"] == 1
 
 
@@ -230,7 +236,7 @@ def test_after_the_grace_a_restored_running_job_is_requeued_counting_an_attempt(
     assert ids_sent(c.flush(), W2) == ["run", "wait"]
     # W1 comes back too late: the job is no longer its own
     register(c, W1, credit=0, held=["run"])
-    report(c, W1, 1, results={"run": b"too late"})
+    report(c, W1, 2, results={"run": b"too late"})  # (its report 1 was applied before)
     (ack,) = to_worker(c.flush(), W1, p.Ack)
     assert list(ack.dropped) == [("run", "the job was given to another worker")]
 
@@ -427,11 +433,10 @@ def test_a_worker_that_closes_with_a_result_no_broker_took_names_the_job(
     assert os.path.exists(tmp_path / "returned")
 
 
-def test_without_a_journal_an_ack_waits_for_the_next_job_then_goes_alone_on_time() -> None:
+def test_an_ack_waits_for_the_next_job_then_goes_alone_on_time() -> None:
     """One job at a time, the next job's message carries the ack of the last result (the
     worker is woken once per job, not twice); with no next job the ack goes alone
-    ACK_DELAY after the report, and the core's next tick is due by then. (With a journal it
-    goes in the same pass: see the tests above.)"""
+    ACK_DELAY after the report, and the core's next tick is due by then."""
     c = Core()
     register(c, W1, credit=1)
     submit(c, "a")
@@ -450,7 +455,7 @@ def test_without_a_journal_an_ack_waits_for_the_next_job_then_goes_alone_on_time
     assert c.core.next_deadline(c.now) > c.now + ACK_DELAY, "nothing owed: no early tick"
 
 
-def test_without_a_journal_a_refusal_is_acked_at_once() -> None:
+def test_a_refusal_is_acked_at_once() -> None:
     c = Core()
     register(c, W1, credit=1)
     submit(c, "a")
@@ -460,3 +465,35 @@ def test_without_a_journal_a_refusal_is_acked_at_once() -> None:
     report(c, W1, 1, results={"a": b"late"}, credit=1)
     ((seq, dropped),) = acks(c.flush(), W1)
     assert seq == 1 and [job for job, _ in dropped] == ["a"]
+
+
+def test_a_report_applied_before_a_crash_is_not_applied_again_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """The broker applied and journaled a report, then died before its ack went out: the
+    worker sends the report again to the restarted broker, which knows the copy by the seq
+    the journal kept for that worker (its progress used to appear twice)."""
+    c = running_on_w1()  # W1's report 1 (started, progress 40) applied and journaled
+    report(c, W1, 2, progress=[("run", 60, "refining")])
+    c.flush()  # (its ack, if any, never reaches the worker)
+    c = crash_and_restore(c, tmp_path / "j.db")
+    register(c, W1, credit=0, held=["run"])
+    report(c, W1, 1, started=["run"], progress=[("run", 40, "meshing")])
+    report(c, W1, 2, progress=[("run", 60, "refining")])
+    assert acked_in_time(c, W1) == [(2, [])], "copies are acknowledged"
+    updates = c.progress("run").data["updates"]
+    assert updates == [[1, 40, "meshing"], [2, 60, "refining"]], "and not applied twice"
+    report(c, W1, 3, results={"run": b"r"})
+    assert acked_in_time(c, W1) == [(3, [])]
+    assert result_values(c.results("run")) == {"run": b"r"}
+
+
+def test_a_lost_workers_journaled_seq_goes_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    c = running_on_w1()
+    c.core.lose_worker(c.core.workers[W1], c.now, "lost")
+    c = crash_and_restore(c, path)
+    assert c.core.recovery.acked_before == {}
+    with Journal(path) as journal:
+        journal.load()
+        assert journal.worker_acks() == {}

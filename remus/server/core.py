@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -416,10 +416,14 @@ class BrokerCore:
         return sum(len(w.jobs) for w in self.workers.values())
 
     def restore(
-        self, jobs: list[JournaledJob], now: float, gone: Callable[[str], bool] | None = None
+        self,
+        jobs: list[JournaledJob],
+        now: float,
+        gone: Callable[[str], bool] | None = None,
+        acks: Mapping[str, int] | None = None,
     ) -> None:
         """Take back the jobs a journal remembers, after a restart (see ``Recovery.restore``)."""
-        self.recovery.restore(jobs, now, gone)
+        self.recovery.restore(jobs, now, gone, acks)
 
     def demand(self) -> dict[JobRequirements, int]:
         """Queued jobs that no connected worker can take now, by requirements (for a factory)."""
@@ -474,6 +478,8 @@ class BrokerCore:
         self, worker: WorkerRecord, now: float, reason: str, topic: str = "worker.lost"
     ) -> None:
         del self.workers[worker.id]
+        if worker.acked and self.journal is not None:
+            self.journal.acks[worker.id.hex()] = 0  # (its row in the journal goes)
         self.serving.left(worker)
         self.matcher.remove_worker(worker)
         held = sorted((self.jobs[i] for i in worker.jobs), key=lambda j: j.order)

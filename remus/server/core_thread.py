@@ -245,7 +245,9 @@ class CoreThread(threading.Thread):
         if self._journal is not None:
             try:
                 gone = local_process_gone(self.core.host)  # no wait for a worker that died
-                self.core.restore(self._journal.load(), time.monotonic(), gone)
+                jobs = self._journal.load()
+                acks = self._journal.worker_acks()
+                self.core.restore(jobs, time.monotonic(), gone, acks)
                 self._write_journal(self.core)
                 self._commits = GroupCommit(
                     ctx, self._journal, f"inproc://remus-journal-{id(self)}"

@@ -71,7 +71,13 @@ from typing import Any
 import msgpack
 
 from remus.errors import ConfigError
-from remus.server.journal_apply import RESULT_FILES_TABLE, SCHEMA, UPGRADE_1, Tables
+from remus.server.journal_apply import (
+    RESULT_FILES_TABLE,
+    SCHEMA,
+    UPGRADE_1,
+    WORKER_ACKS_TABLE,
+    Tables,
+)
 from remus.server.journal_batch import (
     Checkpoint,
     JournalBatch,
@@ -265,6 +271,7 @@ class Journal:
                     [("journal", meta["journal"]), ("folded", 0)],
                 )
             conn.execute(RESULT_FILES_TABLE)  # (a file from before file results were kept)
+            conn.execute(WORKER_ACKS_TABLE)  # (or before workers' acks were)
             self._journal_id = str(meta["journal"])
             self._folded = int(meta["folded"])
             self._tables.read_tracked(conn)
@@ -424,6 +431,7 @@ class Journal:
                 + len(batch.forgotten)
                 + len(batch.checkpoints)
                 + len(batch.result_files)
+                + len(batch.acks)
             )
         self.batches += len(batches)
         self.jobs_written += sum(len(batch.submitted) for batch in batches)
@@ -587,6 +595,15 @@ class Journal:
             log.warning("journal %s: could not shrink the file: %s", self.path, e)
 
     # ------------------------------------------------------------------ reading
+
+    def worker_acks(self) -> dict[str, int]:
+        """Per worker routing id (hex), the highest report seq the broker applied from it (as
+        of the last
+        :meth:`load`, which folds the log first)."""
+        try:
+            return dict(self._connection().execute("SELECT worker, seq FROM worker_acks"))
+        except sqlite3.Error as e:
+            raise JournalError(self.path, f"cannot read it: {e}") from e
 
     def load(self) -> list[JournaledJob]:
         """Every job not forgotten, in submission order (``order``). Folds the log first;

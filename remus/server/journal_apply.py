@@ -51,10 +51,16 @@ CREATE TABLE progress (
 ) WITHOUT ROWID;
 CREATE TABLE checkpoints (job_id TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE result_files (job_id TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE worker_acks (worker TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 """
 #: the table of file results' file sets, added within schema version 2 (made at open if missing)
 RESULT_FILES_TABLE = (
     "CREATE TABLE IF NOT EXISTS result_files (job_id TEXT PRIMARY KEY, value BLOB NOT NULL)"
+)
+#: each worker's highest applied report (recovery.Recovery), added within schema version 2
+WORKER_ACKS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS worker_acks (worker TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+    " WITHOUT ROWID"
 )
 #: what upgrades a file of schema version 1 (checkpoints came late in version 1)
 UPGRADE_1 = (
@@ -99,6 +105,8 @@ DELETE_CONTENTS = "DELETE FROM contents WHERE job_id = ?"
 DELETE_PROGRESS = "DELETE FROM progress WHERE job_id = ?"
 DELETE_CHECKPOINT = "DELETE FROM checkpoints WHERE job_id = ?"
 DELETE_RESULT_FILES = "DELETE FROM result_files WHERE job_id = ?"
+SAVE_WORKER_ACK = "INSERT OR REPLACE INTO worker_acks (worker, seq) VALUES (?, ?)"
+DELETE_WORKER_ACK = "DELETE FROM worker_acks WHERE worker = ?"
 
 
 def _values(columns: int, rows: int) -> str:
@@ -228,6 +236,9 @@ class Tables:
         if progress:
             self._bulk(conn, _INSERT_PROGRESS, progress)
             self._trim(conn, progress)
+        if plan.acks:
+            conn.executemany(SAVE_WORKER_ACK, [row for row in plan.acks.items() if row[1]])
+            conn.executemany(DELETE_WORKER_ACK, [(n,) for n, seq in plan.acks.items() if not seq])
         self.with_progress.update(row[0] for row in progress)
         self.with_progress.difference_update(gone)
         self.checkpointed.update(saved)

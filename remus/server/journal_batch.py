@@ -39,6 +39,9 @@ class JournalBatch:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     #: file results' file sets, applied with the results
     result_files: list[ResultFiles] = field(default_factory=list)
+    #: worker routing id (hex) -> the highest report seq applied from it (0: the worker is
+    #: gone), so that a restarted broker knows a report it applied before from one it has not
+    acks: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -49,6 +52,7 @@ class JournalBatch:
             or self.forgotten
             or self.checkpoints
             or self.result_files
+            or self.acks
         )
 
     def clear(self) -> None:
@@ -59,6 +63,7 @@ class JournalBatch:
         self.forgotten.clear()
         self.checkpoints.clear()
         self.result_files.clear()
+        self.acks.clear()
 
 
 @dataclass(slots=True)

@@ -142,6 +142,7 @@ def encode(batches: Sequence[JournalBatch]) -> bytes:
                 b.progress,
                 b.forgotten,
                 b.result_files,
+                list(b.acks.items()),
             ]
             for b in batches
         ],
@@ -156,8 +157,9 @@ def decode(body: bytes) -> list[JournalBatch]:
     batches = []
     rows = msgpack.unpackb(body, raw=False, strict_map_key=False)
     for submitted, checkpoints, status, results, progress, forgotten, *more in rows:
-        # (a log written before file results were journaled has six lists a batch)
+        # (a log written before file results, or worker acks, were journaled has fewer lists)
         result_files = more[0] if more else []
+        acks = dict(more[1]) if len(more) > 1 else {}
         batches.append(
             JournalBatch(
                 submitted=[
@@ -170,6 +172,7 @@ def decode(body: bytes) -> list[JournalBatch]:
                 forgotten=forgotten,
                 checkpoints=[tuple(row) for row in checkpoints],
                 result_files=[tuple(row) for row in result_files],
+                acks=acks,
             )
         )
     return batches

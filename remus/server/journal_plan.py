@@ -77,6 +77,8 @@ class GroupPlan:
     with_progress: set[str]
     _jobs: dict[str, _Net] = field(default_factory=dict)
     _progress: list[tuple[str, int, int | None, str]] = field(default_factory=list)
+    #: worker routing id -> the highest report seq applied from it, the latest (0: gone)
+    acks: dict[str, int] = field(default_factory=dict)
     #: batches added
     batches: int = 0
 
@@ -107,6 +109,8 @@ class GroupPlan:
             (jobs.get(job_id) or jobs.setdefault(job_id, _Net())).files = files
         if batch.progress:
             self._progress.extend(batch.progress)
+        if batch.acks:
+            self.acks.update(batch.acks)
         for job_id in batch.forgotten:
             (jobs.get(job_id) or jobs.setdefault(job_id, _Net())).forgotten = True
         self.batches += 1

@@ -6,11 +6,14 @@ again (docs/protocol.md, "Acknowledged reports"). On the broker's side this modu
 
 - remembers, per worker, the highest ``seq`` applied, so that a copy sent again to the same
   broker (its ack was lost) is acknowledged again but not applied twice;
+- journals, per worker routing id, the highest ``seq`` applied (in the batch of what the report
+  changed), so that after a restart the copies a returning worker sends again are
+  acknowledged, not applied twice (its progress would appear twice);
 - acknowledges on the next ``jobs`` message the worker gets, or on an ``ack`` message ahead of
-  any other message it gets, or alone ACK_DELAY after the report at the latest (a refusal, or
-  any report to a broker with a journal, in the same pass). One job at a time, the next job's
-  message carries the ack: the worker is woken once per job, not twice. The core thread
-  writes a pass's journal before it sends anything, so an acknowledged report is durable;
+  any other message it gets, or alone ACK_DELAY after the report at the latest (a refusal in
+  the same pass). One job at a time, the next job's message carries the ack: the worker is
+  woken once per job, not twice. The core thread writes a pass's journal before it sends
+  anything, so an acknowledged report is durable;
 - tells the worker which results and failures it refused, and why (the job was terminated,
   ran over its time limit, was given to another worker), so that the worker can say so;
 - after a restart from the journal, keeps each job that was running aside for
@@ -28,7 +31,7 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from remus import protocol as p
@@ -81,6 +84,10 @@ class Recovery:
         self._due: dict[bytes, WorkerRecord] = {}
         #: when the oldest of those acks goes, even alone
         self.ack_due = math.inf
+        #: after a restart: worker routing id (hex) -> the highest report seq the broker
+        #: before applied (from the journal), for the worker's record when it registers again.
+        #: (Report seqs count per routing id: several workers of one process share a name.)
+        self.acked_before: dict[str, int] = {}
         #: restored running jobs waiting for their worker: job id -> that worker's name
         self.awaiting: dict[str, str] = {}
         #: the same, by worker name
@@ -95,7 +102,16 @@ class Recovery:
         if seq <= worker.acked:
             return False
         worker.acked = seq
+        journal = self._core.journal
+        if journal is not None:  # (in the same batch as what the report changes)
+            journal.acks[worker.id.hex()] = seq
         return True
+
+    def returned(self, worker: WorkerRecord) -> None:
+        """A worker registered (its record is new): if the broker before a restart applied
+        reports from it, the copies it sends again are acknowledged, not applied twice."""
+        if self.acked_before:
+            worker.acked = self.acked_before.pop(worker.id.hex(), 0)
 
     def refused(
         self, worker: WorkerRecord, job_id: str, job: JobRecord | None, ending: Status, reason: str
@@ -117,11 +133,7 @@ class Recovery:
 
     def _owe(self, worker: WorkerRecord) -> None:
         if not self._due:
-            # With a journal the ack goes in the pass that applied the report: waiting would
-            # widen the window in which a broker killed between its journal write and the ack
-            # is sent the report again after its restart, and applies its progress twice.
-            wait = ACK_DELAY if self._core.journal is None else 0.0
-            self.ack_due = self._core._now + wait
+            self.ack_due = self._core._now + ACK_DELAY
         self._due[worker.id] = worker
 
     @staticmethod
@@ -173,14 +185,24 @@ class Recovery:
     # ================================================================ restart
 
     def restore(
-        self, jobs: list[JournaledJob], now: float, gone: Callable[[str], bool] | None = None
+        self,
+        jobs: list[JournaledJob],
+        now: float,
+        gone: Callable[[str], bool] | None = None,
+        acks: Mapping[str, int] | None = None,
     ) -> None:
         """Take back the jobs a journal remembers (after a restart): finished ones stay
         retrievable, queued ones queue again, running ones wait ``restart_grace`` seconds for
         the worker that ran them to come back holding them (then carry on there, their attempt
         unchanged), else queue again counting an attempt (``Recovery``). ``gone(name)`` says
-        a worker is known to be gone (no wait for it)."""
+        a worker is known to be gone (no wait for it). ``acks``: per worker routing id, the highest
+        report seq applied from it (see :meth:`returned`); kept in memory from now on, and
+        taken out of the journal, so that workers that never come back leave nothing there."""
         core = self._core
+        if acks:
+            self.acked_before = dict(acks)
+            if core.journal is not None:
+                core.journal.acks.update(dict.fromkeys(acks, 0))
         for saved in jobs:
             job = JobRecord(
                 saved.id,

@@ -49,6 +49,7 @@ class WorkerMessages:
             # A worker we do not know that holds jobs: this broker restarted from its journal
             # while the worker kept working. Give it back the jobs it holds that are waiting
             # to run again, rather than run them twice.
+            core.recovery.returned(worker)
             core.recovery.claim(worker, msg.held, now)
             for job_id in msg.held:
                 job = core.jobs.get(job_id)
