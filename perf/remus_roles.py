@@ -345,8 +345,10 @@ def client(
             if mode == "fill":
                 _fill(c, sub, jobs, timeout)
                 return
+            cpu = time.process_time()
             samples = timed_rounds(lambda: modes[mode](c), warmup=warmup, repeat=repeat)
-        emit({"samples": samples, "peak_rss_kib": peak_rss_kib()})
+            cpu = time.process_time() - cpu  # (this process's, warm-up rounds included)
+        emit({"samples": samples, "peak_rss_kib": peak_rss_kib(), "cpu_s": cpu})
     except Exception as e:
         emit({"error": f"remus client ({mode}): {type(e).__name__}: {e}"})
 
