@@ -34,7 +34,7 @@ def test_tiny_jobs_get_up_to_the_cap_at_once_then_one_for_one() -> None:
 def test_the_prefetch_follows_the_pace_down_one_job_at_a_time() -> None:
     auto = AutoPrefetch(slots=1)
     auto.credit(1e-5)
-    credits = [auto.credit(1.0) for _ in range(40)]
+    credits = [auto.credit(1.0) for _ in range(AUTO_MAX + 24)]
     assert credits[:AUTO_MAX] == [0] * AUTO_MAX, "each slow job ends without a replacement"
     assert set(credits[AUTO_MAX:]) == {1} and auto.current == 0
 

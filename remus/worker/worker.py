@@ -357,8 +357,9 @@ class Worker:
         ``prefetch="auto"``, the default, sets it from how long the handlers take: none while
         jobs take longer than a round trip to the broker (about 2 ms: one job at a time per
         slot, the next asked for with the result of the last, so no job waits here while
-        another worker is free), and up to 16 for tiny jobs, whose round trips would otherwise
-        cost more than the jobs. ``prefetch=0`` is one at a time whatever the jobs take.
+        another worker is free), and for tiny jobs about 2 ms of their work, up to 64 jobs,
+        whose round trips would otherwise cost more than the jobs. ``prefetch=0`` is one at a
+        time whatever the jobs take.
 
         The jobs of a work package (submitted with ``package_size``) come on one credit and
         run one after the other in one slot; their ends are reported together, with the one
