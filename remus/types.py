@@ -248,6 +248,24 @@ class JobProgress:
     seq: int = 0
 
 
+_new = object.__new__
+# (the slots' member descriptors)
+_set_value = JobProgress.__dict__["value"].__set__
+_set_message = JobProgress.__dict__["message"].__set__
+_set_seq = JobProgress.__dict__["seq"].__set__
+
+
+def progress_update(value: int | None, message: str, seq: int) -> JobProgress:
+    """``JobProgress(value, message, seq)`` at half the cost, for the loops that hand a fast
+    job's updates over by the thousand: it fills the slots directly, where a frozen
+    dataclass's ``__init__`` goes through ``object.__setattr__`` for each field."""
+    update = _new(JobProgress)
+    _set_value(update, value)
+    _set_message(update, message)
+    _set_seq(update, seq)
+    return update
+
+
 @dataclass(frozen=True, slots=True)
 class JobStatus:
     job_id: str

@@ -211,3 +211,15 @@ def test_batch_bar_rows_are_bounded_and_handed_on() -> None:
         shown = render(bar)
         assert "j0" not in shown and "j2" in shown and "55%" in shown and "later" in shown
         assert "1/3" in shown
+
+
+def test_a_fast_progress_update_is_the_same_frozen_value_as_a_made_one() -> None:
+    import dataclasses
+
+    from remus.types import JobProgress, progress_update
+
+    fast, made = progress_update(40, "meshing", 3), JobProgress(40, "meshing", 3)
+    assert fast == made and hash(fast) == hash(made) and repr(fast) == repr(made)
+    assert type(fast) is JobProgress
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.value = 50  # type: ignore[misc]

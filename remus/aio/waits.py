@@ -27,7 +27,7 @@ from remus.client.basic import BasicClient, _Known
 from remus.client.client import BATCH_JOBS, Client, job_error
 from remus.client.patience import Bounds
 from remus.errors import BrokerStoppedError, RemusError
-from remus.types import Job, JobProgress, Status
+from remus.types import Job, JobProgress, Status, progress_update
 
 if TYPE_CHECKING:
     from remus.aio.client import AsyncClient
@@ -109,7 +109,7 @@ async def follow(
             if seq <= since:
                 continue  # an answer to an older request of this wait
             since = seq
-            known.progress = JobProgress(value, message, seq)
+            known.progress = progress_update(value, message, seq)
             yield known.progress
         status = known.status = Status(data["status"])
         if status.done and "reason" in data:
@@ -188,7 +188,7 @@ async def collect(
             for seq, value, message in updates:
                 if seq > last:
                     last = seen[job_id] = seq
-                    await called(on_progress, by_id[job_id], JobProgress(value, message, seq))
+                    await called(on_progress, by_id[job_id], progress_update(value, message, seq))
 
     try:
         while pending:

@@ -53,6 +53,7 @@ from remus.types import (
     JobResult,
     JobSubmission,
     Status,
+    progress_update,
 )
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ class BasicClient:
                     if seq <= since:
                         continue  # an answer to an older request of this wait
                     since = seq
-                    known.progress = update = JobProgress(value, message, seq)
+                    known.progress = update = progress_update(value, message, seq)
                     if on_progress is not None:
                         on_progress(update)
                 status = known.status = Status(data["status"])
@@ -406,7 +407,7 @@ class BasicClient:
                 for seq, value, message in updates:
                     if seq > last:
                         last = seen[job_id] = seq
-                        on_progress(by_id[job_id], JobProgress(value, message, seq))
+                        on_progress(by_id[job_id], progress_update(value, message, seq))
 
         try:
             while pending:
