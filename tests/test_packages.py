@@ -410,3 +410,30 @@ def test_a_package_of_64_whose_worker_is_killed_midway(
     assert ends == list(range(stop_at)), "each ran once, in order, before the kill"
     attempts = [s.attempt for s in c.client.job_statuses(jobs)]
     assert attempts == [1] * stop_at + [2] + [1] * (63 - stop_at), "only the one it ran counts"
+
+
+def test_the_asyncio_client_submits_work_packages_too(
+    monkeypatch: pytest.MonkeyPatch,
+    make_server: Callable[..., Any],
+    make_worker: Callable[..., Any],
+) -> None:
+    import asyncio
+
+    from remus.aio import AsyncClient
+
+    seen = spy_on_messages(monkeypatch)
+    server = make_server()
+    make_worker(PACK, server.ports.worker, run=lambda job: job["data"], prefetch=0, heartbeat=5)
+
+    async def main() -> dict[str, bytes]:
+        async with AsyncClient(server.ports.client, timeout=10) as c:
+            with pytest.raises(ValueError, match="package_size"):
+                await c.submit_many(numbered(4), package_size=1)
+            jobs = await c.submit_many(numbered(64), package_size=16)
+            got = {r.job_id: r.data async for r in c.as_completed(jobs, timeout=20)}
+            assert got == {job.id: str(i).encode() for i, job in enumerate(jobs)}
+            return got
+
+    asyncio.run(main())
+    sent = [msg for msg in seen if isinstance(msg, p.Jobs)]
+    assert [len(msg.jobs) for msg in sent] == [16] * 4, "a package a message"

@@ -53,6 +53,7 @@ from remus.client.client import (
     _deadline,
     _id,
     _left,
+    _package_size,
     _records,
     _status,
     about_job,
@@ -217,12 +218,14 @@ class AsyncClient:
         protected: bool = True,
         parent: Job | str | None = None,
         group: str | None = None,
+        package_size: int | None = None,
         timeout: float | None = None,
     ) -> list[Job]:
         """Queue many jobs in batches, several batches in flight (``Client.submit_jobs``):
         a batch is accepted or refused whole. ``group`` names the group they belong to (as
-        ``BasicClient.submit_group`` does). ``timeout`` bounds the whole call (None: the
-        client's timeout for each batch's answer)."""
+        ``BasicClient.submit_group`` does). ``package_size`` (2-1000) hands them to workers
+        in work packages of that many, as ``BasicClient.submit_many`` does. ``timeout``
+        bounds the whole call (None: the client's timeout for each batch's answer)."""
         opts = {
             "host": self.host,
             **limits(max_retries, time_limit, queue_time_limit, wait_for_worker, retries_on_error),
@@ -230,6 +233,8 @@ class AsyncClient:
         }
         if group is not None:
             opts["group"] = group
+        if package_size is not None:
+            opts["package_size"] = _package_size(package_size, protected)
         try:
             return await self._submit_many(submissions, opts, timeout)
         except (UnknownJobError, JobNotRunningError) as e:
@@ -243,6 +248,9 @@ class AsyncClient:
         deadline = _deadline(timeout)
         jobs: list[Job] = []
         in_flight: deque[int] = deque()
+        # the broker packs each batch on its own: a batch holds whole packages
+        package = opts.get("package_size", 1)
+        most = max(package, BATCH_JOBS - BATCH_JOBS % package)
         batch: list[p.SubmittedJob] = []
         size = 0
 
@@ -269,7 +277,7 @@ class AsyncClient:
                     await flush()  # a big job travels on its own, not on top of a full batch
                 batch.append(entry)
                 size += entry_size
-                if len(batch) >= BATCH_JOBS or size >= BATCH_BYTES:
+                if len(batch) >= most or size >= BATCH_BYTES:
                     await flush()
             if batch:
                 await flush()
