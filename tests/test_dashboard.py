@@ -82,9 +82,9 @@ def workers(make_worker: Any, server: Server) -> Mesher:
 
 
 @asynccontextmanager
-async def gateway(endpoint: str) -> AsyncIterator[tuple[str, Feed]]:
+async def gateway(endpoint: str, **options: Any) -> AsyncIterator[tuple[str, Feed]]:
     """The gateway on 127.0.0.1, a free port: its URL and the dashboard's feed."""
-    app = make_app(GatewayConfig(broker=endpoint, broker_timeout=5.0))
+    app = make_app(GatewayConfig(broker=endpoint, broker_timeout=5.0, **options))
     async with Serving(app, "127.0.0.1", 0) as serving:
         yield serving.url, app[FEED]
 
@@ -500,6 +500,48 @@ def test_the_page_shows_workers_progress_failures_and_a_jobs_detail(
             assert feed.pages == 1
 
     arun(main, timeout=130 if docs else 60)
+
+
+@pytest.mark.timeout(90)
+def test_behind_tokens_a_browser_signs_in_and_the_page_goes_live(
+    make_worker: Any, server: Server, tmp_path: Path
+) -> None:
+    """With --tokens the page is a sign-in form; the right token shows the dashboard, live
+    (its EventSource and fetches carry the cookie the sign-in set)."""
+    chromium()
+    workers(make_worker, server)
+
+    async def main() -> None:
+        async with (
+            gateway(server.ports.client, tokens=("s3cret",)) as (url, feed),
+            browser(tmp_path) as b,
+        ):
+            page = await b.open(url + "/")
+            await page.until("!!document.getElementById('token')", what="the sign-in form")
+            await page.js(
+                "document.getElementById('token').value = 'wrong';"
+                "document.querySelector('form').submit()"
+            )
+            said = await page.until(
+                "document.getElementById('wrong')?.textContent", what="the wrong token refused"
+            )
+            assert "not one of this gateway" in said
+            await page.js(
+                "document.getElementById('token').value = 's3cret';"
+                "document.querySelector('form').submit()"
+            )
+            names = await page.until(
+                "[...document.querySelectorAll('#workers tr.worker')]"
+                ".map(r => r.dataset.name).join(' ')",
+                what="the workers to appear after signing in",
+            )
+            assert "EdgeMesher@" in names, names
+            assert await page.js("document.getElementById('conn').dataset.state") == "live"
+            assert await page.js("document.cookie") == "", "the cookie is HttpOnly"
+            assert feed.pages == 1
+            assert not b.errors, b.errors
+
+    arun(main, timeout=80)
 
 
 async def flow(

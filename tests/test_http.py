@@ -591,7 +591,7 @@ def test_tokens_guard_every_route_but_healthz(
                     ("POST", "/run/Text/Upper"),
                     ("GET", "/openapi.json"),
                     ("GET", "/jobs/x"),
-                    ("GET", "/"),
+                    ("GET", "/api/jobs/x"),
                 ]:
                     status, r_headers, body = await call(
                         g, method, path, data=b"hi", headers=headers

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from remus.errors import RemusError
 from remus.http import dashboard, handlers, openapi, progress
-from remus.http.auth import PUBLIC
+from remus.http.auth import COOKIE, PUBLIC, cookie_route
 from remus.http.client import GatewayClient
 from remus.http.config import GatewayConfig
 from remus.http.gateway import GATEWAY, Gateway
@@ -104,10 +104,16 @@ def guarded(handler: Handler) -> Handler:
 
 
 def _let_in(request: web.Request) -> bool:
+    return request.path in PUBLIC or signed_in(request)
+
+
+def signed_in(request: web.Request) -> bool:
+    """Whether the request carries a token: the bearer header, or on the dashboard's own
+    reads the sign-in cookie (remus.http.auth). Always, without ``--tokens``."""
     tokens = request.app[GATEWAY].tokens
-    if tokens is None or request.path in PUBLIC:
+    if tokens is None or tokens.allows(request.headers.get("Authorization")):
         return True
-    return tokens.allows(request.headers.get("Authorization"))
+    return cookie_route(request.method, request.path) and tokens.valid(request.cookies.get(COOKIE))
 
 
 def _unauthorized() -> Problem:

@@ -6,6 +6,12 @@
 key (``--key``), so HTTP is no back door into a broker in secure mode: a caller gets what the
 gateway's key may do, and only with a token.
 
+A browser sends no such header for a page or an ``EventSource``: the dashboard signs in once
+instead (``GET /`` shows a form, ``POST /login`` checks the token and sets it as the cookie
+``remus_token``: HttpOnly, SameSite=Strict). The cookie lets in the dashboard's own reads
+(:func:`cookie_route`: ``GET`` of ``/``, ``/static/*`` and ``/api/*``) and nothing else: the
+job routes still need the header, so a page elsewhere cannot submit or cancel with it.
+
 Tokens are compared in constant time: each candidate's SHA-256 digest is compared with every
 token's with ``hmac.compare_digest``, all of them, so neither the time taken nor the token's
 length says which token came close.
@@ -19,8 +25,15 @@ from collections.abc import Iterable
 
 from remus.errors import ConfigError
 
-#: the routes anyone may call
-PUBLIC = frozenset({"/healthz"})
+#: the routes anyone may call (``/`` and ``/login`` check for themselves: they sign in)
+PUBLIC = frozenset({"/healthz", "/", "/login"})
+#: the dashboard's cookie, set by ``POST /login``
+COOKIE = "remus_token"
+
+
+def cookie_route(method: str, path: str) -> bool:
+    """Whether the sign-in cookie lets a request in: the dashboard's own reads only."""
+    return method == "GET" and (path == "/" or path.startswith(("/static/", "/api/")))
 
 
 def load_tokens(path: str) -> tuple[str, ...]:
@@ -52,11 +65,15 @@ class Tokens:
     def allows(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header value carries one of the tokens."""
         scheme, _, given = (authorization or "").strip().partition(" ")
-        candidate = _digest(given.strip())
+        return self.valid(given.strip()) and scheme.lower() == "bearer"
+
+    def valid(self, token: str | None) -> bool:
+        """Whether ``token`` is one of the tokens."""
+        candidate = _digest(token or "")
         found = False
         for digest in self._digests:
             found |= hmac.compare_digest(candidate, digest)  # no early exit: constant time
-        return found and scheme.lower() == "bearer"
+        return found and bool(token)
 
     def __len__(self) -> int:
         return len(self._digests)

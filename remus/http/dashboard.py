@@ -4,7 +4,10 @@ Routes (added by :func:`setup`; ``make_app`` calls :func:`add_routes`):
 
 | route | what |
 |---|---|
-| ``GET /`` | the page (``static/dashboard.html``) |
+| ``GET /`` | the page (``static/dashboard.html``); with ``--tokens`` and no token yet, a sign-in
+  form (``static/login.html``, 401) |
+| ``POST /login`` | the form's token: if it is one of the gateway's, set as the cookie that
+  lets the page's own reads in (``remus.http.auth``), and 303 to ``/``; else the form again |
 | ``GET /static/{name}`` | its script and style, from the package (works offline, no CDN) |
 | ``GET /api/stream`` | ``text/event-stream``: a ``history`` event, then a ``snapshot`` a second |
 | ``GET /api/jobs/{id}`` | one job for the click-through: status, attempts, history, evidence,
@@ -17,6 +20,7 @@ the snapshot's fields are built in ``remus.http.snapshot``. See docs/dashboard.m
 from __future__ import annotations
 
 import contextlib
+import html
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -25,6 +29,7 @@ from aiohttp import web
 
 from remus import protocol as p
 from remus.aio import AsyncClient
+from remus.http.auth import COOKIE
 from remus.http.feed import Feed
 from remus.http.gateway import GATEWAY
 from remus.http.handlers import status_json, unknown_job
@@ -83,8 +88,41 @@ def _file(request: web.Request, name: str) -> web.Response:
 
 
 async def page(request: web.Request) -> web.Response:
-    """``GET /``: the dashboard."""
+    """``GET /``: the dashboard, or its sign-in form for a browser without a token."""
+    from remus.http.app import signed_in  # (remus.http.app imports this module)
+
+    if GATEWAY in request.app and not signed_in(request):
+        return _sign_in(request, "")
     return _file(request, "dashboard.html")
+
+
+async def login(request: web.Request) -> web.Response:
+    """``POST /login``: a token from the sign-in form. One of the gateway's: it becomes the
+    cookie the page's reads carry (HttpOnly, SameSite=Strict, for this browser session), and
+    the browser goes to ``/``. Any other: the form again, saying so."""
+    tokens = request.app[GATEWAY].tokens
+    form = await request.post()
+    token = form.get("token")
+    if tokens is not None and not (isinstance(token, str) and tokens.valid(token)):
+        return _sign_in(request, "That is not one of this gateway's tokens.")
+    # (relative: the page keeps working behind a proxy that serves it under a path)
+    response = web.Response(status=303, headers={"Location": "./"})
+    if tokens is not None and isinstance(token, str):
+        response.set_cookie(
+            COOKIE, token, path="/", httponly=True, samesite="Strict", secure=request.secure
+        )
+    return response
+
+
+def _sign_in(request: web.Request, wrong: str) -> web.Response:
+    body, content_type = request.app[STATIC]["login.html"]
+    text = body.decode().replace("<!--WRONG-->", html.escape(wrong))
+    return web.Response(
+        text=text,
+        status=401,
+        content_type=content_type,
+        headers={"Cache-Control": "no-store", "WWW-Authenticate": 'Bearer realm="remus"'},
+    )
 
 
 async def static(request: web.Request) -> web.Response:
@@ -141,6 +179,8 @@ def setup(app: web.Application, client: AsyncClient, **feed_options: Any) -> Non
     feed = app[FEED] = Feed(client, **feed_options)
     app[STATIC] = static_files()
     app.router.add_get("/", wrap(page))
+    if GATEWAY in app:
+        app.router.add_post("/login", wrap(login))
     app.router.add_get("/static/{name}", wrap(static))
     app.router.add_get("/api/stream", wrap(stream))
     app.router.add_get("/api/jobs/{id}", wrap(job_detail))

@@ -302,8 +302,32 @@ def _paths() -> dict[str, Any]:
         },
         "/": {
             "get": {
-                "summary": "the live dashboard (docs/dashboard.md)",
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+                "summary": "the live dashboard (docs/dashboard.md); with --tokens and no token "
+                "yet, its sign-in form",
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {}}},
+                    "401": {"description": "the sign-in form", "content": {"text/html": {}}},
+                },
+            }
+        },
+        "/login": {
+            "post": {
+                "summary": "sign the dashboard in: a token of the gateway's, as the form field "
+                "'token', becomes the cookie remus_token, which opens the dashboard's own reads",
+                "requestBody": {
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"token": {"type": "string"}},
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "303": {"description": "signed in: back to /"},
+                    "401": {"description": "not a token of the gateway's: the form again"},
+                },
             }
         },
         "/static/{name}": {
