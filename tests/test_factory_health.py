@@ -164,6 +164,39 @@ def test_a_crash_loop_is_quarantined_with_the_evidence_of_each_start(
     assert topics(factory.create_workers(demand, ENDPOINT, now + 101)) == [SPAWNED]
 
 
+def test_a_worker_that_never_registers_is_killed_on_time_and_that_is_a_failed_start(
+    tmp_path: Path, make_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It would hold its max_workers slot for ever, and the jobs waiting for it would wait for
+    ever: past register_timeout it is killed, and it counts against its file like a crash (so
+    a file whose program hangs at start is quarantined, with the reason)."""
+    write_worker_file(tmp_path, Environment={"PROBE_MODE": "sleep"})  # (never connects)
+    slow = Backoff(initial=0.01, factor=1.0, cap=0.01, quarantine_after=2, healthy_after=1.0)
+    factory = make_factory(tmp_path, max_workers=1, backoff=slow, register_timeout=5.0)
+    demand = {JobRequirements(EDGES): 1}
+    [first] = factory.create_workers(demand, ENDPOINT, 0.0)
+    assert factory.reap(4.9) == [], "not yet"
+    with caplog.at_level(logging.WARNING, logger="remus.server.factory"):
+        [exited] = reap_all(factory, 5.0)
+    assert exited.payload["pid"] == first.payload["pid"] and exited.payload["signal"] == "SIGKILL"
+    assert not exited.payload["stopped_by_broker"]
+    assert exited.payload["retry_in"] is not None, "a failed start: backed off"
+    assert "has not registered 5 s after it started" in caplog.text
+    assert "not registered within 5 s" in caplog.text
+    # the second start hangs too: the file is quarantined, and the reason says why
+    events = factory.create_workers(demand, ENDPOINT, 6.0)
+    assert topics(events) == [SPAWNED]
+    events = reap_all(factory, 11.0)
+    [q] = [e for e in events if e.topic == QUARANTINED]
+    assert q.payload["reason"].count("it did not register within 5 s") == 2, q.payload["reason"]
+    assert factory.create_workers(demand, ENDPOINT, 20.0) == []
+
+
+def test_register_timeout_must_be_positive(tmp_path: Path, make_factory: Any) -> None:
+    with pytest.raises(ValueError, match="register_timeout"):
+        make_factory(tmp_path, register_timeout=0)
+
+
 def test_a_killed_or_stopped_worker_is_never_a_crash(tmp_path: Path, make_factory: Any) -> None:
     out = tmp_path / "out.json"
     write_worker_file(tmp_path, Environment={"PROBE_MODE": "sleep", "PROBE_OUT": str(out)})

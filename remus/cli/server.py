@@ -24,7 +24,7 @@ from remus.server.config import (
     ServerConfig,
     ServerPorts,
 )
-from remus.server.health import Backoff
+from remus.server.health import REGISTER_TIMEOUT, Backoff
 
 #: seconds a worker has to register under ``--check-workers DIR --start``
 START_TIMEOUT = 10.0
@@ -69,6 +69,14 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help="failed starts in a row (exits before registering) that quarantine a worker file "
         "until SIGHUP or a restart; 0: never [%(default)s]",
+    )
+    s.add_argument(
+        "--register-timeout",
+        type=float,
+        default=REGISTER_TIMEOUT,
+        metavar="SECONDS",
+        help="a spawned worker that has not registered this long after its start is killed, "
+        "and that counts as a failed start [%(default)g]",
     )
     s.add_argument(
         "--worker-arg",
@@ -213,7 +221,12 @@ def _factory(args: argparse.Namespace) -> Any:
     from remus.server.factory import WorkerFactory
 
     backoff = Backoff(quarantine_after=args.quarantine_after)
-    factory = WorkerFactory(args.workers, max_workers=args.max_workers, backoff=backoff)
+    factory = WorkerFactory(
+        args.workers,
+        max_workers=args.max_workers,
+        backoff=backoff,
+        register_timeout=args.register_timeout,
+    )
     for arg in args.worker_arg:
         factory.add_argument(arg)
     return factory
@@ -245,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
             f"remus server: unknown log level {args.log_level!r}; use DEBUG, INFO, WARNING, ERROR",
             file=sys.stderr,
         )
+        return 2
+    if not args.register_timeout > 0:
+        print("remus server: --register-timeout must be positive", file=sys.stderr)
         return 2
     if args.max_workers < 0 or args.quarantine_after < 0:
         print(

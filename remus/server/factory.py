@@ -46,6 +46,7 @@ from remus.server.factory_base import (
 )
 from remus.server.health import (
     DEFAULT_BACKOFF,
+    REGISTER_TIMEOUT,
     Backoff,
     Health,
     StartFailure,
@@ -103,6 +104,8 @@ class _Child:
     registered: bool = False
     idle: bool = False
     finished: int = 0
+    #: killed for not registering within the factory's register_timeout
+    timed_out: bool = False
 
     @property
     def pid(self) -> int:
@@ -123,7 +126,9 @@ class WorkerFactory(WorkerFactoryBase):
     in its own process group, with the file's ``Environment`` added to the broker's, its stdout
     discarded and the tail of its stderr kept for the log. ``max_workers`` defaults to the CPU
     count. A file whose program keeps failing to start is backed off, then quarantined
-    (``backoff``). See ``docs/workers.md``.
+    (``backoff``); a worker that has not registered ``register_timeout`` seconds after its start
+    is killed, and that is a failed start too (it would hold its ``max_workers`` slot for
+    ever). See ``docs/workers.md``.
     """
 
     #: its workers are separate processes (they need a tcp:// or ipc:// worker endpoint)
@@ -136,10 +141,14 @@ class WorkerFactory(WorkerFactoryBase):
         max_workers: int | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
         leave_grace: float = LEAVE_GRACE,
+        register_timeout: float = REGISTER_TIMEOUT,
     ) -> None:
         super().__init__(max_workers=(os.cpu_count() or 1) if max_workers is None else max_workers)
+        if not register_timeout > 0:
+            raise ValueError(f"register_timeout must be positive, got {register_timeout!r}")
         self.backoff = backoff
         self.leave_grace = leave_grace
+        self.register_timeout = register_timeout
         self.search_paths: list[str] = [os.path.abspath(os.fspath(p)) for p in search_paths]
         self.worker_files: list[WorkerFile] = []
         self.errors: list[WorkerFileError] = []
@@ -387,6 +396,21 @@ class WorkerFactory(WorkerFactoryBase):
                     )
                     child.leave_by = None
                     signal_group(child.proc, signal.SIGKILL)
+                elif (
+                    not child.registered
+                    and not child.stopping
+                    and not child.timed_out
+                    and now - child.started >= self.register_timeout
+                ):
+                    log.warning(
+                        "worker pid %d (%s) has not registered %g s after it started; "
+                        "killing it (a failed start)",
+                        pid,
+                        child.worker_file.path,
+                        self.register_timeout,
+                    )
+                    child.timed_out = True
+                    signal_group(child.proc, signal.SIGKILL)
                 child.stderr.trim()
                 continue
             del self._children[pid]
@@ -404,8 +428,12 @@ class WorkerFactory(WorkerFactoryBase):
         healthy = runtime >= self.backoff.healthy_after
         if child.stopping:
             pass  # the broker stopped it: never a crash
-        elif not child.registered and not healthy:
-            failure = StartFailure(child.pid, runtime, code, signame, rss, last_lines(tail))
+        elif not child.registered and (not healthy or child.timed_out):
+            lines = last_lines(tail)
+            if child.timed_out:  # (as its last line: the evidence keeps the last ones)
+                said = f"it did not register within {self.register_timeout:g} s"
+                lines = f"{lines}\n({said}; killed)".strip()
+            failure = StartFailure(child.pid, runtime, code, signame, rss, lines)
             retry_in = self._health.failed(wf.path, now, failure)
             more = self._maybe_quarantine(wf, now)
             if more:
@@ -418,6 +446,8 @@ class WorkerFactory(WorkerFactoryBase):
         if code != 0 and not child.stopping:
             retry = f"; next start in {retry_in:.1f} s" if retry_in else ""
             before = "" if child.registered else " before registering"
+            if child.timed_out:
+                before = f", not registered within {self.register_timeout:g} s"
             log.warning(
                 "worker %r (pid %d, %s) exited with %s after %.1f s%s%s; stderr tail:\n%s",
                 wf.worker_name,

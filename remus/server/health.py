@@ -25,6 +25,11 @@ EVIDENCE_LINES = 10
 _UNLIMITED = 1 << 30
 
 
+#: seconds a started worker has to register before its process group is killed (a failed
+#: start: it would hold its max_workers slot for ever)
+REGISTER_TIMEOUT = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """How a worker kind that keeps failing is backed off, and when it is quarantined.
