@@ -306,17 +306,23 @@ def test_a_worker_that_finished_a_job_resets_the_back_off(
 # -- one file's idle workers never starve another's jobs ----------------------------------------
 
 
-def test_an_idle_worker_of_another_file_is_asked_to_leave_for_a_waiting_job(
-    tmp_path: Path, make_factory: Any
-) -> None:
+def two_sleeping_files(folder: Path) -> None:
+    """Worker files a.rw (Edges, worker "a") and b.rw (Points, worker "b") whose programs
+    start and sleep, never registering (the tests say what the broker saw)."""
     for name, io_type in (("a.rw", EDGES), ("b.rw", POINTS)):
         write_worker_file(
-            tmp_path,
+            folder,
             name,
             InputType=io_type.input,
             WorkerName=name[0],
             Environment={"PROBE_MODE": "sleep"},
         )
+
+
+def test_an_idle_worker_of_another_file_is_asked_to_leave_for_a_waiting_job(
+    tmp_path: Path, make_factory: Any
+) -> None:
+    two_sleeping_files(tmp_path)
     factory = make_factory(tmp_path, max_workers=1, leave_grace=0.3)
     [a] = factory.create_workers({JobRequirements(EDGES): 1}, ENDPOINT, 0.0)
     a_pid = a.payload["pid"]
@@ -355,14 +361,7 @@ def test_a_worker_whose_own_jobs_wait_is_not_asked_to_leave_before_its_credit_co
     """A worker registers, then asks for jobs: in between it holds none, but jobs of its own
     file wait for it. Evicting it then for another file's job (a race test_factory_server
     hit under load) would stop the worker about to run them and start another."""
-    for name, io_type in (("a.rw", EDGES), ("b.rw", POINTS)):
-        write_worker_file(
-            tmp_path,
-            name,
-            InputType=io_type.input,
-            WorkerName=name[0],
-            Environment={"PROBE_MODE": "sleep"},
-        )
+    two_sleeping_files(tmp_path)
     factory = make_factory(tmp_path, max_workers=1)
     both = {JobRequirements(EDGES): 1, JobRequirements(POINTS): 1}
     [a] = factory.create_workers(both, ENDPOINT, 0.0)

@@ -111,6 +111,11 @@ class _Child:
     def pid(self) -> int:
         return self.proc.pid
 
+    def kill(self, why: str) -> None:
+        """SIGKILL its process group, saying why in the log."""
+        log.warning("worker pid %d (%s) %s; killing it", self.pid, self.worker_file.path, why)
+        signal_group(self.proc, signal.SIGKILL)
+
     def state(self) -> str:
         if self.stopping:
             return "leaving"
@@ -387,30 +392,21 @@ class WorkerFactory(WorkerFactoryBase):
             done = collect(child.proc)
             if done is None:
                 if child.leave_by is not None and now >= child.leave_by:
-                    log.warning(
-                        "worker pid %d (%s) was asked to leave %.1f s ago and is still there; "
-                        "killing it",
-                        pid,
-                        child.worker_file.path,
-                        self.leave_grace,
-                    )
                     child.leave_by = None
-                    signal_group(child.proc, signal.SIGKILL)
+                    child.kill(
+                        f"was asked to leave {self.leave_grace:.1f} s ago and is still there"
+                    )
                 elif (
                     not child.registered
                     and not child.stopping
                     and not child.timed_out
                     and now - child.started >= self.register_timeout
                 ):
-                    log.warning(
-                        "worker pid %d (%s) has not registered %g s after it started; "
-                        "killing it (a failed start)",
-                        pid,
-                        child.worker_file.path,
-                        self.register_timeout,
-                    )
                     child.timed_out = True
-                    signal_group(child.proc, signal.SIGKILL)
+                    child.kill(
+                        f"has not registered {self.register_timeout:g} s after it started "
+                        "(a failed start)"
+                    )
                 child.stderr.trim()
                 continue
             del self._children[pid]
