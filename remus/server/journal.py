@@ -597,9 +597,8 @@ class Journal:
     # ------------------------------------------------------------------ reading
 
     def worker_acks(self) -> dict[str, int]:
-        """Per worker routing id (hex), the highest report seq the broker applied from it (as
-        of the last
-        :meth:`load`, which folds the log first)."""
+        """Per worker routing id (hex), the highest report seq the broker applied from it, as
+        of the last :meth:`load` (which folds the log first)."""
         try:
             return dict(self._connection().execute("SELECT worker, seq FROM worker_acks"))
         except sqlite3.Error as e:
