@@ -38,11 +38,11 @@ def add_parser(sub: Any) -> None:
         "/run/INPUT/OUTPUT submits the body as a job and answers with its result; POST "
         "/jobs/INPUT/OUTPUT queues it (202) and /jobs/ID, /jobs/ID/result, /jobs/ID/progress "
         "(server-sent events) and DELETE /jobs/ID follow it; /healthz and /openapi.json "
-        "describe the gateway. Prints `remus http ready: url=...` once it listens. With a "
-        "broker in secure mode, --key and --server-key are the gateway's own client key (its "
-        "public half in the broker's --allow-clients) and the broker's public key: HTTP callers "
-        "get what that key may do (and, with --tokens, only with a token). Needs remus[http] "
-        "(aiohttp). See docs/http.md.",
+        "describe the gateway; / is a live dashboard for a browser. Prints `remus http "
+        "ready: url=...` once it listens. With a broker in secure mode, --key and --server-key "
+        "are the gateway's own client key (its public half in the broker's --allow-clients) and "
+        "the broker's public key: HTTP callers get what that key may do (and, with --tokens, "
+        "only with a token). Needs remus[http] (aiohttp). See docs/http.md.",
     )
     h.add_argument(
         "--broker",
@@ -95,8 +95,8 @@ def add_parser(sub: Any) -> None:
         "--tokens",
         metavar="FILE",
         help="bearer tokens, one per line ('#' comments): every route but /healthz then needs "
-        "Authorization: Bearer TOKEN (else 401). Without it the gateway is open to anyone "
-        "who reaches --listen",
+        "Authorization: Bearer TOKEN (else 401); a browser signs in to the dashboard at / "
+        "with one instead. Without it the gateway is open to anyone who reaches --listen",
     )
     h.add_argument(
         "--upload-dir",
