@@ -45,3 +45,21 @@ def test_remus_pipelined_throughput_is_not_far_below_the_relay() -> None:
         f"remus {statistics.median(remus_rates):,.0f} jobs/s {remus_rates}, "
         f"relay {statistics.median(relay_rates):,.0f} jobs/s {relay_rates}"
     )
+
+
+@pytest.mark.timeout(120)
+def test_the_trace_names_the_threads_and_counts_one_message_each_way_per_round_trip() -> None:
+    """perf.trace_roundtrip (the profile behind the round trip row) keeps working: the
+    broker's threads are told apart by their OS names, and one job at a time costs one
+    message each way on each side (the worker's ack rides on its next job)."""
+    from perf import trace_roundtrip
+
+    got = trace_roundtrip.trace(pipelined=False, count=300, prefetch="auto")
+    threads = got["threads"]
+    assert {"remus-core", "remus-client", "remus-worker"} <= set(threads["broker"])
+    assert any(name.startswith("remus-worker-") for name in threads["worker"])
+    messages = got["messages"]
+    for side in ("client_in", "client_out", "worker_in"):
+        assert messages[side] == pytest.approx(1.0, abs=0.02), (side, messages)
+    assert messages["worker_out"] == pytest.approx(1.0, abs=0.05), messages
+    assert got["client_us"] > 0
