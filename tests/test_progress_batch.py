@@ -223,3 +223,37 @@ def test_a_fast_progress_update_is_the_same_frozen_value_as_a_made_one() -> None
     assert type(fast) is JobProgress
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.value = 50  # type: ignore[misc]
+
+
+def test_both_clients_hand_over_what_the_history_kept_and_warn_of_the_rest(
+    make_server: Any, make_worker: Any, make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job whose updates outran the broker's history bound: a wait hands over the ones
+    kept, in order, and says in the log how many went (remus.client.basic.updates_after,
+    shared by the sync and the asyncio client)."""
+    import asyncio
+
+    from remus.aio import AsyncClient
+    from remus.server import ServerConfig
+
+    server = make_server(config=ServerConfig(max_progress_history=2, stop_timeout=1.0))
+    start_steps_worker(make_worker, server.ports.worker)
+    bc = make_client(server.ports.client, basic=True, timeout=10)
+    job = bc.submit(STEPS, b"x")
+    wait_for(lambda: bc.client.job_status(job).status is Status.FINISHED)
+    seen: list[int] = []
+    with caplog.at_level("WARNING", logger="remus.client.basic"):
+        assert bc.wait(job, timeout=10, on_progress=lambda u: seen.append(u.seq)).data == b"X"
+
+        async def main() -> list[int]:
+            async with AsyncClient(server.ports.client, timeout=10) as c:
+                got: list[int] = []
+                await c.wait(job, timeout=10, on_progress=lambda u: got.append(u.seq))
+                return got
+
+        assert asyncio.run(main()) == [4, 5]
+    assert seen == [4, 5]
+    said = [r.getMessage() for r in caplog.records if "history bound" in r.getMessage()]
+    assert (
+        said == [f"job {job.id}: 3 progress updates were dropped by the broker's history bound"] * 2
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from remus import protocol as p
 from remus.aio.connection import Connection
-from remus.client.basic import BasicClient, _Known
+from remus.client.basic import BasicClient, _Known, updates_after
 from remus.client.client import BATCH_JOBS, Client, job_error
 from remus.client.patience import Bounds
 from remus.errors import BrokerStoppedError, RemusError
@@ -32,7 +31,6 @@ from remus.types import Job, JobProgress, Status, progress_update
 if TYPE_CHECKING:
     from remus.aio.client import AsyncClient
 
-log = logging.getLogger(__name__)
 
 #: a progress callback may be a plain function or a coroutine function
 ProgressCallback = Callable[[JobProgress], Any]
@@ -99,18 +97,10 @@ async def follow(
     while True:
         reply = await wait.next_reply(lambda: ask(0.0))
         data = reply.data
-        if data.get("dropped"):
-            log.warning(
-                "job %s: %d progress updates were dropped by the broker's history bound",
-                job_id,
-                data["dropped"],
-            )
-        for seq, value, message in data["updates"]:
-            if seq <= since:
-                continue  # an answer to an older request of this wait
-            since = seq
-            known.progress = progress_update(value, message, seq)
-            yield known.progress
+        for update in updates_after(job_id, data, since):
+            since = update.seq
+            known.progress = update
+            yield update
         status = known.status = Status(data["status"])
         if status.done and "reason" in data:
             yield reply

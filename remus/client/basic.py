@@ -58,6 +58,24 @@ from remus.types import (
 
 log = logging.getLogger(__name__)
 
+
+def updates_after(job_id: str, data: dict[str, Any], since: int) -> list[JobProgress]:
+    """The updates of a progress reply after seq ``since``, oldest first (an answer to an
+    older request of the same wait repeats some); a WARNING if the broker's history bound
+    dropped some before them. Shared by the sync and the asyncio client."""
+    if data.get("dropped"):
+        log.warning(
+            "job %s: %d progress updates were dropped by the broker's history bound",
+            job_id,
+            data["dropped"],
+        )
+    return [
+        progress_update(value, message, seq)
+        for seq, value, message in data["updates"]
+        if seq > since
+    ]
+
+
 ProgressCallback = Callable[[JobProgress], Any]
 #: ``as_completed``'s ``on_progress``: called with the job and each of its updates
 JobProgressCallback = Callable[[Job, JobProgress], Any]
@@ -312,17 +330,9 @@ class BasicClient:
             while True:
                 reply = wait.next_reply(probe)
                 data = reply.data
-                if data.get("dropped"):
-                    log.warning(
-                        "job %s: %d progress updates were dropped by the broker's history bound",
-                        job_id,
-                        data["dropped"],
-                    )
-                for seq, value, message in data["updates"]:
-                    if seq <= since:
-                        continue  # an answer to an older request of this wait
-                    since = seq
-                    known.progress = update = progress_update(value, message, seq)
+                for update in updates_after(job_id, data, since):
+                    since = update.seq
+                    known.progress = update
                     if on_progress is not None:
                         on_progress(update)
                 status = known.status = Status(data["status"])
